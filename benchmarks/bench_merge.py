@@ -1,0 +1,143 @@
+"""Time and memory per stage of a RAIN merge (and task arithmetic) on a random trio of a real shape.
+
+    python benchmarks/bench_merge.py --shape qwen2.5-0.5b --layers 4 --device cpu
+    python benchmarks/bench_merge.py --shape qwen2.5-7b --device cuda        # on one GPU
+
+Generates the trio (bf16, sharded safetensors, tokenizer with think tokens) and calibration files of
+realistic length under --work once, then runs each stage through the same API the CLI uses.
+Prints wall time, forward tokens/s, peak host RSS and peak GPU memory per stage; writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from rainmerge.config import load_config  # noqa: E402
+from rainmerge.synthetic import SHAPES, write_calibration_of_length, write_random_trio  # noqa: E402
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+class Peak:
+    """Samples RSS every 20 ms; `stage()` resets the running maximum (host and GPU)."""
+
+    def __init__(self):
+        self.max, self._stop = 0, False
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self):
+        while not self._stop:
+            self.max = max(self.max, rss_bytes())
+            time.sleep(0.02)
+
+    def stage(self):
+        self.max = rss_bytes()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+
+
+def gb(x: float) -> float:
+    return round(x / 2**30, 3)
+
+
+def model_bytes(d: Path) -> int:
+    return sum(f.stat().st_size for f in d.glob("*.safetensors"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", default="qwen2.5-0.5b", choices=list(SHAPES))
+    ap.add_argument("--layers", type=int, default=None, help="truncate to N layers (default: all)")
+    ap.add_argument("--work", default="bench-work")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--reasoning-samples", type=int, default=150)
+    ap.add_argument("--instruction-samples", type=int, default=365)
+    ap.add_argument("--words", type=int, default=500, help="approx words per reasoning trace")
+    ap.add_argument("--methods", default="rain,task_arithmetic")
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args()
+
+    from rainmerge import runner
+    from rainmerge.merge import write_merged_model
+
+    work = Path(a.work) / f"{a.shape}-L{a.layers or 'all'}"
+    if not (work / "reasoning" / "config.json").is_file():
+        shutil.rmtree(work, ignore_errors=True)
+        t = time.time()
+        write_random_trio(work, a.shape, a.layers)
+        print(f"generated trio in {time.time() - t:.1f}s under {work}")
+    r_cal, i_cal = write_calibration_of_length(work / "calib", a.reasoning_samples, a.instruction_samples, a.words)
+    one_model = model_bytes(work / "reasoning")
+    baseline = rss_bytes()  # interpreter + torch + transformers, before any model is touched
+    peak = Peak()
+    results: dict[str, dict[str, float]] = {}
+
+    def record(name: str, t0: float, tokens: int = 0):
+        dt = time.time() - t0
+        row = {"seconds": round(dt, 3), "peak_rss_gb": gb(peak.max)}
+        if tokens:
+            row["tokens_per_s"] = round(tokens / dt, 1)
+        if torch.cuda.is_available():
+            row["peak_gpu_gb"] = gb(torch.cuda.max_memory_allocated())
+        results[name] = row
+        print(f"  {name:<28} {json.dumps(row)}", flush=True)
+
+    for method in a.methods.split(","):
+        out = work / f"out-{method}"
+        cfg = load_config(None, {"base": str(work / "base"), "instruct": str(work / "instruct"),
+                                 "reasoning": str(work / "reasoning"), "reasoning_calibration": str(r_cal),
+                                 "instruction_calibration": str(i_cal), "output": str(out), "overwrite": True,
+                                 "method": method, "device": a.device, "hash_inputs": False})
+        print(f"== {method} ({a.shape}, layers={a.layers or 'all'}, device={cfg.device})")
+        t_total = time.time()
+        peak.stage(); t0 = time.time()
+        plan = runner.prepare(cfg)
+        record(f"{method}/prepare", t0)
+        bases = coeffs = None
+        if method == "rain":
+            peak.stage(); t0 = time.time()
+            model = runner.load_lrm(plan)
+            record("rain/load_lrm", t0)
+            peak.stage(); t0 = time.time()
+            bases = runner.stage1_bases(plan, model, progress=False)
+            record("rain/stage1", t0, sum(len(s.input_ids) for s in plan.reasoning))
+            peak.stage(); t0 = time.time()
+            coeffs, _ = runner.stage2_alpha(plan, model, bases, progress=False)
+            record("rain/stage2", t0, sum(len(s.input_ids) for s in plan.instruction))
+            del model
+        peak.stage(); t0 = time.time()
+        method_obj = runner.build_method(plan, bases, coeffs)
+        write_merged_model(plan.lrm, plan.base, plan.itm, plan.sites, method_obj, out, runner.provenance(plan),
+                           overwrite=True, max_shard_size=cfg.max_shard_size, progress=False)
+        record(f"{method}/merge", t0)
+        results[f"{method}/total"] = {"seconds": round(time.time() - t_total, 3)}
+        print(f"  {method + '/total':<28} {results[method + '/total']}")
+    top = max(r.get("peak_rss_gb", 0) for r in results.values())
+    print(f"one model on disk: {gb(one_model)} GB; RSS after imports: {gb(baseline)} GB; "
+          f"(peak RSS - imports) / one model: {(top - gb(baseline)) / max(gb(one_model), 1e-9):.2f}")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"args": vars(a), "one_model_gb": gb(one_model),
+                                            "rss_after_imports_gb": gb(baseline), "results": results},
+                                           indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""Stage 2 statistics from the model's real attention probabilities (RoPE, biases, causal mask).
+
+A registered attention implementation runs SDPA for the layer output and, for the selected layers
+only, re-scores just the response query rows (R u U) against all keys, in row chunks, and reduces
+them at once to per-head alignment/leakage scalars. Nothing [heads, T, T] outlives one chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from .calibration import InstructionSample
+from .features import decoder_body
+
+IMPL = "rainmerge_stats"
+
+
+@dataclass
+class _Ctx:
+    layers: set[int]
+    rows: torch.Tensor  # [n] query positions
+    w_cols: torch.Tensor  # [T, K] column weights 1/|I_k| on instruction tokens
+    w_rel: torch.Tensor  # [n, K] row weights 1/|R_k|
+    w_unr: torch.Tensor  # [n, K] row weights 1/|U_k|
+    chunk: int
+    out: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+
+_ACTIVE: list[_Ctx] = []
+
+
+def row_probabilities(query, key, attention_mask, scaling, rows, sliding_window=None, n_rep=1):
+    """softmax(q_rows k^T * scaling + mask) for the given query rows, in float32: [H, n, T]."""
+    k = repeat_kv(key, n_rep)[0].float()  # [H, T, D]
+    q = query[0][:, rows].float()  # [H, n, D]
+    scores = torch.matmul(q, k.transpose(1, 2)) * scaling
+    T = k.shape[1]
+    cols = torch.arange(T, device=scores.device)
+    if attention_mask is None:
+        allowed = cols[None, :] <= rows[:, None]
+        if sliding_window is not None:
+            allowed &= cols[None, :] > rows[:, None] - sliding_window
+        scores = scores.masked_fill(~allowed[None], float("-inf"))
+    else:
+        m = attention_mask[0, :, rows][..., :T]
+        scores = scores.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else scores + m.float()
+    return torch.softmax(scores, dim=-1)
+
+
+def _stats_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    out = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                 **kwargs)
+    ctx = _ACTIVE[-1] if _ACTIVE else None
+    if ctx is not None and module.layer_idx in ctx.layers:
+        n_rep = query.shape[1] // key.shape[1]
+        a = torch.zeros(query.shape[1], ctx.w_rel.shape[1], device=query.device)
+        u = torch.zeros_like(a)
+        for c0 in range(0, len(ctx.rows), ctx.chunk):
+            sl = slice(c0, c0 + ctx.chunk)
+            p = row_probabilities(query, key, attention_mask, scaling, ctx.rows[sl],
+                                  kwargs.get("sliding_window"), n_rep)
+            mass = p @ ctx.w_cols  # [H, n, K]: mean attention on instruction k per query row
+            a += torch.einsum("hnk,nk->hk", mass, ctx.w_rel[sl])
+            u += torch.einsum("hnk,nk->hk", mass, ctx.w_unr[sl])
+        ctx.out[module.layer_idx] = (a.cpu(), u.cpu())
+    return out
+
+
+def register() -> str:
+    AttentionInterface.register(IMPL, _stats_attention)
+    AttentionMaskInterface.register(IMPL, sdpa_mask)
+    return IMPL
+
+
+def _weights(sample: InstructionSample, device) -> tuple[torch.Tensor, ...]:
+    rows = sample.rows()
+    at = {t: i for i, t in enumerate(rows)}
+    T, K = len(sample.input_ids), len(sample.spans)
+    w_cols = torch.zeros(T, K)
+    w_rel = torch.zeros(len(rows), K)
+    w_unr = torch.zeros(len(rows), K)
+    for k, s in enumerate(sample.spans):
+        w_cols[s.instruction, k] = 1.0 / len(s.instruction)
+        if s.related:
+            w_rel[[at[t] for t in s.related], k] = 1.0 / len(s.related)
+        if s.unrelated:
+            w_unr[[at[t] for t in s.unrelated], k] = 1.0 / len(s.unrelated)
+    return (torch.tensor(rows, device=device), w_cols.to(device), w_rel.to(device), w_unr.to(device))
+
+
+@torch.no_grad()
+def alignment_leakage(
+    model: torch.nn.Module,
+    samples: list[InstructionSample],
+    layers: Iterable[int],
+    num_heads: int,
+    row_chunk: int = 256,
+    progress: bool = True,
+    desc: str = "stage 2: attention",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Paper Eq. 11 terms per sample: a[s, l, h] (response->instruction) and u[s, l, h] (leakage).
+
+    a_k = sum_{t in R_k} sum_{tau in I_k} Att[t, tau] / (|I_k| |R_k|), averaged over the sample's
+    instructions that have related spans; u likewise over those with unrelated spans.
+    """
+    register()
+    layers = sorted(layers)
+    pos = {l: i for i, l in enumerate(layers)}
+    device = next(model.parameters()).device
+    prev = model.config._attn_implementation
+    model.set_attn_implementation(IMPL)
+    A = torch.zeros(len(samples), len(layers), num_heads)
+    U = torch.zeros_like(A)
+    try:
+        for si, s in enumerate(tqdm(samples, desc=desc, unit="sample", disable=not progress)):
+            rows, w_cols, w_rel, w_unr = _weights(s, device)
+            ctx = _Ctx(set(layers), rows, w_cols, w_rel, w_unr, row_chunk)
+            _ACTIVE.append(ctx)
+            try:
+                decoder_body(model)(input_ids=torch.tensor([s.input_ids], device=device), use_cache=False)
+            finally:
+                _ACTIVE.pop()
+            has_r = (w_rel.sum(0) > 0).cpu()
+            has_u = (w_unr.sum(0) > 0).cpu()
+            for l, (a, u) in ctx.out.items():
+                A[si, pos[l]] = a[:, has_r].mean(1) if has_r.any() else 0.0
+                U[si, pos[l]] = u[:, has_u].mean(1) if has_u.any() else 0.0
+            missing = set(layers) - set(ctx.out)
+            if missing:
+                raise RuntimeError(f"attention hook saw no call for layers {sorted(missing)}")
+    finally:
+        model.set_attn_implementation(prev)
+    return A, U

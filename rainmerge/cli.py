@@ -1,0 +1,76 @@
+"""Command line: `python -m rainmerge merge ...`; flags override the YAML config."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from .errors import RainMergeError
+
+
+def _merge_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("merge", help="merge an instruction model into a reasoning model")
+    p.add_argument("--config", help="YAML config; flags below override it")
+    p.add_argument("--base", help="base model dir or Hub id")
+    p.add_argument("--instruct", help="instruction-tuned model (ITM) dir or Hub id")
+    p.add_argument("--reasoning", help="reasoning model (LRM) dir or Hub id")
+    p.add_argument("--base-revision")
+    p.add_argument("--instruct-revision")
+    p.add_argument("--reasoning-revision")
+    p.add_argument("--reasoning-calibration", help="reasoning calibration JSON (Stage 1)")
+    p.add_argument("--instruction-calibration", help="instruction calibration JSONL (Stage 2)")
+    p.add_argument("--output", help="output model directory (written atomically)")
+    p.add_argument("--method", choices=["rain", "task_arithmetic", "ties", "dare"])
+    p.add_argument("--strength", type=float, help="global lambda")
+    p.add_argument("--density", type=float, help="TIES/DARE density")
+    p.add_argument("--layers", help="comma-separated layer indices (default: all)")
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"])
+    p.add_argument("--overwrite", action="store_true", default=None)
+    p.add_argument("--no-stage2", action="store_true", help="uniform alpha (Stage-1-only ablation)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any config key, dotted (e.g. stage1.radius=3); YAML-parsed value")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _overrides(a: argparse.Namespace) -> dict[str, Any]:
+    import yaml
+
+    o: dict[str, Any] = {
+        "base.path": a.base, "instruct.path": a.instruct, "reasoning.path": a.reasoning,
+        "base.revision": a.base_revision, "instruct.revision": a.instruct_revision,
+        "reasoning.revision": a.reasoning_revision,
+        "reasoning_calibration.path": a.reasoning_calibration,
+        "instruction_calibration.path": a.instruction_calibration,
+        "output": a.output, "method": a.method, "strength": a.strength, "density": a.density,
+        "device": a.device, "overwrite": a.overwrite,
+        "layers": [int(x) for x in a.layers.split(",")] if a.layers else None,
+        "stage2.enabled": False if a.no_stage2 else None,
+    }
+    for item in a.set:
+        if "=" not in item:
+            raise RainMergeError(f"--set expects KEY=VALUE, got '{item}'")
+        k, v = item.split("=", 1)
+        o[k.strip()] = yaml.safe_load(v)
+    return o
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rainmerge", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    _merge_parser(sub)
+    a = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if a.cmd == "merge":
+            from .config import load_config
+            from .runner import run_merge
+
+            cfg = load_config(a.config, _overrides(a))
+            out = run_merge(cfg, progress=not a.quiet)
+            print(out)
+        return 0
+    except RainMergeError as exc:
+        print(f"rainmerge: error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,181 @@
+"""One validated config drives the YAML files, the CLI and the Python API."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+Module = Literal["q", "k", "v", "o", "gate", "up", "down"]
+ALL_MODULES: tuple[Module, ...] = ("q", "k", "v", "o", "gate", "up", "down")
+Method = Literal["rain", "task_arithmetic", "ties", "dare"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelRef(_Strict):
+    """A model given as a local directory or a Hub id (with an optional revision)."""
+
+    path: str
+    revision: str | None = None
+    trust_remote_code: bool = False
+
+
+class CalibrationRef(_Strict):
+    """A calibration file: a local path, or a pinned URL whose SHA-256 is verified after download."""
+
+    path: str | None = None
+    url: str | None = None
+    sha256: str | None = None
+    max_samples: int | None = Field(default=None, ge=1)
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", v):
+            raise ValueError("sha256 must be 64 hex digits")
+        return v.lower() if v else v
+
+    @model_validator(mode="after")
+    def _source(self) -> "CalibrationRef":
+        if not self.path and not self.url:
+            raise ValueError("give a local 'path' or a 'url' (with 'sha256')")
+        if self.url and not self.sha256:
+            raise ValueError("a calibration 'url' needs its pinned 'sha256'")
+        return self
+
+
+class ProjectionConfig(_Strict):
+    """Stage 1: the reasoning-aware null-space projection (paper Eq. 4-5)."""
+
+    positions: Literal["tags", "window"] = "window"
+    radius: int = Field(default=5, ge=0, description="window: <think>..+r and </think>-r..</think>")
+    ridge: float = Field(default=1e-10, ge=0, description="lambda relative to the mean squared feature norm")
+    energy: float = Field(default=1.0, gt=0, le=1, description="share of feature energy whose directions are removed")
+    max_rank_fraction: float = Field(default=0.9, gt=0, le=1, description="cap on removed rank / input width")
+    rank_rtol: float = Field(default=1e-12, ge=0, description="singular values below rtol*max are numerical zero")
+    min_kept_norm: float = Field(default=0.05, ge=0, le=1, description="warn when ||dW_perp||/||dW|| falls below")
+    solve_dtype: Literal["float64", "float32"] = "float64"
+    max_seq_len: int = Field(default=8192, ge=8)
+    max_skip_fraction: float = Field(default=0.2, ge=0, le=1)
+
+
+class CoefficientConfig(_Strict):
+    """Stage 2: instruction-attention guided coefficients (paper Eq. 11, 14, 15)."""
+
+    enabled: bool = True
+    estimator: Literal["paper", "two_pass"] = "paper"
+    rho: float = Field(default=0.5, ge=0)
+    lo: float = 0.0
+    hi: float = 1.5
+    normalize: Literal["mean", "none"] = "mean"
+    h_lambda: float = Field(default=1.0, ge=0, description="two_pass curvature constant")
+    h_mu: float = Field(default=1.0, ge=0, description="two_pass curvature weight of leakage")
+    span_region: Literal["response", "output"] = "response"
+    max_seq_len: int = Field(default=8192, ge=8)
+    max_skip_fraction: float = Field(default=0.2, ge=0, le=1)
+    row_chunk: int = Field(default=256, ge=1, description="query rows scored at once (bounds memory)")
+
+    @model_validator(mode="after")
+    def _box(self) -> "CoefficientConfig":
+        if self.lo > self.hi:
+            raise ValueError(f"lo ({self.lo}) must not exceed hi ({self.hi})")
+        return self
+
+
+class RainConfig(_Strict):
+    """Everything one merge needs. Hub ids and revisions are resolved and recorded in provenance."""
+
+    base: ModelRef
+    instruct: ModelRef
+    reasoning: ModelRef
+    reasoning_calibration: CalibrationRef | None = None
+    instruction_calibration: CalibrationRef | None = None
+    output: str
+    overwrite: bool = False
+    method: Method = "rain"
+    strength: float = Field(default=1.0, description="global lambda in theta = theta_LRM + lambda*alpha*P(tau)")
+    density: float = Field(default=0.5, gt=0, le=1, description="TIES/DARE keep ratio")
+    layers: list[int] | None = Field(default=None, description="decoder layers to merge; default all")
+    modules: list[Module] = Field(default_factory=lambda: list(ALL_MODULES))
+    seed: int = 42
+    device: Literal["cpu", "cuda", "auto"] = "auto"
+    forward_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    think_open: str = "<think>"
+    think_close: str = "</think>"
+    append_think_prefix: bool = Field(default=False, description="for old templates without the <think> prefill")
+    max_shard_size: str = "5GB"
+    hash_inputs: bool = True
+    cache_dir: str | None = Field(default=None, description="where downloaded calibration files are kept")
+    stage1: ProjectionConfig = Field(default_factory=ProjectionConfig)
+    stage2: CoefficientConfig = Field(default_factory=CoefficientConfig)
+
+    @field_validator("modules")
+    @classmethod
+    def _modules(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("modules must name at least one of " + ", ".join(ALL_MODULES))
+        if len(set(v)) != len(v):
+            raise ValueError("modules has duplicates")
+        return v
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None:
+            if not v or min(v) < 0 or len(set(v)) != len(v):
+                raise ValueError("layers must be distinct, non-negative and non-empty")
+            v = sorted(v)
+        return v
+
+    @model_validator(mode="after")
+    def _calibration_for_rain(self) -> "RainConfig":
+        if self.method == "rain" and self.reasoning_calibration is None:
+            raise ValueError("method 'rain' needs reasoning_calibration (Stage 1)")
+        if self.method == "rain" and self.stage2.enabled and self.instruction_calibration is None:
+            raise ValueError("method 'rain' needs instruction_calibration (Stage 2), or set stage2.enabled: false")
+        return self
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"cannot set '{dotted}': '{key}' is not a section")
+    node[keys[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RainConfig:
+    """Read YAML (optional), apply dotted-key overrides (the CLI flags), validate once."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        loaded = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: top level must be a mapping")
+        tree = loaded
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(tree, key, value)
+    for role in ("base", "instruct", "reasoning"):
+        if isinstance(tree.get(role), str):
+            tree[role] = {"path": tree[role]}
+    for role in ("reasoning_calibration", "instruction_calibration"):
+        if isinstance(tree.get(role), str):
+            tree[role] = {"path": tree[role]}
+    try:
+        return RainConfig.model_validate(tree)
+    except ValidationError as exc:
+        lines = [f"  {'.'.join(str(x) for x in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None

@@ -1,0 +1,68 @@
+"""Stage 1 feature capture: one forward per sample, pre-hooks on every selected layer's linears.
+
+Only the rows at the protected positions are kept, so memory is O(samples x |Omega| x width).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+
+import torch
+from tqdm.auto import tqdm
+
+from .arch import GROUP_HOOK, ArchSpec
+from .calibration import ReasoningSample
+
+Features = dict[int, dict[str, torch.Tensor]]  # layer -> group -> [m, in] float32
+
+
+def _get_module(model: torch.nn.Module, path: str) -> torch.nn.Module:
+    return model.get_submodule(path)
+
+
+def decoder_body(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformer without its LM head: neither stage needs logits (T x vocab would dominate)."""
+    return getattr(model, model.base_model_prefix, model)
+
+
+@torch.no_grad()
+def collect_features(
+    model: torch.nn.Module,
+    arch: ArchSpec,
+    samples: list[ReasoningSample],
+    layers: Iterable[int],
+    groups: Iterable[str],
+    progress: bool = True,
+) -> Features:
+    """Inputs of each merged linear at Omega_think, from the LRM's own forward (float32 on CPU)."""
+    device = next(model.parameters()).device
+    buf: dict[tuple[int, str], list[torch.Tensor]] = defaultdict(list)
+    rows: dict[str, torch.Tensor] = {}
+    handles = []
+
+    def hook(key: tuple[int, str]):
+        def fn(_mod, args):
+            x = args[0]
+            buf[key].append(x[0].index_select(0, rows["idx"]).float().cpu())
+        return fn
+
+    layers, groups = list(layers), list(groups)
+    for layer in layers:
+        for g in groups:
+            mod = _get_module(model, arch.module_path(layer, GROUP_HOOK[g]))
+            handles.append(mod.register_forward_pre_hook(hook((layer, g))))
+    try:
+        for s in tqdm(samples, desc="stage 1: features", unit="sample", disable=not progress):
+            rows["idx"] = torch.tensor(s.positions, device=device)
+            ids = torch.tensor([s.input_ids], device=device)
+            decoder_body(model)(input_ids=ids, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return {layer: {g: torch.cat(buf[(layer, g)]) for g in groups} for layer in layers}
+
+
+def split_heads(x: torch.Tensor, num_heads: int, head_dim: int) -> list[torch.Tensor]:
+    """o_proj input [m, H*hD] -> per-head slices; o_proj is projected per head block."""
+    return [x[:, h * head_dim:(h + 1) * head_dim] for h in range(num_heads)]

@@ -1,0 +1,30 @@
+"""DARE-TIES (random drop with rescale, then sign election) via peft's merge utils, seeded per tensor
+so a rerun reproduces the same weights."""
+
+from __future__ import annotations
+
+import zlib
+
+import torch
+from peft.utils.merge_utils import dare_ties
+
+from . import Site
+
+
+class Dare:
+    name = "dare"
+
+    def __init__(self, strength: float, density: float, seed: int):
+        self.strength, self.density, self.seed = strength, density, seed
+        self._stats: dict[str, dict[str, float]] = {}
+
+    def merge(self, site: Site, lrm: torch.Tensor, base: torch.Tensor, itm: torch.Tensor) -> torch.Tensor:
+        w = torch.tensor([1.0, self.strength], dtype=lrm.dtype)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed ^ zlib.crc32(site.name.encode()))
+            merged = base + dare_ties([lrm - base, itm - base], w, self.density)
+        self._stats[site.name] = {"delta_norm": float(torch.linalg.norm(merged - lrm))}
+        return merged
+
+    def stats(self) -> dict[str, dict[str, float]]:
+        return self._stats

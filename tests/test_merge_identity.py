@@ -1,0 +1,90 @@
+"""End-to-end RAIN merges on tiny Qwen2 (GQA + biases), Llama, Mistral (explicit head_dim), Qwen3 (QK-norm)."""
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from rainmerge.config import load_config
+from rainmerge.merge import PROVENANCE_FILE
+from rainmerge.runner import run_merge
+from tests.tiny import reasoning_records
+
+MODS = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
+        "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
+
+
+def _tensors(folder):
+    out = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        with safe_open(f, "pt") as h:
+            out.update({k: h.get_tensor(k) for k in h.keys()})
+    return out
+
+
+def _inputs_at_tags(model, tok, layer_count):
+    """Inputs of every linear at the <think> / </think> tokens, from the model's own forward."""
+    open_id, close_id = tok.convert_tokens_to_ids(["<think>", "</think>"])
+    got = {(l, m): [] for l in range(layer_count) for m in MODS}
+    hooks = []
+    for (l, m) in got:
+        mod = model.get_submodule(f"model.layers.{l}.{MODS[m]}")
+        hooks.append(mod.register_forward_pre_hook(lambda _m, a, key=(l, m): got[key].append(a[0][0])))
+    for r in reasoning_records():
+        text = tok.apply_chat_template([{"role": "user", "content": r["prompt"]}], tokenize=False,
+                                       add_generation_prompt=True) + r["reasoning"] + "\n</think>\n\n" + r["response"]
+        ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        pos = ((ids[0] == open_id) | (ids[0] == close_id)).nonzero().flatten()
+        assert len(pos) == 2
+        n0 = {k: len(v) for k, v in got.items()}
+        with torch.no_grad():
+            model(input_ids=ids)
+        for k, v in got.items():
+            v[n0[k]] = v[n0[k]][pos]
+    for h in hooks:
+        h.remove()
+    return {k: torch.cat(v).double() for k, v in got.items()}
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama", "mistral", "qwen3"])
+def test_rain_merge_keeps_protected_features_and_copies_the_rest(arch, trio_factory, calib, tmp_path):
+    trio = trio_factory(arch)
+    r_cal, i_cal = calib
+    out = tmp_path / "merged"
+    cfg = load_config(None, {"base": str(trio["base"]), "instruct": str(trio["instruct"]),
+                             "reasoning": str(trio["reasoning"]), "reasoning_calibration": str(r_cal),
+                             "instruction_calibration": str(i_cal), "output": str(out), "device": "cpu",
+                             "stage1.positions": "tags", "max_shard_size": "100KB"})
+    run_merge(cfg, progress=False)
+
+    merged, lrm = _tensors(out), _tensors(trio["reasoning"])
+    base, itm = _tensors(trio["base"]), _tensors(trio["instruct"])
+    assert merged.keys() == lrm.keys()
+    assert json.loads((out / "model.safetensors.index.json").read_text())["weight_map"].keys() == merged.keys()
+    merged_names = {f"model.layers.{l}.{p}.weight" for l in range(2) for p in MODS.values()}
+    for name, t in lrm.items():
+        if name not in merged_names:
+            assert merged[name].dtype == t.dtype and torch.equal(merged[name], t), name
+        else:
+            assert not torch.equal(merged[name], t), f"{name} was not merged"
+
+    model = AutoModelForCausalLM.from_pretrained(trio["reasoning"], dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(trio["reasoning"])
+    X = _inputs_at_tags(model, tok, 2)
+    for (l, m), x in X.items():
+        name = f"model.layers.{l}.{MODS[m]}.weight"
+        tau = (itm[name] - base[name]).double()
+        change = (merged[name] - lrm[name]).double()
+        assert torch.linalg.norm(change @ x.T) <= 1e-4 * torch.linalg.norm(tau @ x.T), name
+        assert torch.linalg.norm(change) > 0.2 * torch.linalg.norm(tau), f"{name}: delta mostly erased"
+
+    prov = json.loads((out / PROVENANCE_FILE).read_text())
+    assert prov["inputs"]["reasoning"]["weights_sha256"] and prov["calibration"]["reasoning"]["used"] == 4
+    assert set(prov["module_stats"]) == merged_names
+    assert all(s["residual"] < 1e-6 for s in prov["module_stats"].values())
+    reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    ids = tok("Compute 1 plus 2.", return_tensors="pt")["input_ids"]
+    assert torch.isfinite(reloaded(input_ids=ids).logits).all()
+    assert (out / "chat_template.jinja").is_file() or "chat_template" in (out / "tokenizer_config.json").read_text()
