@@ -62,6 +62,7 @@ def write_merged_model(
                       progress=progress)
         copied = copy_side_files(lrm.root, tmp)
         provenance = {**provenance, "copied_from_lrm": copied, "module_stats": method.stats(),
+                      "warnings": provenance.get("warnings", []) + getattr(method, "warnings", []),
                       "merge_seconds": round(time.time() - t0, 3)}
         for fname, obj in (extra_files or {}).items():
             (tmp / fname).write_text(json.dumps(obj, indent=2, sort_keys=True))

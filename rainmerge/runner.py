@@ -148,8 +148,10 @@ def _cal_record(path: Path, digest: str, rep: EncodeReport) -> dict[str, Any]:
 def load_lrm(plan: Plan) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
+    # device_map loads straight onto the GPU: no host copy of the model
     model = AutoModelForCausalLM.from_pretrained(str(plan.lrm.root), dtype=plan.forward_dtype,
                                                  attn_implementation="sdpa",
+                                                 device_map=plan.device if plan.device != "cpu" else None,
                                                  trust_remote_code=plan.cfg.reasoning.trust_remote_code)
     return model.to(plan.device).eval()
 
@@ -213,7 +215,7 @@ def stage2_alpha(plan: Plan, model: torch.nn.Module, bases: dict[int, dict[str, 
 def build_method(plan: Plan, bases=None, coeffs=None) -> MergeMethod:
     c = plan.cfg
     if c.method == "rain":
-        return Rain(plan.arch, bases, coeffs, c.strength, plan.device)
+        return Rain(plan.arch, bases, coeffs, c.strength, plan.device, c.stage1.min_kept_norm)
     if c.method == "task_arithmetic":
         return TaskArithmetic(c.strength)
     if c.method == "ties":

@@ -60,3 +60,22 @@ def test_stats_residual_matches_direct_computation():
     st = projection_stats(dW, P, b)
     direct = torch.linalg.norm(P @ X.T) / torch.linalg.norm(dW @ X.T)
     assert abs(st["residual"] - float(direct)) < 1e-10 and st["residual"] > 1e-3
+
+
+def test_capped_projection_is_reported_not_silent(caplog):
+    from rainmerge.arch import arch_from_config
+    from rainmerge.coefficients import uniform_coefficients
+    from rainmerge.methods import Site
+    from rainmerge.methods.rain import Rain
+
+    arch = arch_from_config({"model_type": "qwen2", "hidden_size": 16, "num_attention_heads": 2,
+                             "num_key_value_heads": 1, "num_hidden_layers": 1, "intermediate_size": 8,
+                             "vocab_size": 10})
+    X = torch.randn(64, 16, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    rain = Rain(arch, {0: {"attn_in": protected_basis(X, max_rank_fraction=0.5)}},
+                uniform_coefficients([0], arch), 1.0, min_kept_norm=0.9)
+    tau = torch.randn(16, 16, dtype=torch.float64)
+    with caplog.at_level("WARNING", logger="rainmerge"):
+        rain.delta(Site(0, "q", "q"), tau)
+    assert rain.warnings and "rank cap bound" in rain.warnings[0] and "rank cap bound" in caplog.text
+    assert rain.stats()["q"]["capped"] is True

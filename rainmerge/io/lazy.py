@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +56,6 @@ class ModelSource:
         self.files = self._weight_files()
         self._where: dict[str, Path] = {}
         self._meta: dict[str, tuple[tuple[int, ...], str]] = {}
-        self._stack = ExitStack()
-        self._handles: dict[Path, Any] = {}
         for f in self.files:
             with safe_open(f, framework="pt") as h:
                 for name in h.keys():
@@ -98,15 +95,13 @@ class ModelSource:
     def get(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
         if name not in self._where:
             raise KeyError(f"{self.role}: no tensor {name}")
-        f = self._where[name]
-        if f not in self._handles:
-            self._handles[f] = self._stack.enter_context(safe_open(f, framework="pt"))
-        t = self._handles[f].get_tensor(name)
+        # a handle per read: a long-lived mmap keeps every page read so far resident (counted as RSS)
+        with safe_open(self._where[name], framework="pt") as h:
+            t = h.get_tensor(name)
         return t if dtype is None else t.to(dtype)
 
     def close(self) -> None:
-        self._stack.close()
-        self._handles.clear()
+        """Nothing is held open between reads; kept so callers can release sources explicitly."""
 
     def file_digests(self) -> dict[str, str]:
         return {f.name: sha256_file(f) for f in self.files}

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from ..arch import FEATURE_GROUP, ArchSpec
 from ..projection import Basis, project_delta, projection_stats
 from . import Site
+
+log = logging.getLogger("rainmerge")
 
 
 def project_module(module: str, tau: torch.Tensor, bases: dict[str, Basis], arch: ArchSpec) -> torch.Tensor:
@@ -52,8 +56,11 @@ class Rain:
     name = "rain"
 
     def __init__(self, arch: ArchSpec, bases: dict[int, dict[str, Basis]],
-                 coeffs: dict[int, dict[str, torch.Tensor]], strength: float, device: str = "cpu"):
+                 coeffs: dict[int, dict[str, torch.Tensor]], strength: float, device: str = "cpu",
+                 min_kept_norm: float = 0.0):
         self.arch, self.coeffs, self.strength, self.device = arch, coeffs, strength, device
+        self.min_kept_norm = min_kept_norm
+        self.warnings: list[str] = []
         self.bases = {l: {k: b.to(device) for k, b in bl.items()} for l, bl in bases.items()}
         self._stats: dict[str, dict[str, float]] = {}
 
@@ -66,6 +73,11 @@ class Rain:
             c = self.coeffs[site.layer][site.module]
             st["alpha_mean"] = float(c.mean())
             self._stats[site.name] = st
+            if st["kept_norm"] < self.min_kept_norm or st["capped"]:
+                msg = (f"{site.name}: projection keeps {st['kept_norm']:.1%} of the delta "
+                       f"(rank removed {st['rank_removed']}/{st['width']}{', rank cap bound' if st['capped'] else ''})")
+                self.warnings.append(msg)
+                log.warning(msg)
         return self.strength * scale_module(site.module, proj, self.coeffs[site.layer][site.module].to(self.device),
                                             self.arch)
 
