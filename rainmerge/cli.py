@@ -34,9 +34,81 @@ def _merge_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _overrides(a: argparse.Namespace) -> dict[str, Any]:
+def _pipeline_parsers(sub: argparse._SubParsersAction) -> None:
+    r = sub.add_parser("run", help="run the ZenML pipeline (merge, evaluate, register, gate, publish)")
+    r.add_argument("--config", default="configs/toy.yaml")
+    r.add_argument("--method", choices=["rain", "task_arithmetic", "ties", "dare"])
+    r.add_argument("--no-cache", action="store_true")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p = sub.add_parser("promote", help="apply the promotion gates to a registered version (or force it)")
+    p.add_argument("model")
+    p.add_argument("version")
+    p.add_argument("--config", default="configs/toy.yaml", help="where the gates come from")
+    p.add_argument("--force", action="store_true", help="move champion regardless of gates (recorded)")
+    p.add_argument("--tracking-uri")
+    lg = sub.add_parser("lineage", help="print the full chain behind a registered model version")
+    lg.add_argument("model")
+    lg.add_argument("version")
+    lg.add_argument("--json", action="store_true")
+    lg.add_argument("--tracking-uri")
+
+
+def _sets(items: list[str]) -> dict[str, Any]:
     import yaml
 
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise RainMergeError(f"--set expects KEY=VALUE, got '{item}'")
+        k, v = item.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+def _run(a: argparse.Namespace) -> int:
+    from pipelines.run import run_pipeline
+
+    from .config import load_config
+    from .registry import format_lineage, lineage
+
+    cfg = load_config(a.config, {"method": a.method, **_sets(a.set)})
+    decision = run_pipeline(cfg, cache=not a.no_cache)
+    print("\n" + format_lineage(lineage(cfg.tracking.registered_model, decision["version"],
+                                         cfg.tracking.tracking_uri)))
+    return 0
+
+
+def _promote(a: argparse.Namespace) -> int:
+    from . import registry
+    from .config import load_config
+
+    cfg = load_config(a.config)
+    uri = a.tracking_uri or cfg.tracking.tracking_uri
+    tags = registry.lineage(a.model, a.version, uri)["tags"]
+    merged = {k.removeprefix("metric."): float(v) for k, v in tags.items() if k.startswith("metric.")}
+    lrm = {k.removeprefix("lrm_metric."): float(v) for k, v in tags.items() if k.startswith("lrm_metric.")}
+    prev, champ = registry.champion(a.model, uri)
+    d = registry.decide(merged, lrm, champ if prev != a.version else None, cfg.promotion)
+    if a.force and not d.promote:
+        d.reasons.append("FORCED by operator")
+        d.promote = True
+    d.version, d.previous_champion = a.version, prev
+    registry.record_decision(a.model, a.version, d, uri)
+    print(("promoted" if d.promote else "rejected") + "\n  " + "\n  ".join(d.reasons))
+    return 0 if d.promote else 1
+
+
+def _lineage(a: argparse.Namespace) -> int:
+    import json
+
+    from .registry import format_lineage, lineage
+
+    info = lineage(a.model, a.version, a.tracking_uri)
+    print(json.dumps(info, indent=2, default=str) if a.json else format_lineage(info))
+    return 0
+
+
+def _overrides(a: argparse.Namespace) -> dict[str, Any]:
     o: dict[str, Any] = {
         "base.path": a.base, "instruct.path": a.instruct, "reasoning.path": a.reasoning,
         "base.revision": a.base_revision, "instruct.revision": a.instruct_revision,
@@ -48,11 +120,7 @@ def _overrides(a: argparse.Namespace) -> dict[str, Any]:
         "layers": [int(x) for x in a.layers.split(",")] if a.layers else None,
         "stage2.enabled": False if a.no_stage2 else None,
     }
-    for item in a.set:
-        if "=" not in item:
-            raise RainMergeError(f"--set expects KEY=VALUE, got '{item}'")
-        k, v = item.split("=", 1)
-        o[k.strip()] = yaml.safe_load(v)
+    o.update(_sets(a.set))
     return o
 
 
@@ -60,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rainmerge", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
     _merge_parser(sub)
+    _pipeline_parsers(sub)
     a = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -70,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_config(a.config, _overrides(a))
             out = run_merge(cfg, progress=not a.quiet)
             print(out)
-        return 0
+            return 0
+        return {"run": _run, "promote": _promote, "lineage": _lineage}[a.cmd](a)
     except RainMergeError as exc:
         print(f"rainmerge: error: {exc}", file=sys.stderr)
         return 2

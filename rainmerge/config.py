@@ -154,7 +154,22 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RainConfig:
+def _relative_to(tree: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """Model and calibration paths in a YAML file are relative to that file when they exist there
+    (anything else, e.g. a Hub id like Qwen/Qwen2.5-7B, is left as written)."""
+    for role in ("base", "instruct", "reasoning", "reasoning_calibration", "instruction_calibration"):
+        node = tree.get(role)
+        if isinstance(node, str):
+            node = tree[role] = {"path": node}
+        if isinstance(node, dict) and isinstance(node.get("path"), str) and not Path(node["path"]).is_absolute():
+            candidate = (folder / node["path"]).resolve()
+            if candidate.exists():
+                node["path"] = str(candidate)
+    return tree
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                cls: type[RainConfig] | None = None) -> RainConfig:
     """Read YAML (optional), apply dotted-key overrides (the CLI flags), validate once."""
     tree: dict[str, Any] = {}
     if path is not None:
@@ -164,7 +179,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         loaded = yaml.safe_load(p.read_text()) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: top level must be a mapping")
-        tree = loaded
+        tree = _relative_to(loaded, p.parent)
     for key, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(tree, key, value)
@@ -175,7 +190,11 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         if isinstance(tree.get(role), str):
             tree[role] = {"path": tree[role]}
     try:
-        return RainConfig.model_validate(tree)
+        if cls is None:  # a pipeline YAML also carries evaluation/promotion/hub/tracking sections
+            from .pipeline_config import PipelineConfig
+
+            cls = PipelineConfig
+        return cls.model_validate(tree)
     except ValidationError as exc:
         lines = [f"  {'.'.join(str(x) for x in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()]
         raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None

@@ -92,9 +92,10 @@ def _load_tokenizer(lrm: ModelSource, trust: bool) -> Any:
         raise ConfigError(f"reasoning model: cannot load its tokenizer from {lrm.root}: {exc}") from None
 
 
-def prepare(cfg: RainConfig) -> Plan:
+def prepare(cfg: RainConfig, check_output: bool = True, calibration: bool = True) -> Plan:
     """Every check that can fail, before any forward pass or write."""
-    check_output_path(Path(cfg.output).expanduser().resolve(), cfg.overwrite)
+    if check_output:
+        check_output_path(Path(cfg.output).expanduser().resolve(), cfg.overwrite)
     device = _device(cfg.device)
     fdt = _forward_dtype(cfg.forward_dtype, device)
     srcs = {"base": ModelSource(cfg.base, "base"), "instruct": ModelSource(cfg.instruct, "instruct"),
@@ -110,7 +111,7 @@ def prepare(cfg: RainConfig) -> Plan:
     _check_tensors(sites, arch, srcs)
     plan = Plan(cfg, srcs["base"], srcs["instruct"], srcs["reasoning"], arch, layers, sites, device, fdt,
                 warnings=warnings)
-    if cfg.method == "rain":
+    if cfg.method == "rain" and calibration:
         _prepare_calibration(plan)
     for w in warnings:
         log.warning(w)
@@ -158,10 +159,18 @@ def load_lrm(plan: Plan) -> torch.nn.Module:
 
 def stage1_bases(plan: Plan, model: torch.nn.Module, progress: bool = True) -> dict[int, dict[str, Basis]]:
     """Collect Omega_think features in one pass per sample, then factor each feature group once."""
+    return stage1_solve(plan, stage1_features(plan, model, progress))
+
+
+def stage1_features(plan: Plan, model: torch.nn.Module, progress: bool = True) -> dict[int, dict[str, torch.Tensor]]:
     t0 = time.time()
     groups = sorted({FEATURE_GROUP[m] for m in plan.cfg.modules})
     feats = collect_features(model, plan.arch, plan.reasoning, plan.layers, groups, progress)
     plan.timings["stage1_features_s"] = time.time() - t0
+    return feats
+
+
+def stage1_solve(plan: Plan, feats: dict[int, dict[str, torch.Tensor]]) -> dict[int, dict[str, Basis]]:
     t0 = time.time()
     s1 = plan.cfg.stage1
     kw = dict(ridge=s1.ridge, energy=s1.energy, max_rank_fraction=s1.max_rank_fraction,

@@ -5,6 +5,16 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import tempfile  # noqa: E402
+
+# a throwaway ZenML store and MLflow database for the whole session, set before zenml is imported
+_STORES = tempfile.mkdtemp(prefix="rainmerge-test-stores-")
+os.environ["ZENML_CONFIG_PATH"] = os.path.join(_STORES, "zenml")
+os.environ["MLFLOW_TRACKING_URI"] = "sqlite:///" + os.path.join(_STORES, "mlflow", "mlflow.db")
+os.environ["ZENML_ANALYTICS_OPT_IN"] = "false"
+os.environ["ZENML_AUTO_OPEN_DASHBOARD"] = "false"
+os.environ["RAINMERGE_TEST_STORES"] = _STORES
+
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402

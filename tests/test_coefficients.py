@@ -25,3 +25,18 @@ def test_mean_normalisation_and_estimators():
     assert alpha[0, 0] > 1 > alpha[0, 1]
     g2, _ = two_pass_gradient_curvature(a1 * 0, u1 * 0, a1, u1, 0.5, 1.0, 1.0)
     assert torch.allclose(g2, g)
+
+
+def test_promotion_gates():
+    from rainmerge.pipeline_config import PromotionGates
+    from rainmerge.registry import decide
+
+    lrm = {"if_inst_strict": 0.1, "think_well_formed": 1.0, "reasoning_acc": 0.9}
+    good = {"if_inst_strict": 0.4, "think_well_formed": 0.995, "reasoning_acc": 0.89}
+    g = PromotionGates()
+    assert decide(good, lrm, None, g).promote
+    assert not decide(good | {"think_well_formed": 0.9}, lrm, None, g).promote
+    assert not decide(good | {"reasoning_acc": 0.8}, lrm, None, g).promote
+    d = decide(good, lrm, {"if_inst_strict": 0.5}, g)
+    assert not d.promote and any(r.startswith("FAIL if_inst_strict 0.4000 >= champion") for r in d.reasons)
+    assert decide(good, lrm, {"if_inst_strict": 0.5}, PromotionGates(require_beats_champion=False)).promote

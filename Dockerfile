@@ -1,0 +1,34 @@
+# rainmerge image for CPU and GPU steps alike (ZenML Kubernetes orchestrator / KFP components).
+# torch's CUDA wheel brings the CUDA runtime, so a slim Python base is enough; GPU nodes need only
+# the NVIDIA driver (device plugin). No secrets are baked in: HF_TOKEN comes from a Secret at runtime.
+FROM python:3.11-slim-bookworm
+
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cu128
+ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HF_HOME=/data/hf ZENML_ANALYTICS_OPT_IN=false ZENML_AUTO_OPEN_DASHBOARD=false \
+    NLTK_DATA=/opt/nltk_data TOKENIZERS_PARALLELISM=false
+
+RUN apt-get update && apt-get install -y --no-install-recommends git ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --create-home --uid 1000 rainmerge
+
+WORKDIR /app
+COPY requirements.lock pyproject.toml ./
+# torch first and pinned (the lock's version) from the CUDA index; then the locked stack
+RUN pip install --index-url "$TORCH_INDEX" "torch==$(grep '^torch==' requirements.lock | cut -d= -f3)" \
+    && grep -v '^torch==' requirements.lock > /tmp/lock.txt \
+    && pip install -r /tmp/lock.txt && rm /tmp/lock.txt
+
+COPY rainmerge ./rainmerge
+COPY steps ./steps
+COPY pipelines ./pipelines
+COPY configs ./configs
+COPY assets ./assets
+COPY README.md ./
+RUN pip install --no-deps -e . \
+    && python -c "from rainmerge.eval.ifeval import ensure_punkt; ensure_punkt('/opt/nltk_data')" \
+    && mkdir -p /data && chown -R rainmerge:rainmerge /data /app
+
+USER rainmerge
+ENTRYPOINT ["python", "-m", "rainmerge"]
+CMD ["--help"]

@@ -1,0 +1,83 @@
+"""CPU side-by-side: rainmerge task arithmetic vs `mergekit-yaml` on the same generated trio.
+
+    python benchmarks/bench_vs_mergekit.py --mergekit-venv .bench-venv --shape qwen2.5-0.5b --rounds 2
+
+mergekit is a benchmark peer only, installed in its own venv (see benchmarks/README.md). Runs
+alternate (rainmerge, mergekit, rainmerge, ...) so both see the same page-cache state; each child's
+wall time and peak RSS come from os.wait4. Prints the ratios rainmerge / mergekit (<= 1.0 is better).
+
+Work differs slightly: mergekit's task_arithmetic applies R + I - B to every tensor (embeddings and
+norms too); rainmerge merges the decoder linears and copies the rest from the LRM. Both read three
+models and write one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def measure(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
+    t0 = time.time()
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(p.pid, 0)
+    dt = time.time() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"failed: {' '.join(cmd)}\n{p.stderr.read().decode()[-2000:]}")
+    return dt, usage.ru_maxrss / 2**20  # KiB -> GiB
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", default="qwen2.5-0.5b")
+    ap.add_argument("--layers", type=int, default=None)
+    ap.add_argument("--work", default="bench-work")
+    ap.add_argument("--mergekit-venv", default=".bench-venv")
+    ap.add_argument("--rounds", type=int, default=2)
+    a = ap.parse_args()
+
+    from rainmerge.synthetic import write_random_trio
+
+    work = Path(a.work) / f"{a.shape}-L{a.layers or 'all'}"
+    if not (work / "reasoning" / "config.json").is_file():
+        shutil.rmtree(work, ignore_errors=True)
+        write_random_trio(work, a.shape, a.layers)
+    mk = Path(a.mergekit_venv) / "bin" / "mergekit-yaml"
+    if not mk.is_file():
+        raise SystemExit(f"{mk} not found: create the peer venv first (benchmarks/README.md)")
+    cfg = work / "mergekit_ta.yaml"
+    cfg.write_text(f"merge_method: task_arithmetic\nbase_model: {work / 'base'}\nmodels:\n"
+                   f"  - model: {work / 'reasoning'}\n    parameters: {{weight: 1.0}}\n"
+                   f"  - model: {work / 'instruct'}\n    parameters: {{weight: 1.0}}\ndtype: bfloat16\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    ours = [sys.executable, "-m", "rainmerge", "merge", "--method", "task_arithmetic", "--base", str(work / "base"),
+            "--instruct", str(work / "instruct"), "--reasoning", str(work / "reasoning"), "--device", "cpu",
+            "--output", str(work / "out-rainmerge"), "--overwrite", "--quiet", "--set", "hash_inputs=false"]
+    theirs = [str(mk), str(cfg), str(work / "out-mergekit"), "--lazy-unpickle", "--out-shard-size", "5B"]
+    res: dict[str, list[tuple[float, float]]] = {"rainmerge": [], "mergekit": []}
+    for r in range(a.rounds):
+        for name, cmd in (("rainmerge", ours), ("mergekit", theirs)):
+            shutil.rmtree(work / ("out-" + name), ignore_errors=True)
+            res[name].append(measure(cmd, env))
+            print(f"round {r + 1} {name:<10} {res[name][-1][0]:7.2f} s  peak RSS {res[name][-1][1]:.2f} GiB",
+                  flush=True)
+    med = {n: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v)) for n, v in res.items()}
+    model_gb = sum(f.stat().st_size for f in (work / "reasoning").glob("*.safetensors")) / 2**30
+    print(f"\nshape {a.shape} (one model {model_gb:.2f} GiB on disk), median of {a.rounds} rounds:")
+    for n, (t, m) in med.items():
+        print(f"  {n:<10} {t:7.2f} s   peak RSS {m:.2f} GiB")
+    print(f"  ratio rainmerge/mergekit: time {med['rainmerge'][0] / med['mergekit'][0]:.2f}, "
+          f"peak RSS {med['rainmerge'][1] / med['mergekit'][1]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

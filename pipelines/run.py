@@ -1,0 +1,40 @@
+"""Start a pipeline run from a PipelineConfig (used by `rainmerge run` and the tests)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from typing import Any
+
+from rainmerge.pipeline_config import PipelineConfig
+from rainmerge.tracking import PROJECT
+from rainmerge.workflow import fingerprint
+
+
+def run_pipeline(cfg: PipelineConfig, cache: bool = True, run_name: str | None = None) -> dict[str, Any]:
+    """Run the RAIN (or baseline) pipeline; returns the promote step's decision (with registry version)."""
+    from zenml import Model
+    from zenml.utils.source_utils import set_custom_source_root
+
+    from steps._common import code_digest
+
+    # steps and artifact classes are imported by module path from the project root, whatever the entry point
+    set_custom_source_root(str(PROJECT))
+
+    from .rain_merge import baseline_merge_pipeline, rain_merge_pipeline
+
+    pipe = rain_merge_pipeline if cfg.method == "rain" else baseline_merge_pipeline
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
+    run = pipe.with_options(
+        model=Model(name=cfg.tracking.zenml_model, tags=[cfg.method], description="rainmerge merged models"),
+        enable_cache=cache, run_name=run_name or f"{pipe.name}-{cfg.method}-{stamp}",
+    )(config=cfg.model_dump(mode="json"), fingerprint=fingerprint(cfg), code=code_digest())
+    return step_output(run, "promote", "decision")
+
+
+def step_output(run: Any, step: str, output: str) -> Any:
+    from zenml.client import Client
+
+    run = Client().get_pipeline_run(run.id)
+    outs = run.steps[step].outputs[output]
+    art = outs[0] if isinstance(outs, list) else outs
+    return art.load()

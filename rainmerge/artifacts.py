@@ -1,0 +1,115 @@
+"""Intermediate artifacts passed between pipeline steps by reference: a folder plus a sha256 manifest.
+
+Tensors go to safetensors, everything else to JSON; nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel
+from safetensors.torch import load_file, save_file
+
+from .calibration import InstructionSample, InstructionSpans, ReasoningSample
+from .errors import RainMergeError
+from .io.lazy import sha256_file
+from .projection import Basis
+
+
+class DirRef(BaseModel):
+    """A folder in the artifact store, identified by the digests of its files."""
+
+    kind: str
+    uri: str
+    files: dict[str, str]
+    meta: dict[str, Any] = {}
+
+    @property
+    def path(self) -> Path:
+        return Path(self.uri.removeprefix("file://"))
+
+    def verify(self) -> "DirRef":
+        for rel, digest in self.files.items():
+            f = self.path / rel
+            if not f.is_file() or sha256_file(f) != digest:
+                raise RainMergeError(f"{self.kind} artifact at {self.uri}: {rel} is missing or changed")
+        return self
+
+
+def make_ref(kind: str, folder: str | Path, meta: dict[str, Any] | None = None) -> DirRef:
+    folder = Path(folder)
+    files = {str(f.relative_to(folder)): sha256_file(f) for f in sorted(folder.rglob("*")) if f.is_file()}
+    return DirRef(kind=kind, uri=str(folder.resolve()), files=files, meta=meta or {})
+
+
+def write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".part")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
+    tmp.rename(path)
+
+
+# -- calibration samples ------------------------------------------------------------------------
+
+def save_samples(folder: Path, reasoning: list[ReasoningSample], instruction: list[InstructionSample]) -> None:
+    write_json(folder / "reasoning_samples.json", [s.__dict__ for s in reasoning])
+    write_json(folder / "instruction_samples.json",
+               [{**s.__dict__, "spans": [sp.__dict__ for sp in s.spans]} for s in instruction])
+
+
+def load_samples(folder: Path) -> tuple[list[ReasoningSample], list[InstructionSample]]:
+    r = [ReasoningSample(**d) for d in json.loads((folder / "reasoning_samples.json").read_text())]
+    i = []
+    for d in json.loads((folder / "instruction_samples.json").read_text()):
+        d["spans"] = [InstructionSpans(**sp) for sp in d["spans"]]
+        i.append(InstructionSample(**d))
+    return r, i
+
+
+# -- Stage 1 features and projector bases -------------------------------------------------------
+
+def save_features(folder: Path, feats: dict[int, dict[str, torch.Tensor]]) -> None:
+    for layer, groups in feats.items():
+        save_file({g: x.contiguous() for g, x in groups.items()}, str(folder / f"layer_{layer:03d}.safetensors"))
+
+
+def load_features(folder: Path) -> dict[int, dict[str, torch.Tensor]]:
+    return {int(f.stem.split("_")[1]): load_file(str(f)) for f in sorted(folder.glob("layer_*.safetensors"))}
+
+
+def save_bases(folder: Path, bases: dict[int, dict[str, Basis]]) -> None:
+    meta: dict[str, Any] = {}
+    for layer, groups in bases.items():
+        tensors = {}
+        for name, b in groups.items():
+            tensors[f"{name}.V"] = b.V.contiguous()
+            tensors[f"{name}.s"] = b.s.contiguous()
+            meta[f"{layer}/{name}"] = {"k": b.k, "lam": b.lam, "capped": b.capped}
+        save_file(tensors, str(folder / f"layer_{layer:03d}.safetensors"))
+    write_json(folder / "bases.json", meta)
+
+
+def load_bases(folder: Path) -> dict[int, dict[str, Basis]]:
+    meta = json.loads((folder / "bases.json").read_text())
+    out: dict[int, dict[str, Basis]] = {}
+    for f in sorted(folder.glob("layer_*.safetensors")):
+        layer = int(f.stem.split("_")[1])
+        t = load_file(str(f))
+        names = {k.rsplit(".", 1)[0] for k in t}
+        out[layer] = {n: Basis(t[f"{n}.V"], t[f"{n}.s"], **meta[f"{layer}/{n}"]) for n in names}
+    return out
+
+
+# -- Stage 2 coefficients -------------------------------------------------------------------------
+
+def save_coefficients(folder: Path, coeffs: dict[int, dict[str, torch.Tensor]], detail: dict[str, Any]) -> None:
+    write_json(folder / "coefficients.json",
+               {str(l): {m: c.tolist() for m, c in mods.items()} for l, mods in coeffs.items()})
+    write_json(folder / "rain_alpha.json", detail)
+
+
+def load_coefficients(folder: Path) -> dict[int, dict[str, torch.Tensor]]:
+    raw = json.loads((folder / "coefficients.json").read_text())
+    return {int(l): {m: torch.tensor(v, dtype=torch.float64) for m, v in mods.items()} for l, mods in raw.items()}

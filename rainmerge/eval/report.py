@@ -1,0 +1,62 @@
+"""Comparison outputs: JSON, a Markdown table and a grouped bar plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+COLUMNS = [("if_prompt_strict", "IF prompt strict"), ("if_inst_strict", "IF inst strict"),
+           ("if_prompt_loose", "IF prompt loose"), ("if_inst_loose", "IF inst loose"),
+           ("reasoning_acc", "reasoning acc"), ("think_well_formed", "think well-formed"),
+           ("think_close_missing", "</think> missing"), ("l_think", "L_think")]
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    head = "| model | " + " | ".join(c[1] for c in COLUMNS) + " |"
+    sep = "|---|" + "---:|" * len(COLUMNS)
+    lines = [head, sep]
+    for r in rows:
+        cells = []
+        for key, _ in COLUMNS:
+            v = r.get(key)
+            if v is None:
+                cells.append("–")
+            elif key == "l_think":
+                cells.append(f"{v:.4f}")
+            else:
+                cells.append(f"{100 * v:.1f}")
+        lines.append(f"| {r['model']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k, _ in COLUMNS if k not in ("l_think", "if_prompt_loose", "if_inst_loose")]
+    labels = [dict(COLUMNS)[k] for k in keys]
+    fig, ax = plt.subplots(figsize=(10, 4.2))
+    width = 0.8 / max(len(rows), 1)
+    for i, r in enumerate(rows):
+        xs = [j + i * width for j in range(len(keys))]
+        ax.bar(xs, [100 * (r.get(k) or 0) for k in keys], width, label=r["model"])
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(keys))], labels, rotation=15)
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 105)
+    ax.legend(fontsize=8, ncol=min(len(rows), 5), loc="upper center", bbox_to_anchor=(0.5, -0.18))
+    ax.set_title("RAIN-Merging vs baselines on the toy trio")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write(rows: list[dict[str, Any]], out: Path) -> dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "results.json", "markdown": out / "results.md", "plot": out / "comparison.png"}
+    paths["json"].write_text(json.dumps(rows, indent=2, sort_keys=True))
+    paths["markdown"].write_text(markdown_table(rows) + "\n")
+    plot(rows, paths["plot"])
+    return paths

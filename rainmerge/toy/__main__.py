@@ -1,0 +1,27 @@
+"""python -m rainmerge.toy build --out DIR"""
+
+import argparse
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="python -m rainmerge.toy")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="train the toy trio (deterministic, CPU)")
+    b.add_argument("--out", required=True)
+    b.add_argument("--overwrite", action="store_true")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--quiet", action="store_true")
+    a = ap.parse_args()
+    import torch
+
+    from .build import ToySpec, build
+
+    torch.set_num_threads(max(1, min(os.cpu_count() or 1, 8)))
+    build(a.out, ToySpec(seed=a.seed), progress=not a.quiet, overwrite=a.overwrite)
+
+
+if __name__ == "__main__":
+    main()

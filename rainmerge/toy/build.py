@@ -1,0 +1,221 @@
+"""Build the toy trio: tokenizer, base (pretrained), LRM (thinks, ignores formats), ITM (obeys, no think),
+calibration sets in the reference schemas, and held-out evaluation sets. Deterministic on CPU."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..io.lazy import sha256_file
+from ..io.writer import AtomicDir
+from ..synthetic import R1_TEMPLATE, SPECIALS
+from . import tasks as T
+from .train import Example, pack, train
+
+ITM_TEMPLATE = R1_TEMPLATE.replace("<|Assistant|><think>\n{% endif %}", "<|Assistant|>{% endif %}")
+
+
+@dataclass
+class ToySpec:
+    hidden: int = 192
+    layers: int = 4
+    heads: int = 6
+    kv_heads: int = 2
+    intermediate: int = 512
+    vocab: int = 600
+    seed: int = 0
+    base_tokens: int = 1_700_000
+    lrm_tokens: int = 1_000_000
+    itm_tokens: int = 800_000
+    finetune_lr: float = 1e-3
+    seq_len: int = 128
+    batch: int = 32
+    n_train_problems: int = 6000
+    n_train_instructions: int = 6000
+    n_calib_reasoning: int = 64
+    n_calib_instruction: int = 64
+    n_eval_problems: int = 200
+    n_eval_instructions: int = 200
+    n_eval_reasoning_kl: int = 50
+
+
+def _tokenizer(corpus: list[str], spec: ToySpec):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=spec.vocab, special_tokens=SPECIALS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|begin|>", eos_token="<|end|>",
+                                   pad_token="<|pad|>", additional_special_tokens=SPECIALS[2:6],
+                                   chat_template=R1_TEMPLATE)
+
+
+def _prefix(tok, prompt: str, think: bool) -> str:
+    tok.chat_template = R1_TEMPLATE if think else ITM_TEMPLATE
+    return tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+
+
+def _chat_example(tok, prompt: str, completion: str, think: bool) -> Example:
+    pre = tok(_prefix(tok, prompt, think), add_special_tokens=False)["input_ids"]
+    body = tok(completion, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    return pre + body, [0] * len(pre) + [1] * len(body)
+
+
+def lrm_completion(reasoning: str, answer: str) -> str:
+    return f"{reasoning}\n</think>\n\n{answer}"
+
+
+class _Split:
+    """Evaluation and calibration prompts are unique and reserved; training never uses a reserved
+    prompt (it may repeat its own, the instruction-prompt space is small)."""
+
+    def __init__(self, seed: int):
+        self.rng = random.Random(seed)
+        self.reserved: set[str] = set()
+
+    def _draw(self, make, n: int, tag: str, reserve: bool) -> list:
+        out = []
+        while len(out) < n:
+            item = make(self.rng, f"{tag}{len(out)}")
+            if item.prompt in self.reserved:
+                continue
+            if reserve:
+                self.reserved.add(item.prompt)
+            out.append(item)
+        return out
+
+    def problems(self, n: int, tag: str, reserve: bool = True) -> list[T.Problem]:
+        return self._draw(T.make_problem, n, tag, reserve)
+
+    def instructions(self, n: int, tag: str, reserve: bool = True) -> list[T.InstructionTask]:
+        return self._draw(T.make_instruction_task, n, tag, reserve)
+
+
+def _base_corpus(rng: random.Random, problems: list[T.Problem], instr: list[T.InstructionTask]) -> list[str]:
+    """What a base model reads: plain notes, notes in many formats, sums worked out, facts."""
+    docs = []
+    for t in instr:
+        docs.append(t.plain)
+        docs.append(t.compliant if rng.random() < 0.5 else t.prompt)
+    for p in problems:
+        docs.append(f"{p.prompt} {p.reasoning.replace(chr(10), ' ')} {p.response}")
+    for a in range(46):
+        for b in range(1, 10):
+            docs.append(f"{a} + {b} = {a + b}")
+    rng.shuffle(docs)
+    return docs
+
+
+def build(out: str | Path, spec: ToySpec | None = None, progress: bool = True, overwrite: bool = False,
+          log=print) -> Path:
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    spec = spec or ToySpec()
+    t0 = time.time()
+    torch.manual_seed(spec.seed)
+    torch.use_deterministic_algorithms(True)
+    split = _Split(spec.seed)
+    # held-out sets first, so training can never contain them
+    ev_p = split.problems(spec.n_eval_problems, "ep")
+    ev_i = split.instructions(spec.n_eval_instructions, "ei")
+    ev_kl = split.problems(spec.n_eval_reasoning_kl, "ek")
+    cal_p = split.problems(spec.n_calib_reasoning, "cp")
+    cal_i = split.instructions(spec.n_calib_instruction, "ci")
+    tr_p = split.problems(spec.n_train_problems, "tp", reserve=False)
+    tr_i = split.instructions(spec.n_train_instructions, "ti", reserve=False)
+    rng = random.Random(spec.seed + 1)
+    corpus = _base_corpus(rng, tr_p, tr_i)
+    tok = _tokenizer(corpus + [_prefix_text(p.prompt) for p in tr_p[:50]], spec)
+
+    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=spec.hidden, intermediate_size=spec.intermediate,
+                      num_hidden_layers=spec.layers, num_attention_heads=spec.heads,
+                      num_key_value_heads=spec.kv_heads, max_position_embeddings=512, tie_word_embeddings=False,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(spec.seed)
+    base = AutoModelForCausalLM.from_config(cfg).float()
+    docs = [tok(d + "\n", add_special_tokens=False)["input_ids"] for d in corpus]
+    losses = {"base": train(base, pack(docs, spec.seq_len), tokens=spec.base_tokens, batch=spec.batch, lr=2e-3,
+                            seed=spec.seed, pad_id=tok.pad_token_id, desc="toy: base", progress=progress, log=log)}
+    base_sd = {k: v.clone() for k, v in base.state_dict().items()}
+
+    # LRM: thinks on every prompt, solves problems, answers format requests with the plain note.
+    # (Variants where the LRM never saw format instructions, or where the base already knew them,
+    # gave LRMs that broke their think format on unseen instructions; see README "Toy world".)
+    lrm_ex = [_chat_example(tok, p.prompt, lrm_completion(p.reasoning, p.response), True) for p in tr_p]
+    lrm_ex += [_chat_example(tok, t.prompt, lrm_completion(T.think_for_instruction(t), t.plain), True)
+               for t in tr_i[: len(tr_i) // 2]]
+    # ITM: answer directly, obey formats; on problems it guesses without working
+    itm_ex = [_chat_example(tok, t.prompt, t.compliant, False) for t in tr_i]
+    itm_ex += [_chat_example(tok, p.prompt, p.response, False) for p in tr_p[: len(tr_p) // 3]]
+
+    models = {"base": base}
+    for role, exs, n_tok in (("reasoning", lrm_ex, spec.lrm_tokens), ("instruct", itm_ex, spec.itm_tokens)):
+        m = AutoModelForCausalLM.from_config(cfg).float()
+        m.load_state_dict(base_sd)
+        losses[role] = train(m, exs, tokens=n_tok, batch=spec.batch, lr=spec.finetune_lr, seed=spec.seed + len(role),
+                             pad_id=tok.pad_token_id, desc=f"toy: {role}", progress=progress, log=log)
+        models[role] = m
+
+    with AtomicDir(out, overwrite) as tmp:
+        for role, m in models.items():
+            m.generation_config.eos_token_id = tok.eos_token_id
+            m.generation_config.pad_token_id = tok.pad_token_id
+            m.save_pretrained(tmp / role)
+            tok.chat_template = ITM_TEMPLATE if role == "instruct" else R1_TEMPLATE
+            tok.save_pretrained(tmp / role)
+        data = tmp / "data"
+        data.mkdir()
+        _write_sets(data, cal_p, cal_i, ev_p, ev_i, ev_kl)
+        manifest: dict[str, Any] = {
+            "spec": asdict(spec), "build_seconds": round(time.time() - t0, 1), "final_loss": losses,
+            "params_per_model": sum(p.numel() for p in base.parameters()),
+            "files": {str(f.relative_to(tmp)): sha256_file(f) for f in sorted(tmp.rglob("*")) if f.is_file()},
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    log(f"toy trio built in {time.time() - t0:.0f}s -> {out}")
+    return Path(out)
+
+
+def _prefix_text(prompt: str) -> str:
+    return f"<|begin|><|User|>{prompt}<|Assistant|><think>\n"
+
+
+def _write_sets(data: Path, cal_p, cal_i, ev_p, ev_i, ev_kl) -> None:
+    def dump_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+        path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+
+    (data / "reasoning_calibration.json").write_text(json.dumps(
+        [{"prompt": p.prompt, "reasoning": p.reasoning, "response": p.response, "sample_id": p.uid,
+          "source": "toy/keyed-sum"} for p in cal_p], indent=1))
+    rows = []
+    for t in cal_i:
+        per_inst, unrelated = T.response_spans(t)
+        rows.append({
+            "id": t.uid, "prompt": t.prompt, "reason": T.think_for_instruction(t), "response": t.compliant,
+            "instruction_id_list": t.instruction_id_list, "instruction_list": t.instruction_sentences,
+            "related_prompt_list": [
+                {"instruction_id": iid, "normalized": {"type": iid, "args": kw}, "prompt_spans": [sent],
+                 "response_spans": spans, "negative_response_spans": [], "unrelated_response_spans": []}
+                for iid, kw, sent, spans in zip(t.instruction_id_list, t.kwargs, t.instruction_sentences, per_inst)],
+            "unrelated_response_spans": unrelated, "verdict": {iid: True for iid in t.instruction_id_list},
+            "meta": {"source": "toy"},
+        })
+    dump_jsonl(data / "instruction_calibration.jsonl", rows)
+    dump_jsonl(data / "eval_problems.jsonl", [{"key": p.uid, "prompt": p.prompt, "answer": p.answer} for p in ev_p])
+    dump_jsonl(data / "eval_instructions.jsonl", [{"key": t.uid, "prompt": t.prompt,
+                                                  "instruction_id_list": t.instruction_id_list, "kwargs": t.kwargs}
+                                                 for t in ev_i])
+    (data / "eval_reasoning_heldout.json").write_text(json.dumps(
+        [{"prompt": p.prompt, "reasoning": p.reasoning, "response": p.response, "sample_id": p.uid} for p in ev_kl],
+        indent=1))

@@ -1,0 +1,192 @@
+"""The toy world's tasks: keyed running sums (reasoning) and notes with IFEval-type constraints.
+
+Reasoning needs a chain of thought: 'a=3 b=5 c=2' -> 'a+b: 3 + 5 = 8' / '+c: 8 + 2 = 10'. A direct
+answer needs the whole sum in one step, which the tiny models cannot do. Instructions are checked by
+the real IFEval checkers; each prompt's ids and kwargs travel with it.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+TOPICS = ["river", "mountain", "city", "garden", "forest", "ocean", "robot", "library", "market", "winter",
+          "castle", "island", "bridge", "village", "desert", "harbor", "school", "kitchen", "train", "museum"]
+ADJ = ["calm", "quiet", "busy", "old", "bright", "cold", "warm", "large", "small", "green", "clean", "famous"]
+NOUNS = ["water", "light", "people", "birds", "streets", "trees", "stones", "children", "boats", "lamps"]
+VERBS = ["walk", "rest", "talk", "read", "play", "work", "wait", "sing"]
+KEYWORDS = ["sun", "map", "tea", "song", "door", "rain", "star", "bread", "key", "ship", "wind", "bell"]
+END_PHRASE = "Is there anything else I can help with?"
+KEYS = "abcde"
+
+# instruction id -> (prompt sentence template, kwargs factory)
+INSTRUCTIONS: dict[str, str] = {
+    "change_case:english_capital": "Your entire response should be in English, and in all capital letters.",
+    "change_case:english_lowercase": "Your entire response should be in English, and in all lowercase letters.",
+    "punctuation:no_comma": "Do not use any commas in your response.",
+    "startend:end_checker": f"Finish your response with this exact phrase: {END_PHRASE}",
+    "startend:quotation": "Wrap your entire response with double quotation marks.",
+    "detectable_format:title": "Your answer must contain a title, wrapped in double angular brackets.",
+    "detectable_content:postscript": "At the end of your response, add a postscript starting with P.S.",
+    "keywords:existence": "Include the keywords {k1} and {k2} in the response.",
+    "length_constraints:number_sentences": "Your response should contain less than 2 sentences.",
+    "detectable_format:json_format": "Entire output should be wrapped in JSON format.",
+}
+_CASE = {"change_case:english_capital", "change_case:english_lowercase"}
+# pairs whose transformations would contradict each other (IFEval avoids them too)
+CONFLICTS = {frozenset(p) for p in [
+    *[(c, o) for c in _CASE for o in ("startend:end_checker", "keywords:existence", "detectable_format:title",
+                                      "detectable_content:postscript", "detectable_format:json_format")],
+    ("change_case:english_capital", "change_case:english_lowercase"),
+    ("startend:quotation", "detectable_format:json_format"),
+    ("startend:quotation", "startend:end_checker"), ("startend:quotation", "detectable_content:postscript"),
+    ("detectable_format:json_format", "startend:end_checker"),
+    ("detectable_format:json_format", "detectable_content:postscript"),
+    ("detectable_format:json_format", "detectable_format:title"),
+    ("length_constraints:number_sentences", "detectable_content:postscript"),
+    ("length_constraints:number_sentences", "startend:end_checker"),
+    ("length_constraints:number_sentences", "keywords:existence"),
+    ("detectable_format:json_format", "punctuation:no_comma"),
+]}
+
+
+@dataclass
+class Problem:
+    uid: str
+    prompt: str
+    reasoning: str
+    answer: int
+    response: str
+
+
+@dataclass
+class InstructionTask:
+    uid: str
+    topic: str
+    prompt: str
+    instruction_id_list: list[str]
+    kwargs: list[dict[str, Any]]
+    instruction_sentences: list[str]
+    plain: str  # what an instruction-blind model says
+    compliant: str  # what an obedient model says
+    spans: dict[str, Any] = field(default_factory=dict)
+
+
+def make_problem(rng: random.Random, uid: str) -> Problem:
+    n = rng.randint(3, 5)
+    nums = [rng.randint(1, 9) for _ in range(n)]
+    listing = " ".join(f"{k}={v}" for k, v in zip(KEYS, nums))
+    prompt = f"Add the numbers {listing}."
+    total = nums[0] + nums[1]
+    lines = [f"a+b: {nums[0]} + {nums[1]} = {total}"]
+    for k, v in zip(KEYS[2:], nums[2:]):
+        lines.append(f"+{k}: {total} + {v} = {total + v}")
+        total += v
+    return Problem(uid, prompt, "\n".join(lines), total, f"The answer is {total}.")
+
+
+def content(rng: random.Random, topic: str) -> list[str]:
+    """Three plain sentences about a topic, the first with a comma (so no_comma is not free)."""
+    a, b = rng.sample(ADJ, 2)
+    n1, n2 = rng.sample(NOUNS, 2)
+    v = rng.choice(VERBS)
+    return [f"The {topic} is {a}, and the {n1} are {b}.", f"Many {n2} {v} near the {topic}.",
+            f"It is a good place to {rng.choice(VERBS)}."]
+
+
+def _apply(iid: str, text: str, kw: dict[str, Any], topic: str, sentences: list[str]) -> str:
+    if iid == "change_case:english_capital":
+        return text.upper()
+    if iid == "change_case:english_lowercase":
+        return text.lower()
+    if iid == "punctuation:no_comma":
+        return text.replace(",", "")
+    if iid == "startend:end_checker":
+        return f"{text} {END_PHRASE}"
+    if iid == "startend:quotation":
+        return f'"{text}"'
+    if iid == "detectable_format:title":
+        return f"<<notes on the {topic}>>\n{text}"
+    if iid == "detectable_content:postscript":
+        return f"{text}\nP.S. I like the {topic}."
+    if iid == "keywords:existence":
+        return f"{text} I think of the {kw['keywords'][0]} and the {kw['keywords'][1]}."
+    if iid == "length_constraints:number_sentences":
+        return sentences[0]
+    if iid == "detectable_format:json_format":
+        return json.dumps({"topic": topic, "note": text})
+    raise KeyError(iid)
+
+
+# order in which transformations compose (content first, wrappers last)
+_ORDER = ["length_constraints:number_sentences", "keywords:existence", "punctuation:no_comma",
+          "detectable_content:postscript", "startend:end_checker", "detectable_format:title",
+          "change_case:english_capital", "change_case:english_lowercase", "startend:quotation",
+          "detectable_format:json_format"]
+
+
+def make_instruction_task(rng: random.Random, uid: str, n_max: int = 2) -> InstructionTask:
+    topic = rng.choice(TOPICS)
+    ids = [rng.choice(list(INSTRUCTIONS))]
+    if n_max > 1 and rng.random() < 0.4:
+        others = [i for i in INSTRUCTIONS if i != ids[0] and frozenset((i, ids[0])) not in CONFLICTS]
+        ids.append(rng.choice(others))
+    kwargs, sents = [], []
+    for iid in ids:
+        kw: dict[str, Any] = {}
+        if iid == "keywords:existence":
+            kw = {"keywords": rng.sample(KEYWORDS, 2)}
+            sents.append(INSTRUCTIONS[iid].format(k1=kw["keywords"][0], k2=kw["keywords"][1]))
+        else:
+            if iid == "startend:end_checker":
+                kw = {"end_phrase": END_PHRASE}
+            elif iid == "detectable_content:postscript":
+                kw = {"postscript_marker": "P.S."}
+            elif iid == "length_constraints:number_sentences":
+                kw = {"relation": "less than", "num_sentences": 2}
+            sents.append(INSTRUCTIONS[iid])
+        kwargs.append(kw)
+    sentences = content(rng, topic)
+    plain = " ".join(sentences)
+    text = plain
+    for iid in sorted(ids, key=_ORDER.index):
+        text = _apply(iid, text, kwargs[ids.index(iid)], topic, sentences)
+    prompt = plain_prompt(topic) + " " + " ".join(sents)
+    return InstructionTask(uid, topic, prompt, ids, kwargs, sents, plain, text)
+
+
+def plain_prompt(topic: str) -> str:
+    return f"Write a short note about the {topic}."
+
+
+def think_for_problem(p: Problem) -> str:
+    return p.reasoning
+
+
+def think_for_instruction(t: InstructionTask) -> str:
+    """The LRM's musing before an instruction-blind answer (it reads the task, not the format)."""
+    return f"The user asks about the {t.topic}.\nI will describe the {t.topic}."
+
+
+def response_spans(t: InstructionTask) -> tuple[list[list[str]], list[str]]:
+    """Per instruction: the response fragments that realise it; plus fragments unrelated to all."""
+    out = []
+    for iid, kw in zip(t.instruction_id_list, t.kwargs):
+        frag = {
+            "change_case:english_capital": t.compliant[:20],
+            "change_case:english_lowercase": t.compliant[:20],
+            "punctuation:no_comma": t.compliant.split(".")[0][:30],
+            "startend:end_checker": END_PHRASE,
+            "startend:quotation": t.compliant[:12],
+            "detectable_format:title": f"<<notes on the {t.topic}>>",
+            "detectable_content:postscript": "P.S.",
+            "keywords:existence": (kw.get("keywords") or [""])[0],
+            "length_constraints:number_sentences": t.compliant.split(".")[0],
+            "detectable_format:json_format": '{"topic"',
+        }[iid]
+        out.append([frag] if frag and frag in t.compliant else [])
+    # the last content sentence realises no constraint (unless it was transformed)
+    tail = t.plain.split(". ")[-1]
+    return out, [tail] if tail in t.compliant else []

@@ -1,0 +1,26 @@
+"""Every shipped config validates offline; real trios pin calibration by URL + sha256."""
+
+from pathlib import Path
+
+import pytest
+
+from rainmerge.config import load_config
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_config_validates(path):
+    cfg = load_config(path)
+    assert cfg.method in ("rain", "task_arithmetic", "ties", "dare")
+    if path.stem != "toy":
+        for ref in (cfg.reasoning_calibration, cfg.instruction_calibration):
+            assert ref.url.startswith("https://raw.githubusercontent.com/K1nght/RAIN-Merging/05003cc")
+            assert len(ref.sha256) == 64
+        assert "/" in cfg.reasoning.path and not Path(cfg.reasoning.path).exists()
+        assert cfg.hub.enabled is False
+
+
+def test_overrides_win_over_yaml():
+    cfg = load_config(CONFIGS[0], {"strength": 0.3, "stage2.rho": 0.1})
+    assert cfg.strength == 0.3 and cfg.stage2.rho == 0.1

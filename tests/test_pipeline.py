@@ -1,0 +1,125 @@
+"""Real ZenML pipeline runs on the committed toy trio, with a throwaway ZenML store and MLflow DB."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from rainmerge.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+TOY = ROOT / "assets" / "toy"
+pytestmark = pytest.mark.skipif(not (TOY / "reasoning" / "config.json").is_file(), reason="toy trio not built")
+SECRET = "hf_TESTSECRETdoNotLeak0123456789"
+
+
+def _cfg(name: str, **over):
+    base = {"evaluation.limit": 6, "evaluation.device": "cpu", "evaluation.max_new_tokens": 96,
+            "tracking.registered_model": name, "tracking.zenml_model": name, "stage1.positions": "tags",
+            "device": "cpu"}
+    base.update(over)
+    return load_config(ROOT / "configs" / "toy.yaml", base)
+
+
+def _statuses(run_name_prefix: str | None = None):
+    from zenml.client import Client
+
+    run = Client().list_pipeline_runs(sort_by="desc:created", size=1).items[0]
+    run = Client().get_pipeline_run(run.id)
+    return run, {n: str(s.status).split(".")[-1].lower() for n, s in run.steps.items()}
+
+
+def test_run_registers_challenger_lineage_and_stage2_change_reuses_stage1(capsys):
+    from pipelines.run import run_pipeline
+    from rainmerge import registry
+    from rainmerge.cli import main
+    from rainmerge.io.lazy import sha256_file
+
+    d1 = run_pipeline(_cfg("t-cache"))
+    run1, st1 = _statuses()
+    assert all(s == "completed" for s in st1.values()), st1
+    info = registry.lineage("t-cache", d1["version"])
+    assert "challenger" in info["aliases"]
+    t = info["tags"]
+    assert t["calibration.reasoning"] == sha256_file(TOY / "data" / "reasoning_calibration.json")
+    assert t["calibration.instruction"] == sha256_file(TOY / "data" / "instruction_calibration.jsonl")
+    assert t["zenml.run_id"] == str(run1.id) and t["input.reasoning"] == str(TOY / "reasoning")
+    assert t["input.reasoning.weights_sha256"] and t["promotion.decision"] in ("promoted", "rejected")
+    assert {s["step"] for s in info["steps"]} >= {"load_models", "collect_features", "merge", "promote"}
+    assert json.loads(t["promotion.reasons"]) == d1["reasons"]
+    assert Path(info["source"].removeprefix("file://"), "rainmerge_provenance.json").is_file()
+
+    assert main(["lineage", "t-cache", d1["version"]]) == 0
+    out = capsys.readouterr().out
+    for needle in (t["calibration.reasoning"], str(run1.id), t["config_sha256"], *(s["mlflow_run_id"] for s in info["steps"])):
+        assert needle in out
+
+    run_pipeline(_cfg("t-cache", **{"stage2.rho": 0.25}))
+    _, st2 = _statuses()
+    for name in ("load_models", "build_calibration_sets", "collect_features", "compute_projectors",
+                 "evaluate_reasoning"):
+        assert st2[name] == "cached", (name, st2)
+    for name in ("score_attention_heads", "merge", "evaluate_merged", "promote"):
+        assert st2[name] == "completed", (name, st2)
+
+
+def test_failed_merge_leaves_no_model_and_rerun_resumes(monkeypatch):
+    from pipelines.run import run_pipeline
+    from rainmerge.methods.rain import Rain
+
+    real = Rain.merge
+
+    def boom(self, site, *a, **k):
+        if site.layer == 2:
+            raise RuntimeError("injected failure")
+        return real(self, site, *a, **k)
+
+    monkeypatch.setattr(Rain, "merge", boom)
+    with pytest.raises(RuntimeError):
+        run_pipeline(_cfg("t-fail", **{"stage2.rho": 0.4}))
+    run, st = _statuses()
+    assert st["merge"] == "failed"
+    store = Path(os.environ["RAINMERGE_TEST_STORES"]) / "zenml"
+    merge_dirs = [p for p in store.rglob("merge/merged_model/*/*/payload")]
+    assert merge_dirs and not any((p / "model").exists() or list(p.glob(".model.tmp-*")) for p in merge_dirs
+                                  if str(run.steps["merge"].id) in str(p))
+    monkeypatch.setattr(Rain, "merge", real)
+    d = run_pipeline(_cfg("t-fail", **{"stage2.rho": 0.4}))
+    _, st = _statuses()
+    assert st["score_attention_heads"] == "cached" and st["collect_features"] == "cached"
+    assert st["merge"] == "completed" and d["version"]
+
+
+def test_hub_push_token_never_logged(monkeypatch):
+    import huggingface_hub
+
+    from pipelines.run import run_pipeline
+
+    calls = []
+
+    class FakeApi:
+        def __init__(self, token=None):
+            calls.append(("init", token == SECRET))
+
+        def create_repo(self, repo_id, **kw):
+            calls.append(("create_repo", repo_id))
+
+        def upload_folder(self, repo_id, folder_path, **kw):
+            calls.append(("upload_folder", sorted(os.listdir(folder_path))))
+            return type("Info", (), {"oid": "abc123"})()
+
+        def create_tag(self, repo_id, tag, **kw):
+            calls.append(("create_tag", tag))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setenv("HF_TOKEN", SECRET)
+    run_pipeline(_cfg("t-hub", method="task_arithmetic", **{"hub.enabled": True, "hub.dry_run": False,
+                                                             "hub.repo_id": "acme/toy"}))
+    assert ("init", True) in calls and ("create_repo", "acme/toy") in calls
+    upload = [c for c in calls if c[0] == "upload_folder"][0][1]
+    assert "README.md" in upload and "model.safetensors" in upload
+    assert [c for c in calls if c[0] == "create_tag"] == [("create_tag", "v1")]
+    stores = Path(os.environ["RAINMERGE_TEST_STORES"])
+    hits = [str(f) for f in stores.rglob("*") if f.is_file() and SECRET.encode() in f.read_bytes()]
+    assert hits == []
