@@ -71,6 +71,7 @@ def write_random_trio(root: Path, shape: str | dict[str, Any], layers: int | Non
     cfg = _config(SHAPES[shape] if isinstance(shape, str) else shape, layers)
     with torch.device("meta"):
         meta = AutoModelForCausalLM.from_config(cfg)
+    cfg.architectures = [type(meta).__name__]  # real checkpoints carry it; mergekit requires it
     layout = {n: (tuple(p.shape), {torch.bfloat16: "BF16", torch.float32: "F32", torch.float16: "F16"}[dtype])
               for n, p in meta.state_dict().items()}
     if cfg.tie_word_embeddings:
