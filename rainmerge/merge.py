@@ -21,6 +21,41 @@ from .methods import MergeMethod, Site
 PROVENANCE_FILE = "rainmerge_provenance.json"
 
 
+class _Prefetcher:
+    """Reads the next tensor (LRM, and base/ITM for merged sites) on a thread while the current one
+    is merged, so disk reads overlap compute. At most one tensor triple is read ahead."""
+
+    def __init__(self, lrm: ModelSource, base: ModelSource, itm: ModelSource, sites: dict[str, Site]):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.srcs, self.sites = (lrm, base, itm), sites
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rainmerge-read")
+        self.order: list[str] = []
+        self.pending: dict[str, Any] = {}
+
+    def _read(self, name: str):
+        lrm, base, itm = self.srcs
+        if name in self.sites:
+            return lrm.get(name), base.get(name), itm.get(name)
+        return lrm.get(name), None, None
+
+    def plan(self, names: list[str]) -> None:
+        self.order = list(names)
+        if self.order:
+            self.pending[self.order[0]] = self.pool.submit(self._read, self.order[0])
+
+    def take(self, name: str):
+        fut = self.pending.pop(name, None)
+        if name in self.order:
+            k = self.order.index(name)
+            if k + 1 < len(self.order) and self.order[k + 1] not in self.pending:
+                self.pending[self.order[k + 1]] = self.pool.submit(self._read, self.order[k + 1])
+        return fut.result() if fut is not None else self._read(name)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 def merge_sites(arch: ArchSpec, layers: list[int], modules: list[str]) -> dict[str, Site]:
     return {arch.weight_name(l, m): Site(l, m, arch.weight_name(l, m)) for l in layers for m in modules}
 
@@ -44,22 +79,26 @@ def write_merged_model(
 ) -> Path:
     """Write LRM-with-merged-sites to `output` (temp folder + rename); returns the final path."""
     layout = {n: (lrm.shape(n), lrm.dtype_str(n)) for n in lrm.names()}
+    reader = _Prefetcher(lrm, base, itm, sites)
 
     def produce(name: str) -> torch.Tensor:
-        raw = lrm.get(name)
+        raw, b, i = reader.take(name)
         site = sites.get(name)
         if site is None:
             return raw
         acc = _acc_dtype(raw.dtype)
-        merged = method.merge(site, raw.to(acc), base.get(name, acc), itm.get(name, acc))
+        merged = method.merge(site, raw.to(acc), b.to(acc), i.to(acc))
         if not torch.isfinite(merged).all():
             raise FloatingPointError(f"{name}: merged weight has non-finite values")
         return merged.to(raw.dtype)
 
     t0 = time.time()
     with AtomicDir(output, overwrite) as tmp:
-        write_sharded(tmp, layout, produce, max_shard_size, desc=f"stage 3: merge ({method.name})",
-                      progress=progress)
+        try:
+            write_sharded(tmp, layout, produce, max_shard_size, desc=f"stage 3: merge ({method.name})",
+                          progress=progress, upcoming=reader.plan)
+        finally:
+            reader.close()
         copied = copy_side_files(lrm.root, tmp)
         provenance = {**provenance, "copied_from_lrm": copied, "module_stats": method.stats(),
                       "warnings": provenance.get("warnings", []) + getattr(method, "warnings", []),

@@ -4,6 +4,7 @@ of any real architecture shape (written tensor by tensor), and calibration recor
 from __future__ import annotations
 
 import json
+import os
 import random
 import zlib
 from pathlib import Path
@@ -64,8 +65,11 @@ def _config(shape: dict[str, Any], layers: int | None):
 
 def write_random_trio(root: Path, shape: str | dict[str, Any], layers: int | None = None,
                       dtype: torch.dtype = torch.bfloat16, seed: int = 0, noise: float = 0.02,
-                      max_shard_size: str = "2GB") -> dict[str, Path]:
-    """base ~ N(0, 0.02); ITM and LRM = base + independent N(0, noise*0.02); one tensor in memory at a time."""
+                      max_shard_size: str = "2GB", link_base: bool = False) -> dict[str, Path]:
+    """base ~ N(0, 0.02); ITM and LRM = base + independent N(0, noise*0.02); one tensor in memory at a time.
+
+    link_base hard-links the base's weights to the ITM's (tau = 0, same work and I/O): a 7B trio then
+    needs 30 GB of disk instead of 45 GB."""
     from transformers import AutoModelForCausalLM
 
     cfg = _config(SHAPES[shape] if isinstance(shape, str) else shape, layers)
@@ -78,9 +82,18 @@ def write_random_trio(root: Path, shape: str | dict[str, Any], layers: int | Non
         layout.pop("lm_head.weight", None)
     tok = build_tokenizer(None)
     out = {}
-    for i, role in enumerate(("base", "instruct", "reasoning")):
+    for i, role in enumerate(("instruct", "reasoning", "base")):
+        i = {"base": 0, "instruct": 1, "reasoning": 2}[role]
         d = root / role
         d.mkdir(parents=True, exist_ok=True)
+        if role == "base" and link_base:
+            for f in (root / "instruct").iterdir():
+                if f.suffix == ".safetensors" or f.name == "model.safetensors.index.json":
+                    os.link(f, d / f.name)
+            cfg.save_pretrained(d)
+            tok.save_pretrained(d)
+            out[role] = d
+            continue
 
         def produce(name: str, role_i: int = i) -> torch.Tensor:
             shape_ = layout[name][0]

@@ -70,8 +70,10 @@ def write_sharded(
     max_shard_size: str | int = "5GB",
     desc: str = "writing",
     progress: bool = True,
+    upcoming: Callable[[list[str]], None] | None = None,
 ) -> dict[str, str]:
-    """Write tensors shard by shard; `produce(name)` is called once per tensor, so one shard is in memory."""
+    """Write tensors shard by shard; `produce(name)` is called once per tensor, so one shard is in memory.
+    `upcoming(names)` is told each shard's tensor order first (lets a reader prefetch)."""
     meta = {n: torch.empty(shape, dtype=_DTYPES[dt], device="meta") for n, (shape, dt) in layout.items()}
     try:
         split = split_torch_state_dict_into_shards(meta, max_shard_size=max_shard_size)
@@ -79,6 +81,8 @@ def write_sharded(
         raise ConfigError(f"max_shard_size: {exc}") from None
     bar = tqdm(total=len(layout), desc=desc, unit="tensor", disable=not progress)
     for filename, names in split.filename_to_tensors.items():
+        if upcoming is not None:
+            upcoming(list(names))
         shard: dict[str, torch.Tensor] = {}
         for name in names:
             t = produce(name)
