@@ -17,7 +17,7 @@ COPY requirements.lock pyproject.toml ./
 # torch first and pinned (the lock's version) from the CUDA index; then the locked stack
 RUN pip install --index-url "$TORCH_INDEX" "torch==$(grep '^torch==' requirements.lock | cut -d= -f3)" \
     && grep -v '^torch==' requirements.lock > /tmp/lock.txt \
-    && pip install -r /tmp/lock.txt && rm /tmp/lock.txt
+    && pip install -r /tmp/lock.txt -c /tmp/lock.txt psycopg2-binary==2.9.10 && rm /tmp/lock.txt
 
 COPY rainmerge ./rainmerge
 COPY steps ./steps

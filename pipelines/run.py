@@ -10,7 +10,8 @@ from rainmerge.tracking import PROJECT
 from rainmerge.workflow import fingerprint
 
 
-def run_pipeline(cfg: PipelineConfig, cache: bool = True, run_name: str | None = None) -> dict[str, Any]:
+def run_pipeline(cfg: PipelineConfig, cache: bool = True, run_name: str | None = None,
+                 zenml_config: str | None = None) -> dict[str, Any]:
     """Run the RAIN (or baseline) pipeline; returns the promote step's decision (with registry version)."""
     from zenml import Model
     from zenml.utils.source_utils import set_custom_source_root
@@ -27,6 +28,7 @@ def run_pipeline(cfg: PipelineConfig, cache: bool = True, run_name: str | None =
     run = pipe.with_options(
         model=Model(name=cfg.tracking.zenml_model, tags=[cfg.method], description="rainmerge merged models"),
         enable_cache=cache, run_name=run_name or f"{pipe.name}-{cfg.method}-{stamp}",
+        **({"config_path": zenml_config} if zenml_config else {}),
     )(config=cfg.model_dump(mode="json"), fingerprint=fingerprint(cfg), code=code_digest())
     return step_output(run, "promote", "decision")
 

@@ -39,6 +39,7 @@ def _pipeline_parsers(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--config", default="configs/toy.yaml")
     r.add_argument("--method", choices=["rain", "task_arithmetic", "ties", "dare"])
     r.add_argument("--no-cache", action="store_true")
+    r.add_argument("--zenml-config", help="ZenML run config (per-step resources, e.g. configs/k8s/gpu-steps.zenml.yaml)")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p = sub.add_parser("promote", help="apply the promotion gates to a registered version (or force it)")
     p.add_argument("model")
@@ -72,7 +73,7 @@ def _run(a: argparse.Namespace) -> int:
     from .registry import format_lineage, lineage
 
     cfg = load_config(a.config, {"method": a.method, **_sets(a.set)})
-    decision = run_pipeline(cfg, cache=not a.no_cache)
+    decision = run_pipeline(cfg, cache=not a.no_cache, zenml_config=a.zenml_config)
     print("\n" + format_lineage(lineage(cfg.tracking.registered_model, decision["version"],
                                          cfg.tracking.tracking_uri)))
     return 0
