@@ -39,7 +39,8 @@ def _pipeline_parsers(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--config", default="configs/toy.yaml")
     r.add_argument("--method", choices=["rain", "task_arithmetic", "ties", "dare"])
     r.add_argument("--no-cache", action="store_true")
-    r.add_argument("--zenml-config", help="ZenML run config (per-step resources, e.g. configs/k8s/gpu-steps.zenml.yaml)")
+    r.add_argument("--zenml-config",
+                   help="ZenML run config (per-step resources, e.g. configs/k8s/gpu-steps.zenml.yaml)")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p = sub.add_parser("promote", help="apply the promotion gates to a registered version (or force it)")
     p.add_argument("model")

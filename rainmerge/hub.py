@@ -27,8 +27,10 @@ def model_card(config: dict[str, Any], inputs: dict[str, Any], metrics: list[dic
             "pipeline_tag": "text-generation",
             "tags": ["merge", "rainmerge", "rain-merging", config.get("method", "rain"), *extra_tags]}
     public_cfg = {k: v for k, v in config.items() if k not in ("output", "cache_dir")}
-    rows = "\n".join(f"| {r} | `{inputs[r]['path']}` | `{inputs[r].get('commit') or inputs[r].get('revision') or 'local'}` |"
-                     for r in ("base", "instruct", "reasoning"))
+    def rev(r: str) -> str:
+        return inputs[r].get("commit") or inputs[r].get("revision") or "local"
+
+    rows = "\n".join(f"| {r} | `{inputs[r]['path']}` | `{rev(r)}` |" for r in ("base", "instruct", "reasoning"))
     return (f"---\n{yaml.safe_dump(meta, sort_keys=False)}---\n\n"
             f"# RAIN-Merging of `{parents[1]}` into `{parents[2]}`\n\n"
             f"Merged with [rainmerge](https://arxiv.org/abs/2602.22538) (method `{config.get('method')}`"

@@ -45,6 +45,7 @@ class TrackingConfig(_Strict):
 
 
 class PipelineConfig(RainConfig):
+    work_dir: str | None = Field(default=None, description="Kubeflow: shared folder (PVC) for large step outputs")
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     promotion: PromotionGates = Field(default_factory=PromotionGates)
     hub: HubConfig = Field(default_factory=HubConfig)

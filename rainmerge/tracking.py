@@ -50,7 +50,8 @@ def experiment(name: str, uri: str | None = None):
     return mlflow.set_experiment(name)
 
 
-def _zenml_ids() -> dict[str, str]:
+def run_ids() -> dict[str, str]:
+    """Ids of the orchestrator run: the ZenML step context, else RAINMERGE_RUN_* (set by the KFP entry)."""
     try:
         from zenml import get_step_context
 
@@ -58,8 +59,12 @@ def _zenml_ids() -> dict[str, str]:
         return {"zenml.pipeline": ctx.pipeline.name, "zenml.run_id": str(ctx.pipeline_run.id),
                 "zenml.run_name": ctx.pipeline_run.name, "zenml.step_run_id": str(ctx.step_run.id),
                 "zenml.step": ctx.step_run.name}
-    except Exception:  # outside a ZenML step (library use, tests)
-        return {}
+    except Exception:  # outside a ZenML step: Kubeflow, library use, tests
+        env = {"zenml.pipeline": os.environ.get("RAINMERGE_PIPELINE"),
+               "zenml.run_id": os.environ.get("RAINMERGE_RUN_ID"),
+               "zenml.run_name": os.environ.get("RAINMERGE_RUN_NAME"),
+               "orchestrator": os.environ.get("RAINMERGE_ORCHESTRATOR")}
+        return {k: v for k, v in env.items() if v}
 
 
 @contextmanager
@@ -67,7 +72,7 @@ def step_run(step: str, uri: str | None = None, experiment_name: str | None = No
     """Open (or find) the parent run of this pipeline run, then a nested run for `step`."""
     import mlflow
 
-    ids = _zenml_ids()
+    ids = run_ids()
     exp = experiment(experiment_name or ids.get("zenml.pipeline", "rainmerge"), uri)
     run_key = ids.get("zenml.run_id", "standalone")
     found = mlflow.search_runs([exp.experiment_id], filter_string=f"tags.`zenml.run_id` = '{run_key}'"

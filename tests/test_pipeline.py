@@ -52,7 +52,8 @@ def test_run_registers_challenger_lineage_and_stage2_change_reuses_stage1(capsys
 
     assert main(["lineage", "t-cache", d1["version"]]) == 0
     out = capsys.readouterr().out
-    for needle in (t["calibration.reasoning"], str(run1.id), t["config_sha256"], *(s["mlflow_run_id"] for s in info["steps"])):
+    needles = (t["calibration.reasoning"], str(run1.id), t["config_sha256"], *(s["mlflow_run_id"] for s in info["steps"]))
+    for needle in needles:
         assert needle in out
 
     run_pipeline(_cfg("t-cache", **{"stage2.rho": 0.25}))

@@ -76,7 +76,8 @@ def evaluate_model(model_dir: str | Path, data_dir: str | Path, *, lrm_dir: str 
     }
     if lrm_dir is not None and (data / "eval_reasoning_heldout.json").is_file():
         lrm, ltok = load_model(lrm_dir, device)
-        recs = [ReasoningRecord.model_validate(r) for r in json.loads((data / "eval_reasoning_heldout.json").read_text())]
+        held = json.loads((data / "eval_reasoning_heldout.json").read_text())
+        recs = [ReasoningRecord.model_validate(r) for r in held]
         samples, _ = encode_reasoning(recs, Template(ltok), "window", 1, 10**6)
         metrics["l_think"] = think_kl(model, lrm, samples, device)
     metrics["examples"] = {"instruction": outs_i[:3], "problem": outs_p[:3]}

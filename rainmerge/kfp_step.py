@@ -1,0 +1,103 @@
+"""Entry point of the Kubeflow components: the same step bodies as the ZenML steps.
+
+Large outputs go under `work_dir/<run id>/<step>` (a shared PVC); only small JSON refs travel as
+KFP artifacts. Stage 1/2 are no-ops for baseline methods, so one static DAG serves every method.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from . import stage_steps
+from .artifacts import DirRef
+from .config import load_config
+from .pipeline_config import PipelineConfig
+from .tracking import tracking_uri
+from .workflow import view
+
+_REF_INPUTS = {"calibration", "features", "projectors", "coefficients", "merged"}
+
+
+def configure(params: dict[str, Any], out_path: str) -> None:
+    """Validate the run parameters (the merge config) once; every component reads the result."""
+    def cal(src: str, sha: str) -> dict[str, Any]:
+        return {"url": src, "sha256": sha} if src.startswith(("http://", "https://")) else \
+            {"path": src, "sha256": sha or None}
+
+    p = dict(params)
+    layers = [int(x) for x in str(p.pop("layers", "") or "").split(",") if x.strip()]
+    tree: dict[str, Any] = {
+        "base": {"path": p["base"], "revision": p.get("base_revision") or None},
+        "instruct": {"path": p["instruct"], "revision": p.get("instruct_revision") or None},
+        "reasoning": {"path": p["reasoning"], "revision": p.get("reasoning_revision") or None},
+        "reasoning_calibration": cal(p["reasoning_calibration"], p.get("reasoning_calibration_sha256", "")),
+        "instruction_calibration": cal(p["instruction_calibration"], p.get("instruction_calibration_sha256", "")),
+        "method": p["method"], "strength": p["strength"], "layers": layers or None, "device": p["device"],
+        "output": "unused", "work_dir": p["work_dir"],
+        "evaluation": {"data": p["eval_data"], "device": p["device"], "limit": p.get("eval_limit") or None},
+        "promotion": {"min_gain_over_lrm": p["min_gain_over_lrm"], "min_think_well_formed": p["min_think_well_formed"],
+                      "max_reasoning_drop": p["max_reasoning_drop"]},
+        "tracking": {"tracking_uri": p["mlflow_tracking_uri"] or None, "registered_model": p["registered_model"]},
+        "stage1": {"positions": p.get("positions", "window")},
+    }
+    cfg = load_config(None, {k: v for k, v in _flat(tree).items()})
+    Path(out_path).write_text(cfg.model_dump_json())
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict) and k not in ("base", "instruct", "reasoning", "reasoning_calibration",
+                                             "instruction_calibration"):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _load(name: str, path: str) -> Any:
+    data = json.loads(Path(path).read_text())
+    return DirRef.model_validate(data) if name in _REF_INPUTS and data is not None else data
+
+
+def run(step: str, config_path: str, out_path: str, run_id: str, **inputs: str) -> None:
+    """Run one step of the Kubeflow pipeline; writes its (small) JSON result to out_path."""
+    cfg = PipelineConfig.model_validate_json(Path(config_path).read_text())
+    os.environ.update({"RAINMERGE_RUN_ID": run_id, "RAINMERGE_RUN_NAME": f"kfp-{run_id}",
+                       "RAINMERGE_PIPELINE": "rainmerge-kfp", "RAINMERGE_ORCHESTRATOR": "kubeflow"})
+    uri = tracking_uri(cfg.tracking.tracking_uri)
+    a = {k: _load(k, v) for k, v in inputs.items()}
+    out = Path(cfg.work_dir or ".") / run_id / step
+    out.mkdir(parents=True, exist_ok=True)
+    rain = cfg.method == "rain"
+    data = cfg.evaluation.data or str(Path(cfg.reasoning_calibration.path or ".").parent)
+    cal_file = cfg.instruction_calibration.path if cfg.instruction_calibration else None
+    ev = cfg.evaluation.model_dump(mode="json")
+    result: Any
+    if step == "load_models":
+        result = stage_steps.load_models(view(cfg, step), uri)
+    elif step == "build_calibration_sets":
+        result = stage_steps.build_calibration_sets(view(cfg, step), out, uri) if rain else None
+    elif step == "collect_features":
+        result = stage_steps.collect_features(view(cfg, step), a["calibration"], out, uri) if rain else None
+    elif step == "compute_projectors":
+        result = stage_steps.compute_projectors(view(cfg, step), a["features"], out, uri) if rain else None
+    elif step == "score_attention_heads":
+        result = stage_steps.score_attention_heads(view(cfg, step), a["calibration"], a["projectors"], out,
+                                                   uri) if rain else None
+    elif step == "merge":
+        result = stage_steps.merge(view(cfg, step), a.get("calibration"), a.get("projectors"),
+                                   a.get("coefficients"), out, uri)
+    elif step in ("evaluate_reasoning", "evaluate_merged"):
+        target = step.removeprefix("evaluate_")
+        result = stage_steps.evaluate(a["models"], target, ev, data, cal_file, uri, a.get("merged"))
+    elif step == "promote":
+        result = stage_steps.promote(a["merged"], a["metrics"], a["lrm_metrics"], a["models"], a.get("calibration"),
+                                     view(cfg, "merge"), cfg.promotion.model_dump(), cfg.tracking.registered_model,
+                                     out, uri).as_dict()
+    else:
+        raise ValueError(f"unknown step {step}")
+    Path(out_path).write_text(json.dumps(result.model_dump() if isinstance(result, DirRef) else result))
