@@ -62,6 +62,18 @@ def model_bytes(d: Path) -> int:
     return sum(f.stat().st_size for f in d.glob("*.safetensors"))
 
 
+def compare(a_path: str, b_path: str) -> None:
+    """Per-stage cost normalised by layers x samples for two runs, and their ratio (~1 when linear)."""
+    runs = [json.loads(Path(p).read_text()) for p in (a_path, b_path)]
+    print(f"{'stage':<18}" + "".join(f"{Path(p).stem + ' s/(L*S)':>26}" for p in (a_path, b_path)) + f"{'ratio':>8}")
+    for stage, samples_key in (("rain/stage1", "reasoning_samples"), ("rain/stage2", "instruction_samples")):
+        per = []
+        for r in runs:
+            layers = r.get("layers") or 1
+            per.append(r["results"][stage]["seconds"] / (layers * r["args"][samples_key]))
+        print(f"{stage:<18}" + "".join(f"{x:>26.5f}" for x in per) + f"{per[1] / per[0]:>8.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", default="qwen2.5-0.5b", choices=list(SHAPES))
@@ -73,9 +85,13 @@ def main() -> None:
     ap.add_argument("--words", type=int, default=500, help="approx words per reasoning trace")
     ap.add_argument("--methods", default="rain,task_arithmetic")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"),
+                    help="print per-(layer x sample) stage costs of two earlier --json runs and their ratio")
     ap.add_argument("--link-base", action="store_true",
                     help="hard-link base weights to the ITM's (same work; 1/3 less disk, e.g. for 7B on 64 GB)")
     a = ap.parse_args()
+    if a.compare:
+        return compare(*a.compare)
 
     from rainmerge import runner
     from rainmerge.merge import write_merged_model
@@ -136,7 +152,8 @@ def main() -> None:
     print(f"one model on disk: {gb(one_model)} GB; RSS after imports: {gb(baseline)} GB; "
           f"(peak RSS - imports) / one model: {(top - gb(baseline)) / max(gb(one_model), 1e-9):.2f}")
     if a.json:
-        Path(a.json).write_text(json.dumps({"args": vars(a), "one_model_gb": gb(one_model),
+        layers = a.layers or SHAPES[a.shape]["num_hidden_layers"]
+        Path(a.json).write_text(json.dumps({"args": vars(a), "layers": layers, "one_model_gb": gb(one_model),
                                             "rss_after_imports_gb": gb(baseline), "results": results},
                                            indent=2))
 
