@@ -271,6 +271,11 @@ def _occurrences(text: str, needle: str, lo: int, hi: int) -> list[tuple[int, in
     return out
 
 
+def _span_tokens(text: str, offs: list[tuple[int, int]], strings: list[str], a: int, b: int) -> list[int]:
+    """Token indices of every occurrence of `strings` inside text[a:b]."""
+    return sorted({t for s in strings for c in _occurrences(text, s, a, b) for t in tokens_overlapping(offs, *c)})
+
+
 def encode_instruction(
     records: list[InstructionRecord], tpl: Template, region: str, max_len: int
 ) -> tuple[list[InstructionSample], EncodeReport]:
@@ -290,12 +295,10 @@ def encode_instruction(
         lo = a0 if region == "response" else c_close - len(r.reason) - 1
         spans = []
         for rel in r.related_prompt_list:
-            def toks(strings: list[str], a: int, b: int) -> list[int]:
-                return sorted({t for s in strings for c in _occurrences(text, s, a, b)
-                               for t in tokens_overlapping(offs, *c)})
-            instr = toks(rel.prompt_spans, p0, p0 + len(r.prompt))
-            related = toks(rel.response_spans, lo, len(text))
-            unrelated = toks(rel.unrelated_response_spans + r.unrelated_response_spans, lo, len(text))
+            instr = _span_tokens(text, offs, rel.prompt_spans, p0, p0 + len(r.prompt))
+            related = _span_tokens(text, offs, rel.response_spans, lo, len(text))
+            unrelated = _span_tokens(text, offs, rel.unrelated_response_spans + r.unrelated_response_spans, lo,
+                                     len(text))
             if instr and (related or unrelated):
                 spans.append(InstructionSpans(instr, related, unrelated))
         if not spans:

@@ -5,7 +5,7 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
-from rainmerge.calibration import (InstructionRecord, ReasoningRecord, Template, encode_instruction,
+from rainmerge.calibration import (ReasoningRecord, Template, encode_instruction,
                                    encode_reasoning, load_instruction, load_reasoning, protected_positions,
                                    resolve_calibration)
 from rainmerge.config import CalibrationRef
