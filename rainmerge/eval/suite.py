@@ -11,7 +11,7 @@ import torch
 from ..calibration import ReasoningRecord, Template, encode_reasoning, load_instruction
 from .generate import generate
 from .ifeval import aggregate, score_response
-from .think import extract_number, parse, think_kl
+from .think import check_answer, parse, think_kl
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
@@ -62,7 +62,7 @@ def evaluate_model(model_dir: str | Path, data_dir: str | Path, *, lrm_dir: str 
     parsed_p = [parse(o, prefilled) for o in outs_p]
     if_results = [score_response(str(x["key"]), x["prompt"], x["instruction_id_list"], x["kwargs"], p.answer)
                   for x, p in zip(instr, parsed_i)]
-    correct = [extract_number(p.answer) == x["answer"] for x, p in zip(probs, parsed_p)]
+    correct = [check_answer(p.answer, x["answer"]) for x, p in zip(probs, parsed_p)]
     allp = parsed_i + parsed_p
     n = max(len(allp), 1)
     metrics: dict[str, Any] = {

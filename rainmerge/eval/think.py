@@ -41,6 +41,20 @@ def extract_number(answer: str) -> int | None:
     return int(nums[-1]) if nums else None
 
 
+def check_answer(answer: str, gold: int | float | str) -> bool:
+    """Integer golds (toy problems): exact match of the stated number. Anything else (real math
+    benchmarks): the maintained math-verify parser/verifier (LaTeX, fractions, boxed answers)."""
+    if isinstance(gold, int):
+        return extract_number(answer) == gold
+    from math_verify import parse as mv_parse
+    from math_verify import verify as mv_verify
+
+    gold_text = str(gold)
+    if "$" not in gold_text and "\\boxed" not in gold_text:
+        gold_text = f"${gold_text}$"
+    return bool(mv_verify(mv_parse(gold_text), mv_parse(answer)))
+
+
 @torch.no_grad()
 def think_kl(model, lrm, samples, device="cpu") -> float:
     """Mean KL(LRM || model) of next-token distributions at the protected positions of held-out samples."""
