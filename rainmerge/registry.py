@@ -92,8 +92,15 @@ def record_decision(name: str, version: str, decision: Decision, uri: str | None
 
 def lineage(name: str, version: str, uri: str | None = None) -> dict[str, Any]:
     """Everything an auditor needs about one registered version, from MLflow (and ZenML when reachable)."""
+    from .errors import RainMergeError
+    from .tracking import tracking_uri
+
     c = _client(uri)
-    mv = c.get_model_version(name, version)
+    try:
+        mv = c.get_model_version(name, version)
+    except Exception:
+        raise RainMergeError(f"registered model '{name}' has no version {version} in {tracking_uri(uri)} "
+                             "(set MLFLOW_TRACKING_URI or --tracking-uri to the store the pipeline used)") from None
     rm = c.get_registered_model(name)
     aliases = sorted(a for a, v in (rm.aliases or {}).items() if str(v) == str(version))
     out: dict[str, Any] = {"model": name, "version": str(version), "aliases": aliases, "source": mv.source,

@@ -56,6 +56,16 @@ def test_run_registers_challenger_lineage_and_stage2_change_reuses_stage1(capsys
     for needle in needles:
         assert needle in out
 
+    expected = 0 if d1["reasons"] and all(r.startswith("PASS") for r in d1["reasons"]) else 1
+    assert main(["promote", "t-cache", d1["version"], "--config", str(ROOT / "configs" / "toy.yaml")]) == expected
+    assert main(["promote", "t-cache", d1["version"], "--force"]) == 0
+    assert "champion" in registry.lineage("t-cache", d1["version"])["aliases"]
+    assert "FORCED by operator" in registry.lineage("t-cache", d1["version"])["tags"]["promotion.reasons"]
+    capsys.readouterr()
+    assert main(["lineage", "t-cache", "999"]) == 2
+    err = capsys.readouterr().err
+    assert "has no version 999" in err and "Traceback" not in err
+
     run_pipeline(_cfg("t-cache", **{"stage2.rho": 0.25}))
     _, st2 = _statuses()
     for name in ("load_models", "build_calibration_sets", "collect_features", "compute_projectors",
