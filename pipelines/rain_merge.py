@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from zenml import pipeline
 
 from rainmerge.pipeline_config import PipelineConfig
@@ -16,9 +14,7 @@ from steps import (build_calibration_sets, collect_features, compute_projectors,
 def _common(config: dict, fingerprint: dict, code: str):
     cfg = PipelineConfig.model_validate(config)
     uri = tracking_uri(cfg.tracking.tracking_uri)
-    data = cfg.evaluation.data or str(Path(cfg.reasoning_calibration.path).parent if cfg.reasoning_calibration
-                                      and cfg.reasoning_calibration.path else ".")
-    cal = cfg.instruction_calibration.path if cfg.instruction_calibration else None
+    data, cal = cfg.eval_data_dir(), cfg.held_out_file()
     ev = cfg.evaluation.model_dump(mode="json")
     models = load_models(view(cfg, "load_models"), fingerprint, uri, code)
     lrm_metrics = evaluate(models, "reasoning", ev, data, cal, uri, code, id="evaluate_reasoning")

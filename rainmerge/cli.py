@@ -87,8 +87,7 @@ def _promote(a: argparse.Namespace) -> int:
     cfg = load_config(a.config)
     uri = a.tracking_uri or cfg.tracking.tracking_uri
     tags = registry.lineage(a.model, a.version, uri)["tags"]
-    merged = {k.removeprefix("metric."): float(v) for k, v in tags.items() if k.startswith("metric.")}
-    lrm = {k.removeprefix("lrm_metric."): float(v) for k, v in tags.items() if k.startswith("lrm_metric.")}
+    merged, lrm = registry.tag_metrics(tags), registry.tag_metrics(tags, "lrm_metric.")
     prev, champ = registry.champion(a.model, uri)
     d = registry.decide(merged, lrm, champ if prev != a.version else None, cfg.promotion)
     if a.force and not d.promote:

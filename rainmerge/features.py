@@ -17,10 +17,6 @@ from .calibration import ReasoningSample
 Features = dict[int, dict[str, torch.Tensor]]  # layer -> group -> [m, in] float32
 
 
-def _get_module(model: torch.nn.Module, path: str) -> torch.nn.Module:
-    return model.get_submodule(path)
-
-
 def decoder_body(model: torch.nn.Module) -> torch.nn.Module:
     """The transformer without its LM head: neither stage needs logits (T x vocab would dominate)."""
     return getattr(model, model.base_model_prefix, model)
@@ -50,7 +46,7 @@ def collect_features(
     layers, groups = list(layers), list(groups)
     for layer in layers:
         for g in groups:
-            mod = _get_module(model, arch.module_path(layer, GROUP_HOOK[g]))
+            mod = model.get_submodule(arch.module_path(layer, GROUP_HOOK[g]))
             handles.append(mod.register_forward_pre_hook(hook((layer, g))))
     try:
         for s in tqdm(samples, desc="stage 1: features", unit="sample", disable=not progress):
@@ -61,8 +57,3 @@ def collect_features(
         for h in handles:
             h.remove()
     return {layer: {g: torch.cat(buf[(layer, g)]) for g in groups} for layer in layers}
-
-
-def split_heads(x: torch.Tensor, num_heads: int, head_dim: int) -> list[torch.Tensor]:
-    """o_proj input [m, H*hD] -> per-head slices; o_proj is projected per head block."""
-    return [x[:, h * head_dim:(h + 1) * head_dim] for h in range(num_heads)]

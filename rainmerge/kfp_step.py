@@ -73,8 +73,7 @@ def run(step: str, config_path: str, out_path: str, run_id: str, **inputs: str) 
     out = Path(cfg.work_dir or ".") / run_id / step
     out.mkdir(parents=True, exist_ok=True)
     rain = cfg.method == "rain"
-    data = cfg.evaluation.data or str(Path(cfg.reasoning_calibration.path or ".").parent)
-    cal_file = cfg.instruction_calibration.path if cfg.instruction_calibration else None
+    data, cal_file = cfg.eval_data_dir(), cfg.held_out_file()
     ev = cfg.evaluation.model_dump(mode="json")
     result: Any
     if step == "load_models":

@@ -31,6 +31,7 @@ class _Prefetcher:
         self.srcs, self.sites = (lrm, base, itm), sites
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rainmerge-read")
         self.order: list[str] = []
+        self.position: dict[str, int] = {}
         self.pending: dict[str, Any] = {}
 
     def _read(self, name: str):
@@ -41,13 +42,14 @@ class _Prefetcher:
 
     def plan(self, names: list[str]) -> None:
         self.order = list(names)
+        self.position = {n: k for k, n in enumerate(self.order)}
         if self.order:
             self.pending[self.order[0]] = self.pool.submit(self._read, self.order[0])
 
     def take(self, name: str):
         fut = self.pending.pop(name, None)
-        if name in self.order:
-            k = self.order.index(name)
+        k = self.position.get(name)
+        if k is not None:
             if k + 1 < len(self.order) and self.order[k + 1] not in self.pending:
                 self.pending[self.order[k + 1]] = self.pool.submit(self._read, self.order[k + 1])
         return fut.result() if fut is not None else self._read(name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -46,6 +47,17 @@ class TrackingConfig(_Strict):
 
 class PipelineConfig(RainConfig):
     work_dir: str | None = Field(default=None, description="Kubeflow: shared folder (PVC) for large step outputs")
+
+    def eval_data_dir(self) -> str:
+        """evaluation.data, else the folder of the reasoning calibration file (the toy layout)."""
+        if self.evaluation.data:
+            return self.evaluation.data
+        cal = self.reasoning_calibration
+        return str(Path(cal.path).parent) if cal is not None and cal.path else "."
+
+    def held_out_file(self) -> str | None:
+        """The instruction calibration file whose prompts evaluation must hold out."""
+        return self.instruction_calibration.path if self.instruction_calibration else None
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     promotion: PromotionGates = Field(default_factory=PromotionGates)
     hub: HubConfig = Field(default_factory=HubConfig)

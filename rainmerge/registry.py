@@ -71,14 +71,18 @@ def register(name: str, model_dir: str, run_id: str | None, tags: dict[str, str]
     return str(mv.version)
 
 
+def tag_metrics(tags: dict[str, str], prefix: str = "metric.") -> dict[str, float]:
+    """Metrics stored as `<prefix><name>` tags on a model version."""
+    return {k.removeprefix(prefix): float(v) for k, v in tags.items() if k.startswith(prefix)}
+
+
 def champion(name: str, uri: str | None = None) -> tuple[str | None, dict[str, float] | None]:
     c = _client(uri)
     try:
         mv = c.get_model_version_by_alias(name, CHAMPION)
     except Exception:
         return None, None
-    metrics = {k.removeprefix("metric."): float(v) for k, v in mv.tags.items() if k.startswith("metric.")}
-    return str(mv.version), metrics
+    return str(mv.version), tag_metrics(mv.tags)
 
 
 def record_decision(name: str, version: str, decision: Decision, uri: str | None = None) -> None:

@@ -98,13 +98,11 @@ def merge(view: dict, calibration: DirRef | None, projectors: DirRef | None, coe
 def evaluate(models: dict, target: str, evaluation: dict, data_dir: str, calibration_file: str | None, uri: str,
              merged: DirRef | None = None) -> dict[str, Any]:
     import mlflow
-    import torch
 
     from .eval.suite import evaluate_model
+    from .runner import _device
 
-    device = evaluation["device"]
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = _device(evaluation["device"])
     folder = merged.verify().path if merged is not None else Path(models["inputs"][target]["resolved_dir"])
     with step_run(f"evaluate_{target}", uri):
         mlflow.log_params(flatten({"target": target, **evaluation}))

@@ -25,10 +25,10 @@ def compare(config: str, out: Path, methods: list[str], data: Path | None, limit
     from .suite import evaluate_model
 
     base_cfg = load_config(config, overrides)
-    data = data or Path(base_cfg.reasoning_calibration.path).parent if base_cfg.reasoning_calibration else data
-    if data is None or not (Path(data) / "eval_instructions.jsonl").is_file():
+    data = Path(data or base_cfg.eval_data_dir())
+    if not (data / "eval_instructions.jsonl").is_file():
         raise SystemExit(f"evaluation data not found in {data}; pass --data DIR")
-    cal = base_cfg.instruction_calibration.path if base_cfg.instruction_calibration else None
+    cal = base_cfg.held_out_file()
     rows = []
     for m in methods:
         if m in ("lrm", "itm"):

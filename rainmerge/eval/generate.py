@@ -12,7 +12,6 @@ def generate(model, tok, prompts: list[str], max_new_tokens: int = 96, batch_siz
     """Greedy completions of already-rendered prompts (special tokens kept, so think tags stay visible)."""
     device = next(model.parameters()).device
     tok.padding_side = "left"
-    outs: list[str] = []
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths share a batch
     result: dict[int, str] = {}
     for b in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=not progress):
@@ -26,5 +25,4 @@ def generate(model, tok, prompts: list[str], max_new_tokens: int = 96, batch_siz
             if tok.eos_token_id in ids:
                 ids = ids[:ids.index(tok.eos_token_id)]
             result[i] = tok.decode([t for t in ids if t != tok.pad_token_id], skip_special_tokens=False)
-    outs = [result[i] for i in range(len(prompts))]
-    return outs
+    return [result[i] for i in range(len(prompts))]
