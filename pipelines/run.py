@@ -5,9 +5,9 @@ from __future__ import annotations
 import datetime as _dt
 from typing import Any
 
-from rainmerge.pipeline_config import PipelineConfig
-from rainmerge.tracking import PROJECT
-from rainmerge.workflow import fingerprint
+from rainmerge.product.config import PipelineConfig
+from rainmerge.product.fingerprint import fingerprint
+from rainmerge.product.tracking import PROJECT
 
 
 def run_pipeline(cfg: PipelineConfig, cache: bool = True, run_name: str | None = None,
@@ -23,7 +23,9 @@ def run_pipeline(cfg: PipelineConfig, cache: bool = True, run_name: str | None =
 
     from .rain_merge import baseline_merge_pipeline, rain_merge_pipeline
 
-    pipe = rain_merge_pipeline if cfg.method == "rain" else baseline_merge_pipeline
+    from rainmerge.methods import METHODS
+
+    pipe = rain_merge_pipeline if METHODS[cfg.method].needs_stages else baseline_merge_pipeline
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
     run = pipe.with_options(
         model=Model(name=cfg.tracking.zenml_model, tags=[cfg.method], description="rainmerge merged models"),

@@ -10,10 +10,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .methods import METHOD_NAMES
 
 Module = Literal["q", "k", "v", "o", "gate", "up", "down"]
 ALL_MODULES: tuple[Module, ...] = ("q", "k", "v", "o", "gate", "up", "down")
-Method = Literal["rain", "task_arithmetic", "ties", "dare"]
+Method = Literal[METHOD_NAMES]  # type: ignore[valid-type]  # one table: rainmerge.methods.METHODS
 
 
 class _Strict(BaseModel):
@@ -98,7 +99,8 @@ class RainConfig(_Strict):
     reasoning: ModelRef
     reasoning_calibration: CalibrationRef | None = None
     instruction_calibration: CalibrationRef | None = None
-    output: str
+    output: str | None = Field(default=None, description="merged model folder (the merge CLI; pipelines write "
+                               "to their artifact store)")
     overwrite: bool = False
     method: Method = "rain"
     strength: float = Field(default=1.0, description="global lambda in theta = theta_LRM + lambda*alpha*P(tau)")
@@ -135,6 +137,24 @@ class RainConfig(_Strict):
             v = sorted(v)
         return v
 
+    def models_spec(self) -> ModelsSpec:
+        return ModelsSpec(base=self.base, instruct=self.instruct, reasoning=self.reasoning, layers=self.layers,
+                          modules=self.modules, hash_inputs=self.hash_inputs)
+
+    def runtime(self) -> Runtime:
+        return Runtime(device=self.device, forward_dtype=self.forward_dtype)
+
+    def calibration_spec(self) -> CalibrationSpec:
+        assert self.reasoning_calibration is not None, "only RAIN builds calibration sets"
+        s1, s2 = self.stage1, self.stage2
+        return CalibrationSpec(
+            reasoning_calibration=self.reasoning_calibration, instruction_calibration=self.instruction_calibration,
+            think_open=self.think_open, think_close=self.think_close,
+            append_think_prefix=self.append_think_prefix, cache_dir=self.cache_dir, positions=s1.positions,
+            radius=s1.radius, reasoning_max_seq_len=s1.max_seq_len, reasoning_max_skip_fraction=s1.max_skip_fraction,
+            with_instruction=s2.enabled, span_region=s2.span_region, instruction_max_seq_len=s2.max_seq_len,
+            instruction_max_skip_fraction=s2.max_skip_fraction)
+
     @model_validator(mode="after")
     def _calibration_for_rain(self) -> "RainConfig":
         if self.method == "rain" and self.reasoning_calibration is None:
@@ -142,6 +162,44 @@ class RainConfig(_Strict):
         if self.method == "rain" and self.stage2.enabled and self.instruction_calibration is None:
             raise ValueError("method 'rain' needs instruction_calibration (Stage 2), or set stage2.enabled: false")
         return self
+
+
+class ModelsSpec(_Strict):
+    """What `open_models` reads: the trio and which of its tensors are merged."""
+
+    base: ModelRef
+    instruct: ModelRef
+    reasoning: ModelRef
+    layers: list[int] | None = None
+    modules: list[Module] = Field(default_factory=lambda: list(ALL_MODULES))
+    hash_inputs: bool = True
+
+
+class Runtime(_Strict):
+    """Where the forward passes run."""
+
+    device: Literal["cpu", "cuda", "auto"] = "auto"
+    forward_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+
+class CalibrationSpec(_Strict):
+    """What building the calibration sets reads: the files, the template's think tags and how the
+    protected positions (Stage 1) and spans (Stage 2) are located."""
+
+    reasoning_calibration: CalibrationRef
+    instruction_calibration: CalibrationRef | None
+    think_open: str
+    think_close: str
+    append_think_prefix: bool
+    cache_dir: str | None
+    positions: Literal["tags", "window"]
+    radius: int
+    reasoning_max_seq_len: int
+    reasoning_max_skip_fraction: float
+    with_instruction: bool
+    span_region: Literal["response", "output"]
+    instruction_max_seq_len: int
+    instruction_max_skip_fraction: float
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -168,9 +226,15 @@ def _relative_to(tree: dict[str, Any], folder: Path) -> dict[str, Any]:
     return tree
 
 
+# Sections of a pipeline YAML that belong to the product layer (rainmerge.product.config); the merge
+# library reads the same file and leaves them to it, so one YAML drives `merge` and `run`.
+PIPELINE_SECTIONS = ("evaluation", "promotion", "hub", "tracking", "work_dir", "sweep")
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
                 cls: type[RainConfig] | None = None) -> RainConfig:
-    """Read YAML (optional), apply dotted-key overrides (the CLI flags), validate once."""
+    """Read YAML (optional), apply dotted-key overrides (the CLI flags), validate once as `cls`
+    (default RainConfig, which ignores the pipeline sections)."""
     tree: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -189,11 +253,10 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     for role in ("reasoning_calibration", "instruction_calibration"):
         if isinstance(tree.get(role), str):
             tree[role] = {"path": tree[role]}
+    if cls is None:
+        cls = RainConfig
+        tree = {k: v for k, v in tree.items() if k not in PIPELINE_SECTIONS}
     try:
-        if cls is None:  # a pipeline YAML also carries evaluation/promotion/hub/tracking sections
-            from .pipeline_config import PipelineConfig
-
-            cls = PipelineConfig
         return cls.model_validate(tree)
     except ValidationError as exc:
         lines = [f"  {'.'.join(str(x) for x in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()]

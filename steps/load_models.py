@@ -2,10 +2,12 @@ from typing import Annotated, Any
 
 from zenml import step
 
-from rainmerge import stage_steps
+from rainmerge.config import ModelsSpec
+from rainmerge.product.steps import STEPS
 
 
 @step
-def load_models(view: dict, fingerprint: dict, tracking_uri: str, code: str) -> Annotated[dict[str, Any], "models"]:
+def load_models(models: ModelsSpec, fingerprint: dict, tracking_uri: str,
+                code: str) -> Annotated[dict[str, Any], "models"]:
     """Resolve the trio (revision -> commit) and validate it before any heavy work."""
-    return stage_steps.load_models(view, tracking_uri)
+    return STEPS["load_models"](models, fingerprint, tracking_uri)

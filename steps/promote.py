@@ -3,20 +3,22 @@ from typing import Annotated, Any, Optional
 from zenml import get_step_context, step
 from zenml.enums import ModelStages
 
-from rainmerge import stage_steps
-from rainmerge.artifacts import DirRef
+from rainmerge.config import RainConfig
+from rainmerge.product.artifacts import DirRef
+from rainmerge.product.config import PromotionGates
+from rainmerge.product.steps import STEPS
 
 from ._common import payload_dir
 
 
 @step(enable_cache=False)
 def promote(merged: DirRef, metrics: dict, lrm_metrics: dict, models: dict, calibration: Optional[DirRef],
-            config: dict, gates: dict, registered_model: str, tracking_uri: str,
+            config: RainConfig, gates: PromotionGates, registered_model: str, tracking_uri: str,
             code: str) -> Annotated[dict[str, Any], "decision"]:
     """Register the merged model (alias `challenger`), apply the gates, move `champion` if they pass;
     mirror the decision on the ZenML model version (stage production when promoted)."""
-    decision = stage_steps.promote(merged, metrics, lrm_metrics, models, calibration, config, gates,
-                                   registered_model, payload_dir("decision"), tracking_uri)
+    decision = STEPS["promote"](merged, metrics, lrm_metrics, models, calibration, config, gates, registered_model,
+                                payload_dir("decision"), tracking_uri)
     model = get_step_context().model
     if model is not None:
         model.log_metadata({"registered_version": decision.version, "decision": decision.as_dict(),

@@ -2,15 +2,17 @@ from typing import Annotated
 
 from zenml import step
 
-from rainmerge import stage_steps
-from rainmerge.artifacts import DirRef
+from rainmerge.config import CoefficientConfig, Runtime
+from rainmerge.product.artifacts import DirRef
+from rainmerge.product.steps import STEPS
 
 from ._common import payload_dir
 
 
 @step
-def score_attention_heads(view: dict, calibration: DirRef, projectors: DirRef, tracking_uri: str,
+def score_attention_heads(models: dict, calibration: DirRef, projectors: DirRef, stage2: CoefficientConfig,
+                          strength: float, runtime: Runtime, tracking_uri: str,
                           code: str) -> Annotated[DirRef, "coefficients"]:
-    """Stage 2: response->instruction attention on the probe merge; alpha = clip(g / H) per head."""
-    return stage_steps.score_attention_heads(view, calibration, projectors, payload_dir("coefficients"),
-                                             tracking_uri)
+    """Stage 2: response->instruction attention on the probe merge; alpha per head (paper Eq. 15)."""
+    return STEPS["score_attention_heads"](models, calibration, projectors, stage2, strength, runtime,
+                                          payload_dir("coefficients"), tracking_uri)

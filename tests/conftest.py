@@ -41,3 +41,15 @@ def trio_factory(tmp_path_factory):
 @pytest.fixture(scope="session")
 def calib(tmp_path_factory):
     return write_calibration(tmp_path_factory.mktemp("calib"))
+
+
+# Test tiers: `bash scripts/test.sh -m fast` is the quick loop (maths, io, calibration, CLI errors);
+# plain `bash scripts/test.sh` (what CI runs) is everything. Whole files are slow when they run
+# real pipelines, train or evaluate models, or compile/validate deployment specs.
+SLOW_FILES = {"test_pipeline.py", "test_kfp.py", "test_toy.py", "test_k8s.py", "test_real_vocab.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        slow = item.path.name in SLOW_FILES or item.get_closest_marker("slow") is not None
+        item.add_marker(pytest.mark.slow if slow else pytest.mark.fast)

@@ -11,7 +11,7 @@ import yaml
 from safetensors.torch import load_file
 
 from rainmerge.config import load_config
-from rainmerge.runner import run_merge
+from rainmerge.stages import run_merge
 
 ROOT = Path(__file__).resolve().parents[1]
 Q = "model.layers.0.self_attn.q_proj.weight"

@@ -28,8 +28,8 @@ def test_mean_normalisation_and_estimators():
 
 
 def test_promotion_gates():
-    from rainmerge.pipeline_config import PromotionGates
-    from rainmerge.registry import decide
+    from rainmerge.product.config import PromotionGates
+    from rainmerge.product.registry import decide
 
     lrm = {"if_inst_strict": 0.1, "think_well_formed": 1.0, "reasoning_acc": 0.9}
     good = {"if_inst_strict": 0.4, "think_well_formed": 0.995, "reasoning_acc": 0.89}

@@ -4,15 +4,20 @@ from pathlib import Path
 
 import pytest
 
-from rainmerge.config import load_config
+from rainmerge.config import RainConfig, load_config
+from rainmerge.methods import METHOD_NAMES
+from rainmerge.product.config import load_pipeline_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_config_validates(path):
-    cfg = load_config(path)
-    assert cfg.method in ("rain", "task_arithmetic", "ties", "dare")
+    cfg = load_pipeline_config(path)
+    assert cfg.method in METHOD_NAMES
+    # the merge library reads the same file and leaves the pipeline sections to the product layer
+    merge_cfg = load_config(path)
+    assert type(merge_cfg) is RainConfig and merge_cfg == cfg.merge_config()
     if path.stem != "toy":
         for ref in (cfg.reasoning_calibration, cfg.instruction_calibration):
             assert ref.url.startswith("https://raw.githubusercontent.com/K1nght/RAIN-Merging/05003cc")

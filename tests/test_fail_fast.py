@@ -8,7 +8,7 @@ import torch
 
 from rainmerge.config import load_config
 from rainmerge.errors import CalibrationError, ConfigError
-from rainmerge.runner import run_merge
+from rainmerge.stages import run_merge
 
 
 def _cfg(trio, calib, out, **over):

@@ -41,7 +41,7 @@ def test_gpu_only_on_gpu_tasks_and_parameters_are_the_merge_config():
 def test_local_run_on_the_toy_trio(tmp_path, monkeypatch):
     from kfp import local
 
-    from rainmerge import registry
+    from rainmerge.product import registry
 
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("PYTHONPATH", str(ROOT))

@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rainmerge.config import load_config
 from rainmerge.merge import PROVENANCE_FILE
-from rainmerge.runner import run_merge
+from rainmerge.stages import run_merge
 from tests.tiny import reasoning_records
 
 MODS = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rainmerge.config import load_config
+from rainmerge.product.config import load_pipeline_config as load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = ROOT / "assets" / "toy"
@@ -32,7 +32,7 @@ def _statuses(run_name_prefix: str | None = None):
 
 def test_run_registers_challenger_lineage_and_stage2_change_reuses_stage1(capsys):
     from pipelines.run import run_pipeline
-    from rainmerge import registry
+    from rainmerge.product import registry
     from rainmerge.cli import main
     from rainmerge.io.lazy import sha256_file
 

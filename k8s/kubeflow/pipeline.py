@@ -2,7 +2,7 @@
 
 Upload the compiled `rainmerge_pipeline.yaml` once; every merge is then a run started from the UI form,
 whose parameters are the merge config. Each component runs the same step bodies as the ZenML steps
-(`rainmerge.kfp_step` -> `rainmerge.stage_steps`) inside the rainmerge image and logs to the same MLflow.
+(`rainmerge.product.kfp` -> `rainmerge.product.steps.STEPS`) inside the rainmerge image and logs to the same MLflow.
 """
 
 import sys
@@ -26,7 +26,7 @@ def configure(base: str, base_revision: str, instruct: str, instruct_revision: s
               layers: str, device: str, eval_data: str, eval_limit: int, min_gain_over_lrm: float,
               min_think_well_formed: float, max_reasoning_drop: float, registered_model: str,
               mlflow_tracking_uri: str, work_dir: str, config: dsl.Output[dsl.Artifact]):
-    from rainmerge.kfp_step import configure as run
+    from rainmerge.product.kfp import configure as run
 
     params = dict(locals())
     params.pop("config")
@@ -35,7 +35,7 @@ def configure(base: str, base_revision: str, instruct: str, instruct_revision: s
 
 @dsl.component(base_image=IMAGE)
 def load_models(config: dsl.Input[dsl.Artifact], run_id: str, models: dsl.Output[dsl.Artifact]):
-    from rainmerge.kfp_step import run
+    from rainmerge.product.kfp import run
 
     run("load_models", config.path, models.path, run_id)
 
@@ -43,7 +43,7 @@ def load_models(config: dsl.Input[dsl.Artifact], run_id: str, models: dsl.Output
 @dsl.component(base_image=IMAGE)
 def build_calibration_sets(config: dsl.Input[dsl.Artifact], run_id: str, models: dsl.Input[dsl.Artifact],
                            calibration: dsl.Output[dsl.Artifact]):
-    from rainmerge.kfp_step import run
+    from rainmerge.product.kfp import run
 
     run("build_calibration_sets", config.path, calibration.path, run_id, models=models.path)
 
@@ -51,7 +51,7 @@ def build_calibration_sets(config: dsl.Input[dsl.Artifact], run_id: str, models:
 @dsl.component(base_image=IMAGE)
 def collect_features(config: dsl.Input[dsl.Artifact], run_id: str, calibration: dsl.Input[dsl.Artifact],
                      features: dsl.Output[dsl.Artifact]):
-    from rainmerge.kfp_step import run
+    from rainmerge.product.kfp import run
 
     run("collect_features", config.path, features.path, run_id, calibration=calibration.path)
 
@@ -59,7 +59,7 @@ def collect_features(config: dsl.Input[dsl.Artifact], run_id: str, calibration: 
 @dsl.component(base_image=IMAGE)
 def compute_projectors(config: dsl.Input[dsl.Artifact], run_id: str, features: dsl.Input[dsl.Artifact],
                        projectors: dsl.Output[dsl.Artifact]):
-    from rainmerge.kfp_step import run
+    from rainmerge.product.kfp import run
 
     run("compute_projectors", config.path, projectors.path, run_id, features=features.path)
 
@@ -67,7 +67,7 @@ def compute_projectors(config: dsl.Input[dsl.Artifact], run_id: str, features: d
 @dsl.component(base_image=IMAGE)
 def score_attention_heads(config: dsl.Input[dsl.Artifact], run_id: str, calibration: dsl.Input[dsl.Artifact],
                           projectors: dsl.Input[dsl.Artifact], coefficients: dsl.Output[dsl.Artifact]):
-    from rainmerge.kfp_step import run
+    from rainmerge.product.kfp import run
 
     run("score_attention_heads", config.path, coefficients.path, run_id, calibration=calibration.path,
         projectors=projectors.path)
@@ -77,7 +77,7 @@ def score_attention_heads(config: dsl.Input[dsl.Artifact], run_id: str, calibrat
 def merge(config: dsl.Input[dsl.Artifact], run_id: str, calibration: dsl.Input[dsl.Artifact],
           projectors: dsl.Input[dsl.Artifact],
           coefficients: dsl.Input[dsl.Artifact], merged: dsl.Output[dsl.Artifact]):
-    from rainmerge.kfp_step import run
+    from rainmerge.product.kfp import run
 
     run("merge", config.path, merged.path, run_id, calibration=calibration.path, projectors=projectors.path,
         coefficients=coefficients.path)
@@ -86,7 +86,7 @@ def merge(config: dsl.Input[dsl.Artifact], run_id: str, calibration: dsl.Input[d
 @dsl.component(base_image=IMAGE)
 def evaluate_reasoning(config: dsl.Input[dsl.Artifact], run_id: str, models: dsl.Input[dsl.Artifact],
                        metrics: dsl.Output[dsl.Artifact]):
-    from rainmerge.kfp_step import run
+    from rainmerge.product.kfp import run
 
     run("evaluate_reasoning", config.path, metrics.path, run_id, models=models.path)
 
@@ -95,7 +95,7 @@ def evaluate_reasoning(config: dsl.Input[dsl.Artifact], run_id: str, models: dsl
 def evaluate_merged(config: dsl.Input[dsl.Artifact], run_id: str, models: dsl.Input[dsl.Artifact],
                     merged: dsl.Input[dsl.Artifact],
                     metrics: dsl.Output[dsl.Artifact]):
-    from rainmerge.kfp_step import run
+    from rainmerge.product.kfp import run
 
     run("evaluate_merged", config.path, metrics.path, run_id, models=models.path, merged=merged.path)
 
@@ -105,7 +105,7 @@ def promote(config: dsl.Input[dsl.Artifact], run_id: str, models: dsl.Input[dsl.
             calibration: dsl.Input[dsl.Artifact],
             merged: dsl.Input[dsl.Artifact], metrics: dsl.Input[dsl.Artifact], lrm_metrics: dsl.Input[dsl.Artifact],
             decision: dsl.Output[dsl.Artifact]):
-    from rainmerge.kfp_step import run
+    from rainmerge.product.kfp import run
 
     run("promote", config.path, decision.path, run_id, models=models.path, calibration=calibration.path,
         merged=merged.path, metrics=metrics.path, lrm_metrics=lrm_metrics.path)

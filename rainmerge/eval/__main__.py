@@ -14,21 +14,24 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-DEFAULT_METHODS = "lrm,itm,task_arithmetic,ties,rain"
+def _default_methods() -> str:
+    from ..methods import METHODS
+
+    return ",".join(["lrm", "itm", *(m.name for m in METHODS.values() if m.compared_by_default)])
 
 
 def compare(config: str, out: Path, methods: list[str], data: Path | None, limit: int | None, device: str,
             progress: bool, overrides: dict | None = None) -> list[dict]:
     from ..config import load_config
-    from ..runner import run_merge
+    from ..stages import run_merge
     from . import report
-    from .suite import evaluate_model
+    from .suite import default_data_dir, evaluate_model, held_out_file
 
     base_cfg = load_config(config, overrides)
-    data = Path(data or base_cfg.eval_data_dir())
+    data = Path(data or default_data_dir(base_cfg))
     if not (data / "eval_instructions.jsonl").is_file():
         raise SystemExit(f"evaluation data not found in {data}; pass --data DIR")
-    cal = base_cfg.held_out_file()
+    cal = held_out_file(base_cfg)
     rows = []
     for m in methods:
         if m in ("lrm", "itm"):
@@ -60,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("compare", help="merge with each method and evaluate all")
     c.add_argument("--config", default="configs/toy.yaml")
     c.add_argument("--out", default="runs/toy/compare")
-    c.add_argument("--methods", default=DEFAULT_METHODS)
+    c.add_argument("--methods", default=_default_methods(), help="comma-separated: lrm, itm and merge methods")
     c.add_argument("--data", help="evaluation folder (default: next to the calibration files)")
     for p in (m, c):
         p.add_argument("--limit", type=int)

@@ -18,6 +18,19 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
 
 
+def default_data_dir(cfg: Any, configured: str | None = None) -> str:
+    """The evaluation folder: as configured, else the folder of the reasoning calibration (the toy layout)."""
+    if configured:
+        return configured
+    cal = cfg.reasoning_calibration
+    return str(Path(cal.path).parent) if cal is not None and cal.path else "."
+
+
+def held_out_file(cfg: Any) -> str | None:
+    """The instruction calibration file whose prompts evaluation must hold out."""
+    return cfg.instruction_calibration.path if cfg.instruction_calibration else None
+
+
 def held_out(items: list[dict[str, Any]], calibration: Path | None) -> list[dict[str, Any]]:
     """Drop evaluation prompts that appear in the instruction calibration set (by id or prompt text)."""
     if calibration is None or not Path(calibration).is_file():

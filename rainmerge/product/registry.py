@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .pipeline_config import PromotionGates
+from .config import PromotionGates
 
 CHALLENGER, CHAMPION = "challenger", "champion"
 
@@ -96,7 +96,7 @@ def record_decision(name: str, version: str, decision: Decision, uri: str | None
 
 def lineage(name: str, version: str, uri: str | None = None) -> dict[str, Any]:
     """Everything an auditor needs about one registered version, from MLflow (and ZenML when reachable)."""
-    from .errors import RainMergeError
+    from ..errors import RainMergeError
     from .tracking import tracking_uri
 
     c = _client(uri)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
-from .config import RainConfig, _Strict
+from ..config import RainConfig, _Strict, load_config
 
 
 class EvaluationConfig(_Strict):
@@ -48,17 +48,27 @@ class TrackingConfig(_Strict):
 class PipelineConfig(RainConfig):
     work_dir: str | None = Field(default=None, description="Kubeflow: shared folder (PVC) for large step outputs")
 
-    def eval_data_dir(self) -> str:
-        """evaluation.data, else the folder of the reasoning calibration file (the toy layout)."""
-        if self.evaluation.data:
-            return self.evaluation.data
-        cal = self.reasoning_calibration
-        return str(Path(cal.path).parent) if cal is not None and cal.path else "."
-
-    def held_out_file(self) -> str | None:
-        """The instruction calibration file whose prompts evaluation must hold out."""
-        return self.instruction_calibration.path if self.instruction_calibration else None
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     promotion: PromotionGates = Field(default_factory=PromotionGates)
     hub: HubConfig = Field(default_factory=HubConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    def eval_data_dir(self) -> str:
+        from ..eval.suite import default_data_dir
+
+        return default_data_dir(self, self.evaluation.data)
+
+    def held_out_file(self) -> str | None:
+        from ..eval.suite import held_out_file
+
+        return held_out_file(self)
+
+    def merge_config(self) -> RainConfig:
+        """The merge settings alone (what the merge step and its provenance record)."""
+        return RainConfig.model_validate(self.model_dump(include=set(RainConfig.model_fields)))
+
+
+def load_pipeline_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    cfg = load_config(path, overrides, cls=PipelineConfig)
+    assert isinstance(cfg, PipelineConfig)
+    return cfg

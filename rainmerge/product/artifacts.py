@@ -5,6 +5,7 @@ Tensors go to safetensors, everything else to JSON; nothing is pickled.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -13,10 +14,10 @@ import torch
 from pydantic import BaseModel
 from safetensors.torch import load_file, save_file
 
-from .calibration import InstructionSample, InstructionSpans, ReasoningSample
-from .errors import RainMergeError
-from .io.lazy import sha256_file
-from .projection import Basis
+from ..calibration import InstructionSample, InstructionSpans, ReasoningSample
+from ..errors import RainMergeError
+from ..io.lazy import sha256_file
+from ..projection import Basis
 
 
 class DirRef(BaseModel):
@@ -86,7 +87,8 @@ def save_bases(folder: Path, bases: dict[int, dict[str, Basis]]) -> None:
         for name, b in groups.items():
             tensors[f"{name}.V"] = b.V.contiguous()
             tensors[f"{name}.s"] = b.s.contiguous()
-            meta[f"{layer}/{name}"] = {"k": b.k, "lam": b.lam, "capped": b.capped}
+            meta[f"{layer}/{name}"] = {f.name: getattr(b, f.name) for f in dataclasses.fields(b)
+                                       if not isinstance(getattr(b, f.name), torch.Tensor)}
         save_file(tensors, str(folder / f"layer_{layer:03d}.safetensors"))
     write_json(folder / "bases.json", meta)
 

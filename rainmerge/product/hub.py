@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
-from .eval.report import markdown_table
-from .errors import ConfigError
+from ..eval.report import markdown_table
+from ..errors import ConfigError
 
 log = logging.getLogger("rainmerge")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 _SECRET = re.compile(r"token|secret|password|api[_-]?key", re.I)
-PROJECT = Path(__file__).resolve().parents[1]
+PROJECT = Path(__file__).resolve().parents[2]
 
 
 def tracking_uri(configured: str | None = None) -> str:
@@ -95,3 +95,22 @@ def parent_run_id() -> str | None:
 
     run = mlflow.active_run()
     return run.data.tags.get("mlflow.parentRunId") if run else None
+
+
+def log_calibration_datasets(record: dict[str, Any]) -> None:
+    """Calibration files as MLflow datasets (digest = the file's sha256), inputs of this step's run and
+    of the pipeline's parent run, which the registered version points at."""
+    import mlflow
+    import pandas as pd
+    from mlflow import MlflowClient
+    from mlflow.entities import DatasetInput, InputTag
+
+    datasets = []
+    for role, rec in record.items():
+        df = pd.DataFrame([{"role": role, "records": float(rec["records"]), "used": float(rec["used"])}])
+        ds = mlflow.data.from_pandas(df, source=rec["path"], name=f"{role}_calibration", digest=rec["sha256"][:36])
+        mlflow.log_input(ds, context=f"calibration.{role}")
+        datasets.append(DatasetInput(ds._to_mlflow_entity(), [InputTag("mlflow.data.context", f"calibration.{role}")]))
+    parent = parent_run_id()
+    if parent and datasets:
+        MlflowClient().log_inputs(parent, datasets=datasets)

@@ -2,6 +2,7 @@
 
 Large outputs go under `work_dir/<run id>/<step>` (a shared PVC); only small JSON refs travel as
 KFP artifacts. Stage 1/2 are no-ops for baseline methods, so one static DAG serves every method.
+Each component is one call into STEPS, with the same config sections the ZenML pipeline passes.
 """
 
 from __future__ import annotations
@@ -11,12 +12,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from . import stage_steps
+from ..methods import METHODS
 from .artifacts import DirRef
-from .config import load_config
-from .pipeline_config import PipelineConfig
+from .config import PipelineConfig, load_pipeline_config
+from .steps import STEPS
 from .tracking import tracking_uri
-from .workflow import view
 
 _REF_INPUTS = {"calibration", "features", "projectors", "coefficients", "merged"}
 
@@ -43,7 +43,7 @@ def configure(params: dict[str, Any], out_path: str) -> None:
         "tracking": {"tracking_uri": p["mlflow_tracking_uri"] or None, "registered_model": p["registered_model"]},
         "stage1": {"positions": p.get("positions", "window")},
     }
-    cfg = load_config(None, {k: v for k, v in _flat(tree).items()})
+    cfg = load_pipeline_config(None, {k: v for k, v in _flat(tree).items()})
     Path(out_path).write_text(cfg.model_dump_json())
 
 
@@ -72,31 +72,28 @@ def run(step: str, config_path: str, out_path: str, run_id: str, **inputs: str) 
     a = {k: _load(k, v) for k, v in inputs.items()}
     out = Path(cfg.work_dir or ".") / run_id / step
     out.mkdir(parents=True, exist_ok=True)
-    rain = cfg.method == "rain"
-    data, cal_file = cfg.eval_data_dir(), cfg.held_out_file()
-    ev = cfg.evaluation.model_dump(mode="json")
-    result: Any
-    if step == "load_models":
-        result = stage_steps.load_models(view(cfg, step), uri)
-    elif step == "build_calibration_sets":
-        result = stage_steps.build_calibration_sets(view(cfg, step), out, uri) if rain else None
-    elif step == "collect_features":
-        result = stage_steps.collect_features(view(cfg, step), a["calibration"], out, uri) if rain else None
-    elif step == "compute_projectors":
-        result = stage_steps.compute_projectors(view(cfg, step), a["features"], out, uri) if rain else None
-    elif step == "score_attention_heads":
-        result = stage_steps.score_attention_heads(view(cfg, step), a["calibration"], a["projectors"], out,
-                                                   uri) if rain else None
-    elif step == "merge":
-        result = stage_steps.merge(view(cfg, step), a.get("calibration"), a.get("projectors"),
-                                   a.get("coefficients"), out, uri)
-    elif step in ("evaluate_reasoning", "evaluate_merged"):
-        target = step.removeprefix("evaluate_")
-        result = stage_steps.evaluate(a["models"], target, ev, data, cal_file, uri, a.get("merged"))
-    elif step == "promote":
-        result = stage_steps.promote(a["merged"], a["metrics"], a["lrm_metrics"], a["models"], a.get("calibration"),
-                                     view(cfg, "merge"), cfg.promotion.model_dump(), cfg.tracking.registered_model,
-                                     out, uri).as_dict()
-    else:
+    rain = METHODS[cfg.method].needs_stages
+    rt, data, held = cfg.runtime(), cfg.eval_data_dir(), cfg.held_out_file()
+    calls: dict[str, Any] = {
+        "load_models": lambda: STEPS["load_models"](cfg.models_spec(), {}, uri),
+        "build_calibration_sets": lambda: STEPS["build_calibration_sets"](
+            a["models"], cfg.calibration_spec(), out, uri) if rain else None,
+        "collect_features": lambda: STEPS["collect_features"](a["models"], a["calibration"], rt, out, uri)
+        if rain else None,
+        "compute_projectors": lambda: STEPS["compute_projectors"](a["models"], a["features"], cfg.stage1, rt, out,
+                                                                  uri) if rain else None,
+        "score_attention_heads": lambda: STEPS["score_attention_heads"](
+            a["models"], a["calibration"], a["projectors"], cfg.stage2, cfg.strength, rt, out, uri) if rain else None,
+        "merge": lambda: STEPS["merge"](a["models"], cfg.merge_config(), a.get("calibration"), a.get("projectors"),
+                                        a.get("coefficients"), out, uri),
+        "evaluate_reasoning": lambda: STEPS["evaluate"](a["models"], "reasoning", cfg.evaluation, data, held, uri),
+        "evaluate_merged": lambda: STEPS["evaluate"](a["models"], "merged", cfg.evaluation, data, held, uri,
+                                                     a.get("merged")),
+        "promote": lambda: STEPS["promote"](a["merged"], a["metrics"], a["lrm_metrics"], a["models"],
+                                            a.get("calibration"), cfg.merge_config(), cfg.promotion,
+                                            cfg.tracking.registered_model, out, uri).as_dict(),
+    }
+    if step not in calls:
         raise ValueError(f"unknown step {step}")
+    result = calls[step]()
     Path(out_path).write_text(json.dumps(result.model_dump() if isinstance(result, DirRef) else result))

@@ -1,0 +1,112 @@
+"""What every stage of a merge shares: the validated config, the three opened models, the
+architecture, the merged sites and where forwards run. Built once, never modified."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .arch import ArchSpec, arch_from_config, check_compatible
+from .config import ModelsSpec, Runtime
+from .errors import ConfigError
+from .io.lazy import ModelSource
+from .merge import merge_sites
+from .methods import Site
+
+log = logging.getLogger("rainmerge")
+
+ROLES = ("base", "instruct", "reasoning")
+
+
+@dataclass(frozen=True)
+class MergeContext:
+    models: ModelsSpec
+    base: ModelSource
+    instruct: ModelSource
+    reasoning: ModelSource
+    arch: ArchSpec
+    layers: tuple[int, ...]
+    sites: dict[str, Site]
+    device: str
+    forward_dtype: torch.dtype
+    warnings: tuple[str, ...] = ()
+
+    def sources(self) -> dict[str, ModelSource]:
+        return {r: getattr(self, r) for r in ROLES}
+
+    def close(self) -> None:
+        for src in self.sources().values():
+            src.close()
+
+
+def resolve_device(req: str) -> str:
+    if req == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' requested but CUDA is not available; use --device cpu or auto")
+    if req == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return req
+
+
+def resolve_forward_dtype(req: str, device: str) -> torch.dtype:
+    if req == "auto":
+        return torch.bfloat16 if device == "cuda" else torch.float32
+    if device == "cpu" and req != "float32":
+        log.warning("forward_dtype %s on CPU is very slow; float32 is recommended", req)
+    return getattr(torch, req)
+
+
+def _check_tensors(sites: dict[str, Site], arch: ArchSpec, srcs: dict[str, ModelSource]) -> None:
+    for name, site in sites.items():
+        want = arch.weight_shape(site.module)
+        for role, src in srcs.items():
+            if not src.has(name):
+                raise ConfigError(f"{role}: merged tensor {name} is missing from {src.root}")
+            if tuple(src.shape(name)) != want:
+                raise ConfigError(f"{role}: {name} has shape {src.shape(name)}, expected {want}")
+            if not src.dtype_str(name).startswith(("F", "BF")):
+                raise ConfigError(f"{role}: {name} has non-float dtype {src.dtype_str(name)}")
+
+
+def open_models(models: ModelsSpec, runtime: Runtime) -> MergeContext:
+    """Every check that needs only the configs and tensor headers, before any forward pass or write."""
+    cfg = models
+    device = resolve_device(runtime.device)
+    fdt = resolve_forward_dtype(runtime.forward_dtype, device)
+    srcs = {r: ModelSource(getattr(cfg, r), r) for r in ROLES}
+    specs = {role: arch_from_config(s.config, role) for role, s in srcs.items()}
+    warnings = check_compatible({"reasoning": specs["reasoning"], "base": specs["base"],
+                                 "instruct": specs["instruct"]})
+    arch = specs["reasoning"]
+    layers = cfg.layers if cfg.layers is not None else list(range(arch.num_layers))
+    if max(layers) >= arch.num_layers:
+        raise ConfigError(f"layers: {max(layers)} is out of range; the model has {arch.num_layers} layers")
+    sites = merge_sites(arch, layers, list(cfg.modules))
+    _check_tensors(sites, arch, srcs)
+    for w in warnings:
+        log.warning(w)
+    return MergeContext(cfg, srcs["base"], srcs["instruct"], srcs["reasoning"], arch, tuple(layers), sites,
+                        device, fdt, tuple(warnings))
+
+
+def load_tokenizer(ctx: MergeContext) -> Any:
+    from transformers import AutoTokenizer
+
+    src = ctx.reasoning
+    try:
+        return AutoTokenizer.from_pretrained(str(src.root), trust_remote_code=ctx.models.reasoning.trust_remote_code)
+    except Exception as exc:
+        raise ConfigError(f"reasoning model: cannot load its tokenizer from {src.root}: {exc}") from None
+
+
+def load_reasoning_model(ctx: MergeContext) -> torch.nn.Module:
+    """The LRM for Stage 1/2 forwards, loaded straight onto the device (no host copy on GPU)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(ctx.reasoning.root), dtype=ctx.forward_dtype,
+                                                 attn_implementation="sdpa",
+                                                 device_map=ctx.device if ctx.device != "cpu" else None,
+                                                 trust_remote_code=ctx.models.reasoning.trust_remote_code)
+    return model.to(ctx.device).eval()

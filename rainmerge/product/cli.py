@@ -1,0 +1,78 @@
+"""The product's commands (`rainmerge run | promote | lineage`), added to the CLI when the pipeline
+extra is installed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from typing import Any
+
+from ..methods import METHOD_NAMES
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    r = sub.add_parser("run", help="run the ZenML pipeline (merge, evaluate, register, gate, publish)")
+    r.add_argument("--config", default="configs/toy.yaml", help="pipeline YAML (merge settings + evaluation, "
+                   "promotion, hub, tracking sections); default: the offline toy trio")
+    r.add_argument("--method", choices=METHOD_NAMES, help="override the config's method (baselines for A/B)")
+    r.add_argument("--no-cache", action="store_true", help="rerun every step (ZenML caching off)")
+    r.add_argument("--zenml-config",
+                   help="ZenML run config (per-step resources, e.g. configs/k8s/gpu-steps.zenml.yaml)")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, dotted (e.g. stage2.rho=0.3); the value is YAML-parsed")
+    p = sub.add_parser("promote", help="apply the promotion gates to a registered version (or force it)")
+    p.add_argument("model", help="registered model name")
+    p.add_argument("version", help="registered model version")
+    p.add_argument("--config", default="configs/toy.yaml", help="where the gates come from")
+    p.add_argument("--force", action="store_true", help="move champion regardless of gates (recorded)")
+    p.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or ./.mlflow)")
+    lg = sub.add_parser("lineage", help="print the full chain behind a registered model version")
+    lg.add_argument("model", help="registered model name")
+    lg.add_argument("version", help="registered model version")
+    lg.add_argument("--json", action="store_true", help="machine-readable output")
+    lg.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or ./.mlflow)")
+
+
+def _run(a: argparse.Namespace, sets: Callable[[list[str]], dict[str, Any]]) -> int:
+    from pipelines.run import run_pipeline
+
+    from .config import load_pipeline_config
+    from .registry import format_lineage, lineage
+
+    cfg = load_pipeline_config(a.config, {"method": a.method, **sets(a.set)})
+    decision = run_pipeline(cfg, cache=not a.no_cache, zenml_config=a.zenml_config)
+    print("\n" + format_lineage(lineage(cfg.tracking.registered_model, decision["version"],
+                                         cfg.tracking.tracking_uri)))
+    return 0
+
+
+def _promote(a: argparse.Namespace, sets: Callable[[list[str]], dict[str, Any]]) -> int:
+    from . import registry
+    from .config import load_pipeline_config
+
+    cfg = load_pipeline_config(a.config)
+    uri = a.tracking_uri or cfg.tracking.tracking_uri
+    tags = registry.lineage(a.model, a.version, uri)["tags"]
+    merged, lrm = registry.tag_metrics(tags), registry.tag_metrics(tags, "lrm_metric.")
+    prev, champ = registry.champion(a.model, uri)
+    d = registry.decide(merged, lrm, champ if prev != a.version else None, cfg.promotion)
+    if a.force and not d.promote:
+        d.reasons.append("FORCED by operator")
+        d.promote = True
+    d.version, d.previous_champion = a.version, prev
+    registry.record_decision(a.model, a.version, d, uri)
+    print(("promoted" if d.promote else "rejected") + "\n  " + "\n  ".join(d.reasons))
+    return 0 if d.promote else 1
+
+
+def _lineage(a: argparse.Namespace, sets: Callable[[list[str]], dict[str, Any]]) -> int:
+    from .registry import format_lineage, lineage
+
+    info = lineage(a.model, a.version, a.tracking_uri)
+    print(json.dumps(info, indent=2, default=str) if a.json else format_lineage(info))
+    return 0
+
+
+def dispatch(a: argparse.Namespace, sets: Callable[[list[str]], dict[str, Any]]) -> int:
+    return {"run": _run, "promote": _promote, "lineage": _lineage}[a.cmd](a, sets)

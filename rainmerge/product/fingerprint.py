@@ -1,0 +1,28 @@
+"""Cheap identities of the inputs, taken when a pipeline is built, so step caching sees edited files
+(the weights themselves are hashed once per run, by load_models)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import RainConfig
+from ..io.lazy import sha256_file
+
+
+def fingerprint(cfg: RainConfig) -> dict[str, str]:
+    fp = {}
+    for role in ("base", "instruct", "reasoning"):
+        ref = getattr(cfg, role)
+        p = Path(ref.path).expanduser()
+        if p.is_dir():
+            parts = [sha256_file(p / "config.json")] if (p / "config.json").is_file() else []
+            parts += [f"{f.name}:{f.stat().st_size}:{int(f.stat().st_mtime)}" for f in sorted(p.glob("*.safetensors"))]
+            fp[role] = "|".join(parts)
+        else:
+            fp[role] = f"{ref.path}@{ref.revision or 'main'}"
+    for role in ("reasoning_calibration", "instruction_calibration"):
+        ref = getattr(cfg, role)
+        if ref is not None:
+            p = Path(ref.path).expanduser() if ref.path else None
+            fp[role] = sha256_file(p) if p and p.is_file() else (ref.sha256 or "")
+    return fp

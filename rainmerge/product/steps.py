@@ -1,0 +1,265 @@
+"""The pipeline's steps, one function each: load -> compute -> save -> log.
+
+The ZenML steps (steps/) and the Kubeflow components (rainmerge.product.kfp) are one-line wrappers
+over STEPS. Each step takes the typed config sections it reads (so caching follows its inputs) and
+references to earlier steps' folders; large data travels by reference (DirRef), never pickled.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from ..config import CalibrationSpec, CoefficientConfig, ModelRef, ModelsSpec, ProjectionConfig, RainConfig, Runtime
+from ..context import MergeContext, open_models, load_reasoning_model, resolve_device
+from ..merge import PROVENANCE_FILE, write_merged_model
+from ..methods import METHODS, build_method
+from ..provenance import git_commit, provenance
+from .. import stages
+from . import artifacts as A
+from . import registry
+from .config import EvaluationConfig, HubConfig, PromotionGates
+from .tracking import flatten, log_calibration_datasets, run_ids, step_run
+
+log = logging.getLogger("rainmerge")
+
+
+def _open(models: dict[str, Any], runtime: Runtime) -> MergeContext:
+    """Reopen the trio exactly as load_models resolved it (pinned snapshot folders, no re-hashing)."""
+    spec = ModelsSpec(**{r: ModelRef(path=d["resolved_dir"], trust_remote_code=d.get("trust_remote_code", False))
+                         for r, d in models["inputs"].items()},
+                      layers=models["layers"], modules=models["modules"], hash_inputs=False)
+    return open_models(spec, runtime)
+
+
+def load_models(models: ModelsSpec, fingerprint: dict[str, str], uri: str) -> dict[str, Any]:
+    """Resolve the trio (revision -> commit), validate shapes and family, hash the weights once per run."""
+    import mlflow
+
+    with step_run("load_models", uri):
+        mlflow.log_params(flatten(models.model_dump(mode="json")))
+        ctx = open_models(models, Runtime(device="cpu"))
+        inputs = {r: s.describe(models.hash_inputs) | {"trust_remote_code": getattr(models, r).trust_remote_code}
+                  for r, s in ctx.sources().items()}
+        info = {"inputs": inputs, "arch": ctx.arch.dims() | {"model_type": ctx.arch.model_type},
+                "layers": list(ctx.layers), "modules": list(models.modules), "warnings": list(ctx.warnings)}
+        mlflow.set_tags({f"input.{r}.commit": d["commit"] for r, d in inputs.items() if d["commit"]})
+        mlflow.log_dict(info, "models.json")
+    return info
+
+
+def build_calibration_sets(models: dict[str, Any], spec: CalibrationSpec, out: Path, uri: str) -> A.DirRef:
+    """Verify (sha256), render with the LRM template, locate think tags and spans; log as datasets."""
+    import mlflow
+
+    with step_run("build_calibration_sets", uri):
+        mlflow.log_params(flatten(spec.model_dump(mode="json")))
+        cal = stages.encode_calibration(_open(models, Runtime(device="cpu")), spec)
+        out.mkdir(parents=True, exist_ok=True)
+        A.save_samples(out, cal.reasoning, cal.instruction)
+        A.write_json(out / "calibration.json", cal.record)
+        for role, rec in cal.record.items():
+            mlflow.log_metrics({f"{role}.records": rec["records"], f"{role}.used": rec["used"]})
+        log_calibration_datasets(cal.record)
+    return A.make_ref("calibration", out, {"calibration": cal.record})
+
+
+def collect_features(models: dict[str, Any], calibration: A.DirRef, runtime: Runtime, out: Path,
+                     uri: str) -> A.DirRef:
+    """Stage 1: one LRM forward per reasoning sample; inputs of every merged linear at Omega_think."""
+    import mlflow
+
+    timings: dict[str, float] = {}
+    with step_run("collect_features", uri):
+        mlflow.log_params(flatten({"runtime": runtime.model_dump(mode="json")}))
+        ctx = _open(models, runtime)
+        reasoning, _ = A.load_samples(calibration.verify().path)
+        with stages.timed(timings, "seconds"):
+            feats = stages.stage1_features(ctx, load_reasoning_model(ctx), reasoning)
+        out.mkdir(parents=True, exist_ok=True)
+        A.save_features(out, feats)
+        mlflow.log_metrics(timings)
+    rows = {l: {g: list(x.shape) for g, x in f.items()} for l, f in feats.items()}
+    return A.make_ref("features", out, {"shapes": rows} | timings)
+
+
+def compute_projectors(models: dict[str, Any], features: A.DirRef, stage1: ProjectionConfig, runtime: Runtime,
+                       out: Path, uri: str) -> A.DirRef:
+    """Stage 1: one factorisation per feature group (paper Eq. 4), shared by every module reading it."""
+    import mlflow
+
+    timings: dict[str, float] = {}
+    with step_run("compute_projectors", uri):
+        mlflow.log_params(flatten({"stage1": stage1.model_dump(mode="json")}))
+        ctx = _open(models, runtime)
+        with stages.timed(timings, "seconds"):
+            bases = stages.stage1_projectors(ctx, A.load_features(features.verify().path), stage1)
+        out.mkdir(parents=True, exist_ok=True)
+        A.save_bases(out, bases)
+        capped = sum(b.capped for g in bases.values() for b in g.values())
+        mlflow.log_metrics({"capped_groups": capped} | timings)
+    return A.make_ref("projectors", out, {"capped_groups": capped} | timings)
+
+
+def score_attention_heads(models: dict[str, Any], calibration: A.DirRef, projectors: A.DirRef,
+                          stage2: CoefficientConfig, strength: float, runtime: Runtime, out: Path,
+                          uri: str) -> A.DirRef:
+    """Stage 2: response->instruction attention on the probe merge; alpha per head (Eq. 15)."""
+    import mlflow
+
+    from .plots import alpha_heatmap
+
+    with step_run("score_attention_heads", uri):
+        mlflow.log_params(flatten({"stage2": stage2.model_dump(mode="json"), "strength": strength}))
+        ctx = _open(models, runtime)
+        out.mkdir(parents=True, exist_ok=True)
+        if stage2.enabled:
+            _, instruction = A.load_samples(calibration.verify().path)
+            bases = A.load_bases(projectors.verify().path)
+            coeffs, detail = stages.stage2_coefficients(ctx, load_reasoning_model(ctx), bases, instruction, stage2,
+                                                        strength)
+            alpha_heatmap(detail["alpha"], detail["layers"], out / "alpha_heatmap.png")
+        else:
+            from ..coefficients import uniform_coefficients
+
+            coeffs, detail = uniform_coefficients(list(ctx.layers), ctx.arch), stages.uniform_detail(ctx)
+        A.save_coefficients(out, coeffs, detail)
+        for name in ("rain_alpha.json", "alpha_heatmap.png"):
+            if (out / name).is_file():
+                mlflow.log_artifact(str(out / name))
+    return A.make_ref("coefficients", out, {"estimator": detail["estimator"]})
+
+
+def merge(models: dict[str, Any], config: RainConfig, calibration: A.DirRef | None, projectors: A.DirRef | None,
+          coefficients: A.DirRef | None, out: Path, uri: str) -> A.DirRef:
+    """Stage 3: stream the trio and write the merged folder atomically to out/model."""
+    import mlflow
+
+    from .plots import projection_plot
+
+    with step_run("merge", uri):
+        mlflow.log_params(flatten({k: getattr(config, k) for k in ("method", "strength", "density", "layers",
+                                                                   "modules")}))
+        ctx = _open(models, config.runtime())
+        extra: dict[str, Any] = {}
+        parts: dict[str, Any] = {}
+        if METHODS[config.method].needs_stages:
+            assert projectors is not None and coefficients is not None
+            parts = dict(arch=ctx.arch, bases=A.load_bases(projectors.verify().path),
+                         coeffs=A.load_coefficients(coefficients.verify().path), device=ctx.device)
+            extra["rain_alpha.json"] = json.loads((coefficients.path / "rain_alpha.json").read_text())
+        cal_record = calibration.meta.get("calibration", {}) if calibration is not None else {}
+        prov = provenance(config, ctx, models["inputs"], cal_record, {})
+        model_dir = write_merged_model(ctx.reasoning, ctx.base, ctx.instruct, ctx.sites, build_method(config, **parts),
+                                       out / "model", prov, overwrite=True, max_shard_size=config.max_shard_size,
+                                       progress=True, extra_files=extra)
+        prov = json.loads((model_dir / PROVENANCE_FILE).read_text())
+        mlflow.log_artifact(str(model_dir / PROVENANCE_FILE))
+        if METHODS[config.method].needs_stages:
+            mlflow.log_artifact(str(projection_plot(prov["module_stats"], out / "projection_stats.png")))
+        mlflow.log_metric("warnings", len(prov["warnings"]))
+    return A.make_ref("merged_model", model_dir, {"method": config.method, "warnings": prov["warnings"]})
+
+
+def evaluate(models: dict[str, Any], target: str, evaluation: EvaluationConfig, data_dir: str,
+             calibration_file: str | None, uri: str, merged: A.DirRef | None = None) -> dict[str, Any]:
+    """IFEval checkers, think format, reasoning accuracy and L_think for one model (merged or an input)."""
+    import mlflow
+
+    from ..eval.suite import evaluate_model
+
+    folder = merged.verify().path if merged is not None else Path(models["inputs"][target]["resolved_dir"])
+    with step_run(f"evaluate_{target}", uri):
+        mlflow.log_params(flatten({"target": target, **evaluation.model_dump(mode="json")}))
+        res = evaluate_model(folder, data_dir, lrm_dir=models["inputs"]["reasoning"]["resolved_dir"],
+                             calibration=calibration_file, device=resolve_device(evaluation.device),
+                             batch_size=evaluation.batch_size, limit=evaluation.limit,
+                             max_new_tokens=evaluation.max_new_tokens, name=target)
+        mlflow.log_dict(res.pop("examples"), "examples.json")
+        mlflow.log_metrics({k: v for k, v in res.items() if isinstance(v, (int, float))})
+    return res
+
+
+def lineage_tags(config: RainConfig, models: dict[str, Any], calibration: A.DirRef | None, merged: A.DirRef,
+                 metrics: dict[str, Any], lrm_metrics: dict[str, Any]) -> dict[str, str]:
+    """What an auditor needs on the registered version: inputs, digests, config, run ids, metrics."""
+    import hashlib
+
+    ids = run_ids()
+    cfg_json = config.model_dump(mode="json")
+    tags = {"method": config.method, "git_commit": str(git_commit()), "weights_uri": merged.uri,
+            "config_sha256": hashlib.sha256(json.dumps(cfg_json, sort_keys=True).encode()).hexdigest(),
+            "zenml.run_id": ids.get("zenml.run_id", ""), "zenml.run_name": ids.get("zenml.run_name", ""),
+            "zenml.pipeline": ids.get("zenml.pipeline", "")}
+    for role, d in models["inputs"].items():
+        tags |= {f"input.{role}": d["path"], f"input.{role}.revision": str(d["revision"]),
+                 f"input.{role}.commit": str(d["commit"]), f"input.{role}.config_sha256": d["config_sha256"]}
+        if d.get("weights_sha256"):  # one digest over the per-file digests
+            tags[f"input.{role}.weights_sha256"] = hashlib.sha256(
+                json.dumps(d["weights_sha256"], sort_keys=True).encode()).hexdigest()
+    for role, rec in ((calibration.meta.get("calibration", {}) if calibration else {}) or {}).items():
+        tags[f"calibration.{role}"] = rec["sha256"]
+    for k in ("if_prompt_strict", "if_inst_strict", "if_prompt_loose", "if_inst_loose", "reasoning_acc",
+              "think_well_formed", "think_close_missing", "l_think"):
+        if k in metrics:
+            tags[f"metric.{k}"] = str(round(metrics[k], 6))
+        if k in lrm_metrics:
+            tags[f"lrm_metric.{k}"] = str(round(lrm_metrics[k], 6))
+    return tags
+
+
+def promote(merged: A.DirRef, metrics: dict[str, Any], lrm_metrics: dict[str, Any], models: dict[str, Any],
+            calibration: A.DirRef | None, config: RainConfig, gates: PromotionGates, registered_model: str,
+            out: Path, uri: str) -> registry.Decision:
+    """Register the merged folder (alias `challenger`), apply the gates, move `champion` if they pass."""
+    import mlflow
+
+    from ..eval.report import write as write_report
+    from .tracking import parent_run_id
+
+    with step_run("promote", uri):
+        mlflow.log_params(flatten({"gates": gates.model_dump(mode="json"), "registered_model": registered_model}))
+        report = write_report([lrm_metrics, metrics], out)
+        mlflow.log_artifact(str(report["plot"]))
+        mlflow.log_artifact(str(report["markdown"]))
+        tags = lineage_tags(config, models, calibration, merged, metrics, lrm_metrics)
+        version = registry.register(registered_model, merged.uri, parent_run_id(), tags, uri)
+        prev, champ = registry.champion(registered_model, uri)
+        decision = registry.decide(metrics, lrm_metrics, champ, gates)
+        decision.version, decision.previous_champion = version, prev
+        registry.record_decision(registered_model, version, decision, uri)
+        mlflow.set_tags({"promotion.decision": "promoted" if decision.promote else "rejected",
+                         "registered_version": version})
+        mlflow.log_dict(decision.as_dict(), "decision.json")
+    return decision
+
+
+def push_to_hub(merged: A.DirRef, decision: dict[str, Any], metrics: dict[str, Any], lrm_metrics: dict[str, Any],
+                models: dict[str, Any], config: RainConfig, hub_cfg: HubConfig, out: Path, uri: str) -> dict[str, Any]:
+    """Publish with a model card naming all three parents; off by default, dry run writes the folder."""
+    import mlflow
+
+    from . import hub
+
+    if not hub_cfg.enabled:
+        return {"status": "disabled"}
+    with step_run("push_to_hub", uri):
+        card = hub.model_card(config.model_dump(mode="json"), models["inputs"], [lrm_metrics, metrics],
+                              decision.get("version"), hub_cfg.extra_tags)
+        folder = hub.stage_folder(merged.verify().path, card, out / "upload")
+        mlflow.log_text(card, "model_card.md")
+        mlflow.log_params({"hub.repo_id": str(hub_cfg.repo_id), "hub.dry_run": hub_cfg.dry_run})
+        if hub_cfg.dry_run:
+            return {"status": "dry_run", "folder": str(folder)}
+        token = hub.resolve_token(hub_cfg.token_env, hub_cfg.zenml_secret)
+        res = hub.push(folder, str(hub_cfg.repo_id), token, str(decision.get("version")), hub_cfg.private,
+                       hub_cfg.max_retries)
+        mlflow.set_tags({"hub.commit": res["commit"], "hub.tag": res["tag"]})
+        return {"status": "pushed", **res}
+
+
+# The one table of pipeline steps: the ZenML wrappers (steps/) and the Kubeflow entry read it.
+STEPS = {f.__name__: f for f in (load_models, build_calibration_sets, collect_features, compute_projectors,
+                                  score_attention_heads, merge, evaluate, promote, push_to_hub)}

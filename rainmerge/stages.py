@@ -1,0 +1,178 @@
+"""The paper's stages as functions of a MergeContext: each takes what it needs and returns what it
+made (no shared mutable state). `run_merge` chains them for the CLI; the pipeline steps
+(rainmerge.product.steps) call the same functions one per step."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .arch import FEATURE_GROUP
+from .attention import alignment_leakage
+from .calibration import (EncodeReport, InstructionSample, ReasoningSample, Template, encode_instruction,
+                          encode_reasoning, load_instruction, load_reasoning, resolve_calibration)
+from .coefficients import (closed_form_alpha, module_coefficients, paper_gradient_curvature,
+                           two_pass_gradient_curvature, uniform_coefficients)
+from .config import CalibrationSpec, CoefficientConfig, ProjectionConfig, RainConfig
+from .context import MergeContext, load_reasoning_model, load_tokenizer, open_models
+from .errors import ConfigError
+from .features import collect_features
+from .io.writer import check_output_path
+from .merge import write_merged_model
+from .methods import METHODS, build_method
+from .methods.rain import Rain
+from .projection import Basis, bases_from_features
+from .provenance import provenance
+
+log = logging.getLogger("rainmerge")
+
+Features = dict[int, dict[str, torch.Tensor]]
+Bases = dict[int, dict[str, Basis]]
+Coefficients = dict[int, dict[str, torch.Tensor]]
+
+
+@contextmanager
+def timed(timings: dict[str, float], key: str) -> Iterator[None]:
+    t0 = time.time()
+    yield
+    timings[key] = time.time() - t0
+
+
+@dataclass(frozen=True)
+class CalibrationSets:
+    reasoning: list[ReasoningSample]
+    instruction: list[InstructionSample]
+    record: dict[str, Any] = field(default_factory=dict)  # path, sha256, counts per role (for lineage)
+
+
+def _cal_record(path: Path, digest: str, rep: EncodeReport) -> dict[str, Any]:
+    return {"path": str(path), "sha256": digest, "records": rep.total, "used": rep.kept, "skipped": rep.skipped}
+
+
+def encode_calibration(ctx: MergeContext, spec: CalibrationSpec) -> CalibrationSets:
+    """Verify the calibration files, render them with the LRM's template, locate tags and spans."""
+    tpl = Template(load_tokenizer(ctx), spec.think_open, spec.think_close, spec.append_think_prefix)
+    tpl.check_tokens()
+    path, digest = resolve_calibration(spec.reasoning_calibration, "reasoning_calibration", spec.cache_dir)
+    recs = load_reasoning(path, spec.reasoning_calibration.max_samples)
+    reasoning, rep = encode_reasoning(recs, tpl, spec.positions, spec.radius, spec.reasoning_max_seq_len)
+    rep.check(f"reasoning calibration {path.name}", spec.reasoning_max_skip_fraction)
+    record = {"reasoning": _cal_record(path, digest, rep)}
+    instruction: list[InstructionSample] = []
+    if spec.with_instruction:
+        assert spec.instruction_calibration is not None
+        path, digest = resolve_calibration(spec.instruction_calibration, "instruction_calibration", spec.cache_dir)
+        irecs = load_instruction(path, spec.instruction_calibration.max_samples)
+        instruction, rep = encode_instruction(irecs, tpl, spec.span_region, spec.instruction_max_seq_len)
+        rep.check(f"instruction calibration {path.name}", spec.instruction_max_skip_fraction)
+        record["instruction"] = _cal_record(path, digest, rep) | {"held_out_ids": [str(r.id) for r in irecs]}
+    return CalibrationSets(reasoning, instruction, record)
+
+
+def stage1_features(ctx: MergeContext, model: torch.nn.Module, reasoning: list[ReasoningSample],
+                    progress: bool = True) -> Features:
+    """Stage 1a: inputs of every merged linear at the protected (think-tag) positions, one pass per sample."""
+    groups = sorted({FEATURE_GROUP[m] for m in ctx.models.modules})
+    return collect_features(model, ctx.arch, reasoning, list(ctx.layers), groups, progress)
+
+
+def stage1_projectors(ctx: MergeContext, feats: Features, s1: ProjectionConfig) -> Bases:
+    """Stage 1b (paper Eq. 4): one factorisation per feature group per layer."""
+    kw = dict(ridge=s1.ridge, energy=s1.energy, max_rank_fraction=s1.max_rank_fraction,
+              rank_rtol=s1.rank_rtol, dtype=s1.solve_dtype)
+    bases = {}
+    for layer in ctx.layers:
+        f = {g: x.to(ctx.device) for g, x in feats[layer].items()}
+        bases[layer] = {k: b.to("cpu") if ctx.device != "cpu" else b
+                        for k, b in bases_from_features(f, ctx.arch.num_heads, ctx.arch.head_dim, **kw).items()}
+    return bases
+
+
+@torch.no_grad()
+def apply_probe_merge(ctx: MergeContext, model: torch.nn.Module, bases: Bases, strength: float) -> torch.nn.Module:
+    """Turn `model` (the LRM) into the alpha=1 probe merge in place, where Stage 2 scores the heads.
+    In place on purpose: a second copy of a 7B model would not fit beside the first."""
+    probe = Rain(ctx.arch, bases, uniform_coefficients(list(ctx.layers), ctx.arch), strength, ctx.device)
+    for site in ctx.sites.values():
+        tau = ctx.instruct.get(site.name, torch.float32) - ctx.base.get(site.name, torch.float32)
+        w = model.get_submodule(ctx.arch.module_path(site.layer, site.module)).weight
+        w.add_(probe.delta(site, tau, record=False).to(w.device, w.dtype))
+    return model
+
+
+def stage2_coefficients(ctx: MergeContext, model: torch.nn.Module, bases: Bases,
+                        instruction: list[InstructionSample], s2: CoefficientConfig, strength: float,
+                        progress: bool = True) -> tuple[Coefficients, dict[str, Any]]:
+    """Stage 2 (paper Eq. 11, 14, 15): score response->instruction attention, solve for alpha.
+    `model` is the LRM; it is consumed (it ends as the probe merge)."""
+    arch, layers = ctx.arch, list(ctx.layers)
+    kw = dict(num_heads=arch.num_heads, row_chunk=s2.row_chunk, progress=progress)
+    a0 = u0 = None
+    if s2.estimator == "two_pass":
+        a0, u0 = alignment_leakage(model, instruction, layers, desc="stage 2: attention (LRM)", **kw)
+    apply_probe_merge(ctx, model, bases, strength)
+    a1, u1 = alignment_leakage(model, instruction, layers, desc="stage 2: attention (probe)", **kw)
+    if s2.estimator == "two_pass":
+        g, H = two_pass_gradient_curvature(a0, u0, a1, u1, s2.rho, s2.h_lambda, s2.h_mu)
+    else:
+        g, H = paper_gradient_curvature(a1, u1, s2.rho)
+    try:
+        alpha, ratio = closed_form_alpha(g, H, s2.lo, s2.hi, s2.normalize)
+    except ValueError as exc:
+        raise ConfigError(f"stage 2: {exc}") from None
+    detail = {"layers": layers, "alpha": alpha.tolist(), "g": g.tolist(), "H": H.tolist(),
+              "ratio": ratio.tolist(), "a_probe_mean": a1.mean(0).tolist(), "u_probe_mean": u1.mean(0).tolist(),
+              "estimator": s2.estimator, "samples": len(instruction)}
+    return module_coefficients(alpha, layers, arch), detail
+
+
+def uniform_detail(ctx: MergeContext) -> dict[str, Any]:
+    return {"layers": list(ctx.layers), "alpha": [[1.0] * ctx.arch.num_heads for _ in ctx.layers],
+            "estimator": "uniform (stage 2 disabled)"}
+
+
+def run_merge(cfg: RainConfig, progress: bool = True) -> Path:
+    """Validate, run the stages the method needs, write the merged folder; returns its path."""
+    t_all = time.time()
+    if not cfg.output:
+        raise ConfigError("no output folder: pass --output (or output: in the config)")
+    check_output_path(Path(cfg.output).expanduser().resolve(), cfg.overwrite)
+    ctx = open_models(cfg.models_spec(), cfg.runtime())
+    timings: dict[str, float] = {}
+    inputs = {r: s.describe(cfg.hash_inputs) for r, s in ctx.sources().items()}
+    extra: dict[str, Any] = {}
+    stages: dict[str, Any] = {}
+    calibration: dict[str, Any] = {}
+    if METHODS[cfg.method].needs_stages:
+        cal = encode_calibration(ctx, cfg.calibration_spec())
+        calibration = cal.record
+        model = load_reasoning_model(ctx)
+        with timed(timings, "stage1_features_s"):
+            feats = stage1_features(ctx, model, cal.reasoning, progress)
+        with timed(timings, "stage1_solve_s"):
+            bases = stage1_projectors(ctx, feats, cfg.stage1)
+        del feats
+        if cfg.stage2.enabled:
+            with timed(timings, "stage2_s"):
+                coeffs, detail = stage2_coefficients(ctx, model, bases, cal.instruction, cfg.stage2, cfg.strength,
+                                                     progress)
+        else:
+            coeffs, detail = uniform_coefficients(list(ctx.layers), ctx.arch), None
+        if detail is not None:
+            extra["rain_alpha.json"] = detail
+        del model
+        stages = dict(arch=ctx.arch, bases=bases, coeffs=coeffs, device=ctx.device)
+    method = build_method(cfg, **stages)
+    prov = provenance(cfg, ctx, inputs, calibration, timings)
+    out = write_merged_model(ctx.reasoning, ctx.base, ctx.instruct, ctx.sites, method, cfg.output, prov,
+                             cfg.overwrite, cfg.max_shard_size, progress, extra)
+    ctx.close()
+    log.info("merged model written to %s in %.1fs", out, time.time() - t_all)
+    return out
