@@ -87,14 +87,32 @@ def _download(ref: CalibrationRef, role: str, cache_dir: str | Path | None) -> t
 
 
 def _read_records(path: Path) -> list[dict[str, Any]]:
-    text = path.read_text(encoding="utf-8")
     try:
-        if text.lstrip().startswith("["):
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: not UTF-8 text (bad byte at offset {exc.start}, line {line}); "
+                          "save the calibration file as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it: {exc.strerror}") from None
+    if text.startswith("\ufeff"):  # a UTF-8 byte order mark
+        text = text[1:]
+    data: Any
+    if text.lstrip().startswith("["):
+        try:
             data = json.loads(text)
-        else:
-            data = [json.loads(line) for line in text.splitlines() if line.strip()]
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON / JSONL: {exc}") from None
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    else:
+        data = []
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                data.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{path}: line {lineno} is not valid JSON: {exc.msg} at column {exc.colno}; "
+                                  "expected a JSON array or one JSON object per line") from None
     if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
         raise ConfigError(f"{path}: expected a JSON array or JSON lines of objects")
     return data

@@ -35,15 +35,40 @@ def _merge_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _sets(items: list[str]) -> dict[str, Any]:
+_FLOAT_TEXT = r"[-+]?(0|[1-9][0-9]*)?\.[0-9]*([eE][-+]?[0-9]+)?|[-+]?\.(inf|Inf|INF)|\.(nan|NaN|NAN)"
+
+
+def _set_value(text: str) -> Any:
+    """YAML-parse a --set value, but keep the text when YAML would change it: a git/sha256 digest
+    (40 or 64 hex characters, even all digits), a number whose text form differs from the input
+    (leading zeros, 1_000, 0x10, 1:30 ...), or a YAML syntax error."""
+    import re
+
     import yaml
 
+    s = text.strip()
+    if re.fullmatch(r"[0-9a-fA-F]{40}|[0-9a-fA-F]{64}", s):
+        return s
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and re.fullmatch(r"[-+]?(0|[1-9][0-9]*)", s) is None:
+        return text
+    if isinstance(value, float) and re.fullmatch(_FLOAT_TEXT, s) is None:
+        return text
+    return value
+
+
+def _sets(items: list[str]) -> dict[str, Any]:
     out = {}
     for item in items:
         if "=" not in item:
             raise RainMergeError(f"--set expects KEY=VALUE, got '{item}'")
         k, v = item.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
+        out[k.strip()] = _set_value(v)
     return out
 
 

@@ -240,7 +240,19 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
-        loaded = yaml.safe_load(p.read_text()) or {}
+        try:
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {p} is not UTF-8 text (bad byte at offset {exc.start})") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from None
+        try:
+            loaded = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            what = " ".join(str(getattr(exc, "problem", None) or exc).split())
+            raise ConfigError(f"config file {p}: YAML syntax error{where}: {what}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: top level must be a mapping")
         tree = _relative_to(loaded, p.parent)
@@ -259,5 +271,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     try:
         return cls.model_validate(tree)
     except ValidationError as exc:
-        lines = [f"  {'.'.join(str(x) for x in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()]
-        raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None
+        items = [f"{'.'.join(str(x) for x in e['loc']) or '<root>'}: {' '.join(str(e['msg']).split())}"
+                 for e in exc.errors()]
+        where = f" ({path})" if path is not None else ""
+        raise ConfigError(f"invalid configuration{where}: " + "; ".join(items)) from None

@@ -11,3 +11,19 @@ class ConfigError(RainMergeError):
 
 class CalibrationError(RainMergeError):
     """Too many calibration records could not be located in the rendered text."""
+
+
+class OutputLockedError(ConfigError):
+    """Another rainmerge process is writing the same output folder."""
+
+
+class CorruptInputError(ConfigError):
+    """An input file (weights shard, index, config.json) cannot be read or parsed."""
+
+
+class NonFiniteError(ConfigError):
+    """An input tensor holds NaN or Inf values."""
+
+
+class DiskSpaceError(ConfigError):
+    """The output's filesystem is too small (or became full) for the merged model."""

@@ -24,12 +24,13 @@ from .config import CalibrationSpec, CoefficientConfig, ProjectionConfig, RainCo
 from .context import MergeContext, load_reasoning_model, load_tokenizer, open_models
 from .errors import ConfigError
 from .features import collect_features
-from .io.writer import check_output_path
+from .io.writer import OutputLock, check_output_path
 from .merge import write_merged_model
 from .methods import METHODS, build_method
 from .methods.rain import Rain
 from .projection import Basis, bases_from_features
 from .provenance import provenance
+from .safety import calibration_paths, preflight
 
 log = logging.getLogger("rainmerge")
 
@@ -139,18 +140,32 @@ def uniform_detail(ctx: MergeContext) -> dict[str, Any]:
 
 
 def run_merge(cfg: RainConfig, progress: bool = True) -> Path:
-    """Validate, run the stages the method needs, write the merged folder; returns its path."""
-    t_all = time.time()
+    """Validate, run the stages the method needs, write the merged folder; returns its path.
+    One writer per output: the lock is taken before any work and held until the rename."""
     if not cfg.output:
         raise ConfigError("no output folder: pass --output (or output: in the config)")
-    check_output_path(Path(cfg.output).expanduser().resolve(), cfg.overwrite)
+    with OutputLock(cfg.output):
+        return _run_merge_locked(cfg, progress)
+
+
+def _run_merge_locked(cfg: RainConfig, progress: bool) -> Path:
+    t_all = time.time()
+    out_dir = Path(str(cfg.output)).expanduser().resolve()
+    protected = calibration_paths(cfg)
+    check_output_path(out_dir, cfg.overwrite, protected=protected)
     ctx = open_models(cfg.models_spec(), cfg.runtime())
+    rain = METHODS[cfg.method].needs_stages
+    # every failure that the headers, the disk or the weights can show, before any forward pass;
+    # RAIN reads all of the LRM in its forwards, so its weights are scanned for NaN/Inf up front
+    warnings = preflight(ctx.sources(), list(ctx.sites), out_dir, protected=protected, scan_finite=rain)
+    for w in warnings:
+        log.warning(w)
     timings: dict[str, float] = {}
     inputs = {r: s.describe(cfg.hash_inputs) for r, s in ctx.sources().items()}
     extra: dict[str, Any] = {}
     stages: dict[str, Any] = {}
     calibration: dict[str, Any] = {}
-    if METHODS[cfg.method].needs_stages:
+    if rain:
         cal = encode_calibration(ctx, cfg.calibration_spec())
         calibration = cal.record
         model = load_reasoning_model(ctx)
@@ -171,7 +186,8 @@ def run_merge(cfg: RainConfig, progress: bool = True) -> Path:
         stages = dict(arch=ctx.arch, bases=bases, coeffs=coeffs, device=ctx.device)
     method = build_method(cfg, **stages)
     prov = provenance(cfg, ctx, inputs, calibration, timings)
-    out = write_merged_model(ctx.reasoning, ctx.base, ctx.instruct, ctx.sites, method, cfg.output, prov,
+    prov["warnings"] += warnings
+    out = write_merged_model(ctx.reasoning, ctx.base, ctx.instruct, ctx.sites, method, out_dir, prov,
                              cfg.overwrite, cfg.max_shard_size, progress, extra)
     ctx.close()
     log.info("merged model written to %s in %.1fs", out, time.time() - t_all)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +15,7 @@ import torch
 from safetensors import safe_open
 
 from ..config import ModelRef
-from ..errors import ConfigError
+from ..errors import ConfigError, CorruptInputError, NonFiniteError
 
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
 
@@ -23,6 +26,99 @@ def sha256_file(path: str | Path, chunk: int = 1 << 24) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+# bytes per element of the safetensors dtypes
+DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8,
+               "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1}
+_MAX_HEADER = 100 * 1024 * 1024  # the safetensors library's own limit
+
+_LIVE: weakref.WeakSet[ModelSource] = weakref.WeakSet()
+
+
+def live_roots() -> dict[str, Path]:
+    """Folders of the models open in this process (an output must never replace or lie in them)."""
+    return {f"{s.role} model folder": s.root for s in list(_LIVE)}
+
+
+def _corrupt(role: str, path: Path, detail: str) -> CorruptInputError:
+    return CorruptInputError(f"{role}: shard {path.name} is truncated or corrupt: {detail} ({path})")
+
+
+def read_header(path: str | Path, role: str = "model") -> dict[str, tuple[str, tuple[int, ...], int, int]]:
+    """Parse a safetensors header without mapping the file: {name: (dtype, shape, start, end)}.
+
+    Checks the header length, the JSON, every tensor's byte span against its dtype and shape and
+    against the file size, so a truncated or corrupt shard is named before any tensor is read.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            raw = f.read(8)
+            if len(raw) < 8:
+                raise _corrupt(role, path, f"{size} bytes, too small for a safetensors header")
+            n = int.from_bytes(raw, "little")
+            if n > min(size - 8, _MAX_HEADER):
+                raise _corrupt(role, path, f"header length {n} exceeds the file size {size}")
+            text = f.read(n)
+    except OSError as exc:
+        raise CorruptInputError(f"{role}: cannot read {path}: {exc.strerror}") from None
+    try:
+        header = json.loads(text.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _corrupt(role, path, f"header is not JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise _corrupt(role, path, "header is not a JSON object")
+    data = size - 8 - n
+    out: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (start, end) = info["dtype"], tuple(int(x) for x in info["shape"]), info["data_offsets"]
+            start, end = int(start), int(end)
+        except (KeyError, TypeError, ValueError):
+            raise _corrupt(role, path, f"bad header entry for tensor {name}") from None
+        numel = 1
+        for d in shape:
+            numel *= d
+        if dtype in DTYPE_BYTES and end - start != numel * DTYPE_BYTES[dtype]:
+            raise _corrupt(role, path, f"tensor {name} spans {end - start} bytes, {dtype}{list(shape)} needs "
+                                       f"{numel * DTYPE_BYTES[dtype]}")
+        if not 0 <= start <= end:
+            raise _corrupt(role, path, f"tensor {name} has invalid offsets {start}..{end}")
+        if end > data:
+            raise _corrupt(role, path, f"tensor {name} ends at byte {end} but the file holds {data} data bytes "
+                                       f"(file size {size})")
+        out[name] = (dtype, shape, start, end)
+    return out
+
+
+@contextmanager
+def _open(path: Path, role: str) -> Iterator[Any]:
+    try:
+        h = safe_open(path, framework="pt")
+    except FileNotFoundError:
+        raise CorruptInputError(f"{role}: weight file {path} disappeared") from None
+    except OSError as exc:
+        raise CorruptInputError(f"{role}: cannot read {path}: {exc.strerror or exc}") from None
+    except Exception as exc:  # SafetensorError: header incomplete, file not fully covered, ...
+        raise _corrupt(role, path, str(exc)) from None
+    with h:
+        yield h
+
+
+def _load_json(path: Path, role: str, what: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise CorruptInputError(f"{role}: {what} {path} is not UTF-8 text (byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise CorruptInputError(f"{role}: {what} {path} is not valid JSON: {exc.msg} at line {exc.lineno} "
+                                f"column {exc.colno}") from None
+    except OSError as exc:
+        raise CorruptInputError(f"{role}: cannot read {what} {path}: {exc.strerror}") from None
 
 
 def _resolve(ref: ModelRef, role: str) -> tuple[Path, str | None]:
@@ -52,23 +148,34 @@ class ModelSource:
         cfg_path = self.root / "config.json"
         if not cfg_path.is_file():
             raise ConfigError(f"{role}: {self.root} has no config.json")
-        self.config: dict[str, Any] = json.loads(cfg_path.read_text())
+        self.config: dict[str, Any] = _load_json(cfg_path, role, "config")
+        if not isinstance(self.config, dict):
+            raise CorruptInputError(f"{role}: config {cfg_path} is not a JSON object")
         self.files = self._weight_files()
         self._where: dict[str, Path] = {}
         self._meta: dict[str, tuple[tuple[int, ...], str]] = {}
         for f in self.files:
-            with safe_open(f, framework="pt") as h:
-                for name in h.keys():
-                    if name in self._where:
-                        raise ConfigError(f"{role}: tensor {name} appears in two weight files")
-                    self._where[name] = f
-                    sl = h.get_slice(name)
-                    self._meta[name] = (tuple(sl.get_shape()), sl.get_dtype())
+            with _open(f, role) as h:
+                try:
+                    for name in h.keys():
+                        if name in self._where:
+                            raise ConfigError(f"{role}: tensor {name} appears in two weight files")
+                        self._where[name] = f
+                        sl = h.get_slice(name)
+                        self._meta[name] = (tuple(sl.get_shape()), sl.get_dtype())
+                except ConfigError:
+                    raise
+                except Exception as exc:
+                    raise _corrupt(role, f, str(exc)) from None
+        _LIVE.add(self)
+
+    # checked on every read (cheap next to the read itself); NaN/Inf in an input is always a broken input
+    verify_finite = True
 
     def _weight_files(self) -> list[Path]:
         index = self.root / "model.safetensors.index.json"
         if index.is_file():
-            files = sorted({self.root / v for v in json.loads(index.read_text())["weight_map"].values()})
+            files = self._index_files(index)
         else:
             files = sorted(self.root.glob("*.safetensors"))
         if not files:
@@ -79,6 +186,23 @@ class ModelSource:
         if missing:
             raise ConfigError(f"{self.role}: weight files listed in the index are missing: {missing}")
         return files
+
+    def _index_files(self, index: Path) -> list[Path]:
+        data = _load_json(index, self.role, "weight index")
+        wm = data.get("weight_map") if isinstance(data, dict) else None
+        if not isinstance(wm, dict) or not all(isinstance(v, str) and v for v in wm.values()):
+            raise CorruptInputError(f"{self.role}: weight index {index} has no valid 'weight_map' "
+                                    "(an object of tensor name -> file name)")
+        root = os.path.normpath(self.root)
+        files = set()
+        for v in wm.values():
+            # lexical: Hub snapshot files are symlinks into the cache's blobs, which is fine
+            full = os.path.normpath(os.path.join(root, v))
+            if os.path.isabs(v) or os.path.commonpath([root, full]) != root or full == root:
+                raise CorruptInputError(f"{self.role}: weight index {index} points outside the model folder "
+                                        f"('{v}'); every weight_map entry must be a file inside {self.root}")
+            files.add(Path(full))
+        return sorted(files)
 
     def names(self) -> list[str]:
         return list(self._where)
@@ -92,19 +216,45 @@ class ModelSource:
     def dtype_str(self, name: str) -> str:
         return self._meta[name][1]
 
+    def file_of(self, name: str) -> Path:
+        return self._where[name]
+
+    def tensor_bytes(self) -> int:
+        """Bytes of all tensors (the size of a model with this layout, headers aside)."""
+        total = 0
+        for shape, dt in self._meta.values():
+            n = DTYPE_BYTES.get(dt, 4)
+            for d in shape:
+                n *= d
+            total += n
+        return total
+
     def get(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
         if name not in self._where:
             raise KeyError(f"{self.role}: no tensor {name}")
+        f = self._where[name]
         # a handle per read: a long-lived mmap keeps every page read so far resident (counted as RSS)
-        with safe_open(self._where[name], framework="pt") as h:
-            t = h.get_tensor(name)
+        with _open(f, self.role) as h:
+            try:
+                t = h.get_tensor(name)
+            except Exception as exc:
+                raise _corrupt(self.role, f, f"cannot read tensor {name}: {exc}") from None
+        if self.verify_finite:
+            check_finite(t, name, self.role, f)
         return t if dtype is None else t.to(dtype)
 
     def close(self) -> None:
         """Nothing is held open between reads; kept so callers can release sources explicitly."""
+        _LIVE.discard(self)
 
     def file_digests(self) -> dict[str, str]:
-        return {f.name: sha256_file(f) for f in self.files}
+        out = {}
+        for f in self.files:
+            try:
+                out[f.name] = sha256_file(f)
+            except OSError as exc:
+                raise CorruptInputError(f"{self.role}: cannot read {f} to hash it: {exc.strerror}") from None
+        return out
 
     def describe(self, with_hashes: bool) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -119,3 +269,14 @@ class ModelSource:
         if with_hashes:
             out["weights_sha256"] = self.file_digests()
         return out
+
+
+def check_finite(t: torch.Tensor, name: str, role: str, file: Path | None = None) -> None:
+    """Raise NonFiniteError naming tensor, role and file when a float tensor holds NaN or Inf."""
+    if not t.is_floating_point() or bool(torch.isfinite(t).all()):
+        return
+    nan = int(torch.isnan(t).sum())
+    inf = int(torch.isinf(t).sum())
+    where = f" in {file.name}" if file is not None else ""
+    raise NonFiniteError(f"{role}: tensor {name}{where} has {nan} NaN and {inf} Inf values "
+                         f"(of {t.numel()}); the {role} model's weights are broken")

@@ -1,11 +1,26 @@
-"""Write a model folder atomically: into a temporary sibling, renamed only once complete."""
+"""Write a model folder atomically: into a temporary sibling, renamed only once complete.
+
+Safety rules (issue #13):
+- `--overwrite` replaces only a folder we wrote (it carries `rainmerge_provenance.json`) or an empty one,
+  and never an input: an output that is, contains or lies inside an input model folder or calibration
+  file is refused (`check_output_path(..., protected=...)`; open `ModelSource` roots are always protected).
+- One writer per output: `OutputLock(final)` takes a non-blocking `flock` on `.NAME.lock` beside the output
+  (reentrant within a process); `AtomicDir` takes it on entry and holds it until the rename is done.
+- Temporaries are named `.NAME.tmp-<pid>-<hex>` / `.NAME.old-<pid>-<hex>`; those of dead processes are
+  removed (and reported) by the next writer that holds the lock.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
+import os
+import re
 import shutil
+import threading
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import torch
@@ -13,54 +28,405 @@ from huggingface_hub import split_torch_state_dict_into_shards
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DiskSpaceError, OutputLockedError
+
+log = logging.getLogger("rainmerge")
+
+# the same name as rainmerge.merge.PROVENANCE_FILE (merge imports this module, so it is not imported here)
+PROVENANCE_FILE = "rainmerge_provenance.json"
+OWNED_MARKERS: tuple[str, ...] = (PROVENANCE_FILE,)
 
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16,
            "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
            "BOOL": torch.bool}
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+Protected = Mapping[str, "str | Path"] | Iterable["str | Path"] | None
 
 
-class AtomicDir:
-    """Context manager: yields a temp dir; on success it replaces `final`, on error it is deleted."""
+def _final(final: str | Path) -> Path:
+    return Path(final).expanduser().resolve()
 
-    def __init__(self, final: str | Path, overwrite: bool = False):
-        self.final = Path(final).expanduser().resolve()
-        self.overwrite = overwrite
-        check_output_path(self.final, overwrite)
-        self.tmp = self.final.parent / f".{self.final.name}.tmp-{uuid.uuid4().hex[:8]}"
 
-    def __enter__(self) -> Path:
-        self.final.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp.mkdir()
-        return self.tmp
+def lock_path(final: str | Path) -> Path:
+    f = _final(final)
+    return f.parent / f".{f.name}.lock"
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+
+def _temp_name(final: Path, kind: str) -> Path:
+    return final.parent / f".{final.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def _tree_bytes(p: Path) -> int:
+    if not p.is_dir():
+        return p.lstat().st_size if p.exists() or p.is_symlink() else 0
+    total = 0
+    for root, _dirs, files in os.walk(p):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(root, f)).st_size
+            except OSError:
+                pass
+    return total
+
+
+# ----------------------------------------------------------------------------------------------
+# one writer per output
+
+
+class _Held:
+    def __init__(self, fd: int):
+        self.fd, self.count = fd, 1
+
+
+_HELD: dict[Path, _Held] = {}
+_HELD_GUARD = threading.Lock()
+
+
+def _lock_owner(path: Path) -> str:
+    try:
+        pid = path.read_text().split()[0]
+        return f"pid {int(pid)}"
+    except (OSError, IndexError, ValueError):
+        return "pid unknown"
+
+
+class OutputLock:
+    """Exclusive, non-blocking lock on an output folder, held from entry to exit.
+
+    Reentrant within one process (an orchestrator may hold it around the whole run while `AtomicDir`
+    takes it again for the write). On the first acquisition the stale temporaries of killed runs
+    beside the output are removed and reported; `self.cleaned` lists them as (path, bytes).
+    """
+
+    def __init__(self, final: str | Path, cleanup: bool = True):
+        self.final = _final(final)
+        self.path = lock_path(self.final)
+        self.cleanup = cleanup
+        self.cleaned: list[tuple[Path, int]] = []
+        self._entered = False
+
+    def acquire(self) -> OutputLock:
+        import fcntl
+
+        if self._entered:
+            raise RuntimeError("OutputLock is not reusable while held")
+        with _HELD_GUARD:
+            held = _HELD.get(self.final)
+            if held is not None:
+                held.count += 1
+                self._entered = True
+                return self
+            try:
+                self.final.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(f"cannot create the output's folder {self.final.parent}: {exc.strerror}") from None
+            while True:
+                try:
+                    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                except OSError as exc:
+                    raise ConfigError(f"cannot create the lock file {self.path}: {exc.strerror}") from None
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    raise OutputLockedError(
+                        f"another rainmerge process is writing {self.final} ({_lock_owner(self.path)}, lock "
+                        f"{self.path}); wait for it to finish or choose another output") from None
+                except OSError as exc:
+                    os.close(fd)
+                    raise ConfigError(f"cannot lock {self.path}: {exc.strerror}") from None
+                try:  # the holder before us may have removed the file between our open and flock
+                    same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+                except FileNotFoundError:
+                    same = False
+                if same:
+                    break
+                os.close(fd)
+            try:  # the pid is only for the message of a second writer; a full disk must not stop us here
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+            except OSError:
+                pass
+            _HELD[self.final] = _Held(fd)
+            self._entered = True
+        if self.cleanup:
+            try:
+                self.cleaned = clean_stale(self.final)
+            except BaseException:
+                self.release()
+                raise
+        return self
+
+    def release(self) -> None:
+        if not self._entered:
             return
-        old = None
-        if self.final.exists():
-            old = self.final.parent / f".{self.final.name}.old-{uuid.uuid4().hex[:8]}"
-            self.final.rename(old)
-        self.tmp.rename(self.final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        self._entered = False
+        with _HELD_GUARD:
+            held = _HELD[self.final]
+            held.count -= 1
+            if held.count:
+                return
+            del _HELD[self.final]
+            try:
+                os.unlink(self.path)  # while still locked, so no one else can hold this inode
+            except OSError:
+                pass
+            os.close(held.fd)
+
+    def __enter__(self) -> OutputLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
-def check_output_path(final: Path, overwrite: bool) -> None:
-    if final.exists() and not overwrite:
-        raise ConfigError(f"output {final} already exists; pass --overwrite (or overwrite: true) to replace it")
-    if final.exists() and not final.is_dir():
-        raise ConfigError(f"output {final} exists and is not a directory")
+def holds_lock(final: str | Path) -> bool:
+    """Whether this process holds the output lock of `final`."""
+    return _final(final) in _HELD
+
+
+# ----------------------------------------------------------------------------------------------
+# stale temporaries of killed runs
+
+_TEMP_RE = re.compile(r"^(?P<kind>tmp|old)-(?:(?P<pid>\d+)-)?(?P<tag>[0-9a-f]{8})$")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return True
+    return True
+
+
+def stale_temporaries(final: str | Path) -> list[tuple[Path, str, int | None]]:
+    """Our temporaries beside `final`: (path, 'tmp' | 'old', writer pid or None for pre-pid names)."""
+    final = _final(final)
+    prefix = f".{final.name}."
+    out = []
+    if not final.parent.is_dir():
+        return out
+    for p in sorted(final.parent.iterdir()):
+        if not p.name.startswith(prefix):
+            continue
+        m = _TEMP_RE.match(p.name[len(prefix):])
+        if m is None:
+            continue
+        out.append((p, m["kind"], int(m["pid"]) if m["pid"] else None))
+    return out
+
+
+def clean_stale(final: str | Path) -> list[tuple[Path, int]]:
+    """Remove the temporaries of dead writers beside `final` (call with the output lock held).
+
+    A `.old-*` left by a run killed between its two renames, with no output in place, is the previous
+    output: it is restored rather than deleted. Returns what was removed, with sizes; each is logged.
+    """
+    final = _final(final)
+    if not holds_lock(final):
+        raise RuntimeError(f"clean_stale({final}) needs the output lock")
+    removed: list[tuple[Path, int]] = []
+    found = stale_temporaries(final)
+    found.sort(key=lambda x: x[1] != "old")  # olds first: one may have to be restored
+    for path, kind, pid in found:
+        if pid is None:
+            log.warning("leaving %s (%s) in place: it has no writer pid (older rainmerge); delete it by hand "
+                        "if no merge is writing %s", path, human_bytes(_tree_bytes(path)), final)
+            continue
+        if _pid_alive(pid):
+            continue
+        if kind == "old" and not final.exists():
+            try:
+                path.rename(final)
+                log.warning("restored %s from %s, left by a killed rainmerge run (pid %d)", final, path.name, pid)
+                continue
+            except OSError:
+                pass
+        size = _tree_bytes(path)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        log.warning("removed stale temporary %s (%s) left by a killed rainmerge run (pid %d)",
+                    path, human_bytes(size), pid)
+        removed.append((path, size))
+    return removed
+
+
+# ----------------------------------------------------------------------------------------------
+# where the output may go
+
+
+def _protected_items(protected: Protected) -> list[tuple[str, Path]]:
+    items: list[tuple[str, Path]] = []
+    if protected is None:
+        pass
+    elif isinstance(protected, Mapping):
+        items += [(str(k), Path(v)) for k, v in protected.items() if v is not None]
+    else:
+        for v in protected:  # paths, or (label, path) pairs
+            if isinstance(v, tuple):
+                items.append((str(v[0]), Path(v[1])))
+            elif v is not None:
+                items.append(("input", Path(v)))
+    from .lazy import live_roots
+
+    items += list(live_roots().items())
+    return items
+
+
+def _same(a: Path, b: Path) -> bool:
+    if a == b:
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_overlap(final: str | Path, protected: Protected) -> None:
+    """Refuse an output that is, contains, or lies inside a protected input (model folder, calibration file)."""
+    final = _final(final)
+    for label, p in _protected_items(protected):
+        rp = p.expanduser().resolve()
+        if _same(final, rp):
+            raise ConfigError(f"output {final} is the {label} ({p}); choose another output folder")
+        if any(_same(rp, q) for q in final.parents):
+            raise ConfigError(f"output {final} lies inside the {label} ({p}); choose a folder outside it")
+        if final in rp.parents:
+            raise ConfigError(f"output {final} contains the {label} ({p}); choose another output folder")
+
+
+def _owned(folder: Path, markers: Iterable[str]) -> bool:
+    return any((folder / m).is_file() for m in markers)
+
+
+def check_output_path(final: Path, overwrite: bool, protected: Protected = None,
+                      markers: Iterable[str] = OWNED_MARKERS) -> None:
+    """Every check on the output that can fail before any work.
+
+    `protected`: input model roots and calibration paths (a list, or a {label: path} mapping for
+    clearer messages); the roots of every open `ModelSource` are added. `--overwrite` replaces only an
+    empty folder or one carrying one of `markers` (our provenance file).
+    """
+    final = _final(final)
+    check_overlap(final, protected)
+    if final.is_symlink() or (final.exists() and not final.is_dir()):
+        kind = "a symlink" if final.is_symlink() else "not a directory"
+        raise ConfigError(f"output {final} exists and is {kind}; choose another output")
+    if final.exists():
+        if not overwrite:
+            raise ConfigError(f"output {final} already exists; pass --overwrite (or overwrite: true) to replace it")
+        try:
+            empty = next(final.iterdir(), None) is None
+        except OSError as exc:
+            raise ConfigError(f"output {final}: cannot list it: {exc.strerror}") from None
+        if not empty and not _owned(final, markers):
+            raise ConfigError(
+                f"output {final} exists and was not written by rainmerge (no {' / '.join(markers)}); "
+                "--overwrite only replaces a previous rainmerge output or an empty folder: remove it yourself "
+                "or choose another output")
     parent = final.parent
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
         raise ConfigError(f"cannot create output under {parent}: not a directory")
-    import os
-
     if not os.access(parent, os.W_OK):
         raise ConfigError(f"cannot write under {parent}: permission denied")
+
+
+def _is_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno in _FULL:
+        return True
+    msg = str(exc)
+    return "No space left on device" in msg or "Disk quota exceeded" in msg
+
+
+def _full_error(final: Path, exc: BaseException, what: str = "") -> DiskSpaceError:
+    where = f" ({what})" if what else ""
+    name = final.name.split(".tmp-")[0].lstrip(".") if ".tmp-" in final.name else final.name
+    return DiskSpaceError(f"output {final.parent / name}: the disk became full while writing{where}; free space "
+                          "or choose another output (the partial output is removed)")
+
+
+class AtomicDir:
+    """Context manager: yields a temp dir; on success it replaces `final`, on error it is deleted.
+
+    Holds the output lock from entry to the final rename; the output checks are repeated under the lock,
+    and a folder that appeared at `final` meanwhile (not ours) is never replaced.
+    """
+
+    def __init__(self, final: str | Path, overwrite: bool = False, protected: Protected = None,
+                 markers: Iterable[str] = OWNED_MARKERS):
+        self.final = _final(final)
+        self.overwrite = overwrite
+        self.protected = protected
+        self.markers = tuple(markers)
+        check_output_path(self.final, overwrite, protected, self.markers)
+        self.tmp = _temp_name(self.final, "tmp")
+        self.lock = OutputLock(self.final)
+
+    def __enter__(self) -> Path:
+        self.lock.acquire()
+        try:
+            check_output_path(self.final, self.overwrite, self.protected, self.markers)
+            self.tmp = _temp_name(self.final, "tmp")
+            try:
+                self.tmp.mkdir()
+            except OSError as exc:
+                if _is_full(exc):
+                    raise _full_error(self.final, exc) from None
+                raise ConfigError(f"cannot create {self.tmp}: {exc.strerror}") from None
+        except BaseException:
+            self.lock.release()
+            raise
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is not None:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+                if exc is not None and not isinstance(exc, DiskSpaceError) and _is_full(exc):
+                    raise _full_error(self.final, exc) from None
+                return
+            try:
+                self._replace()
+            except BaseException:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+                raise
+        finally:
+            self.lock.release()
+
+    def _replace(self) -> None:
+        # a folder may have appeared at `final` while we worked (not by rainmerge: we hold the lock)
+        check_output_path(self.final, self.overwrite, self.protected, self.markers)
+        old = None
+        if self.final.exists():
+            old = _temp_name(self.final, "old")
+            self.final.rename(old)
+        try:
+            self.tmp.rename(self.final)
+        except OSError as exc:
+            if old is not None:
+                old.rename(self.final)
+            raise ConfigError(f"cannot move the finished output into place at {self.final}: {exc.strerror}") from None
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def write_sharded(
@@ -90,7 +456,12 @@ def write_sharded(
                 raise RuntimeError(f"{name}: produced {tuple(t.shape)} {t.dtype}, planned {layout[name]}")
             shard[name] = t.contiguous()
             bar.update(1)
-        save_file(shard, str(out_dir / filename), metadata={"format": "pt"})
+        try:
+            save_file(shard, str(out_dir / filename), metadata={"format": "pt"})
+        except Exception as exc:
+            if _is_full(exc):
+                raise _full_error(out_dir, exc, f"shard {filename}") from None
+            raise
         del shard
     bar.close()
     if split.is_sharded:
