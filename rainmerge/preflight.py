@@ -593,9 +593,9 @@ def _shape_checks(arch: ArchSpec, layers: list[int], modules: list[str], metas: 
 def _load_tokenizer(folder: Path | None) -> tuple[Any, str | None]:
     if folder is None:
         return None, "no tokenizer files"
-    if not any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json",
-                                                   "tokenizer.model")):
-        return None, f"no tokenizer files in {folder}"
+    names = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+    if not any((folder / f).is_file() for f in names):
+        return None, f"no tokenizer files ({', '.join(names)})"
     try:
         from transformers import AutoTokenizer
 
@@ -915,7 +915,8 @@ def build_plan(cfg: RainConfig, api: Any = None, *, hash_weights: bool | None = 
         rows_embed = (lrm.report.embed_shape or [None])[0]
         if tok is None:
             if need_tags and lrm.config is not None:
-                problems.append(Problem(code="tokenizer", role="reasoning", message=f"reasoning model: {why}"))
+                problems.append(Problem(code="tokenizer", role="reasoning",
+                                        message=f"reasoning model {cfg.reasoning.path}: {why}"))
         else:
             if rows_embed is not None and len(tok) > rows_embed:
                 extra = tok.convert_ids_to_tokens(list(range(rows_embed, min(len(tok), rows_embed + 5))))
@@ -1033,7 +1034,7 @@ def format_plan(rep: PlanReport) -> str:
         L.append("")
         L.append("calibration:")
         for c in rep.calibration:
-            kept = f"{c.kept}/{c.records} kept" if c.kept is not None else f"{c.records} records"
+            kept = f"{c.kept}/{c.records} kept" if c.exact else f"~{c.records} records"
             skipped = f", skipped {c.skipped}" if c.skipped else ""
             pos = f", {c.positions_per_sample:g} positions/sample = {c.rows} rows" if c.rows is not None else ""
             longest = f", longest {c.max_tokens} tokens" if c.max_tokens else ""
@@ -1055,8 +1056,8 @@ def format_plan(rep: PlanReport) -> str:
         L.append(f"resources (estimates; device {s.device}, forward {s.forward_dtype}):")
         L.append(f"  download   {_gb(s.download_bytes)}  (" + ", ".join(f"{r} {_gb(b)}" for r, b in
                                                              s.download_by_role.items()) + ")")
-        L.append(f"  disk       {_gb(s.disk_total_bytes)} = output {_gb(s.disk_output_bytes)} + temporaries "
-                 f"{_gb(s.disk_temp_bytes)} + download")
+        L.append(f"  disk       {_gb(s.disk_total_bytes)} = output {_gb(s.disk_output_bytes)} + download + pipeline "
+                 f"artifacts {_gb(s.disk_temp_bytes)} (features + bases; `rainmerge merge` keeps them in RAM)")
         L.append(f"  host RAM   {_gb(s.host_ram_bytes)}")
         for k, v in s.gpu_bytes.items():
             L.append(f"  GPU {k:17s} {_gb(v)}")
@@ -1087,10 +1088,11 @@ def format_plan(rep: PlanReport) -> str:
     return "\n".join(L)
 
 
-def run_plan(cfg: RainConfig, *, api: Any = None, out: TextIO = sys.stdout) -> int:
-    """`rainmerge plan --config FILE`: print the plan; 0 when a merge can proceed, 2 when it would fail."""
+def run_plan(cfg: RainConfig, *, api: Any = None, out: TextIO | None = None) -> int:
+    """`rainmerge plan --config FILE`: print the plan to `out` (sys.stdout, looked up at call time);
+    return 0 when a merge can proceed, 2 when it would fail (the reasons are printed under PROBLEMS)."""
     rep = build_plan(cfg, api)
-    print(format_plan(rep), file=out)
+    print(format_plan(rep), file=out if out is not None else sys.stdout)
     return 0 if rep.ok else 2
 
 

@@ -253,3 +253,22 @@ def test_cli_merge_keeps_the_identity_at_the_real_tag_ids(real_trio, small_calib
         change = (merged[name] - lrm[name]).double()
         assert torch.linalg.norm(change @ x.T) <= 1e-4 * torch.linalg.norm(tau @ x.T), name
         assert torch.linalg.norm(change) > 0.2 * torch.linalg.norm(tau), f"{name}: delta mostly erased"
+
+
+def test_plan_shipped_reads_no_weights(capsys):
+    """benchmarks/plan_shipped.py: the 1.5B config's plan from embedded public configs, no download."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "plan_shipped.py"
+    spec = importlib.util.spec_from_file_location("plan_shipped", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["configs/qwen2.5-1.5b.yaml", "--no-shared"]) == 0
+    text = capsys.readouterr().out
+    assert "weight files requested: 0" in text and "method rain: OK" in text
+    assert "embed [151936, 1536], lm_head none (tied)" in text and "lm_head [151936, 1536] (untied)" in text
+    assert "id 151648 (added non-special)" in text
+    assert "~150 records, 12 positions/sample = 1800 rows" in text
+    assert "rank cap binds: identity not exact for attn_in (q/k/v, width 1536)" in text
+    assert "descends from Qwen/Qwen2.5-Math-1.5B" in text
