@@ -37,7 +37,7 @@ FETCH_PATTERNS = ("*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.t
 # small files the plan itself may fetch from the Hub (never weights)
 SMALL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                "special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "chat_template.json",
-               "vocab.json", "merges.txt", "tokenizer.model", "README.md")
+               "vocab.json", "merges.txt", "tokenizer.model")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
 _SMALL_LIMIT = 64 << 20  # refuse to "metadata-fetch" anything larger
 
