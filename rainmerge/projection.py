@@ -9,9 +9,10 @@ Which subspace is protected (recorded per basis as `rule`):
 * ``exact``  -- every direction of the numerical row space of X is removed (numerical rank <= cap):
   the identity dW_perp x = 0 holds for every protected x;
 * ``energy`` -- the smallest leading set of directions holding a share of the feature energy is
-  removed: ``energy`` when the user asks for it, otherwise ``energy_when_capped`` when the exact
+  removed: ``energy`` when the user asks for it, otherwise ``energy_when_capped`` (< 1) when the exact
   projector would need more than the rank cap;
-* ``capped`` -- even that set exceeds the cap, so only the ``cap`` leading directions are removed.
+* ``capped`` -- the set still exceeds the cap (always, with the default energy_when_capped = 1), so the
+  ``cap`` leading directions are removed: the most protection the cap allows.
 
 cap = floor(max_rank_fraction * width). Only ``exact`` keeps the identity; the others are reported.
 """
@@ -79,14 +80,14 @@ def protected_basis(
     energy: float = 1.0,
     max_rank_fraction: float = 0.9,
     rank_rtol: float = 1e-12,
-    energy_when_capped: float = 0.99,
+    energy_when_capped: float = 1.0,
     dtype: str = "float64",
 ) -> Basis:
     """Factor the protected features (paper Eq. 4's Phi_Omega) into the subspace the delta must avoid.
 
     Rule (see the module docstring): remove the whole numerical row space when it fits under the cap
-    (exact); otherwise the leading directions holding `energy_when_capped` of the energy (energy);
-    otherwise the `cap` leading directions (capped). An explicit `energy` < 1 applies first.
+    (exact); otherwise the leading directions holding `energy_when_capped` (< 1) of the energy when they
+    fit (energy); otherwise the `cap` leading directions (capped). An explicit `energy` < 1 applies first.
     """
     Xd = X.to(_DT[dtype])
     m, width = Xd.shape
