@@ -109,6 +109,16 @@ def alignment_leakage(
 
     a_k = sum_{t in R_k} sum_{tau in I_k} Att[t, tau] / (|I_k| |R_k|), averaged over the sample's
     instructions that have related spans; u likewise over those with unrelated spans.
+
+    A sample with no located related span has a[s] = NaN (all layers and heads), one with no located
+    unrelated span has u[s] = NaN: "absent", not 0, so sample averages are masked means
+    (coefficients.masked_mean) over the n_a / n_u samples that have the span, not diluted by zeros.
+
+    Unrelated spans, instruction- vs sample-level: calibration.encode_instruction pools the sample-level
+    `unrelated_response_spans` into every instruction's own `unrelated_response_spans`, so U_k is the
+    union of both (tokens counted once) and u_k is normalised by |I_k| |U_k|; u averages u_k over the
+    instructions with U_k non-empty. The reference instead adds two separately normalised terms per
+    instruction (its own list / span count + the sample list / span count) and sums over instructions.
     """
     register()
     layers = sorted(layers)
@@ -130,8 +140,8 @@ def alignment_leakage(
             has_r = (w_rel.sum(0) > 0).cpu()
             has_u = (w_unr.sum(0) > 0).cpu()
             for l, (a, u) in ctx.out.items():
-                A[si, pos[l]] = a[:, has_r].mean(1) if has_r.any() else 0.0
-                U[si, pos[l]] = u[:, has_u].mean(1) if has_u.any() else 0.0
+                A[si, pos[l]] = a[:, has_r].mean(1) if has_r.any() else float("nan")
+                U[si, pos[l]] = u[:, has_u].mean(1) if has_u.any() else float("nan")
             missing = set(layers) - set(ctx.out)
             if missing:
                 raise RuntimeError(f"attention hook saw no call for layers {sorted(missing)}")

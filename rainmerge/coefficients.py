@@ -1,20 +1,58 @@
-"""Stage 2 math: instruction-attention coefficients (paper Eq. 11, 14, 15) and their module mapping."""
+"""Stage 2 math: instruction-attention coefficients (paper Eq. 11, 14, 15) and their module mapping.
+
+Per-sample statistics a[s, l, h], u[s, l, h] (attention.alignment_leakage) are NaN where sample s has
+no located span for that statistic (no related span for a, no unrelated span for u); every average
+over samples below is a masked mean over the samples that have the span (n_a, n_u of them), never a
+zero-filled mean. A statistic no sample has averages to 0 (so H = 1 + E[u] = 1 without leakage spans).
+
+Normalisation of alpha (stage2.normalize):
+* ``paper``: alpha = clip(g / H, lo, hi), literally Eq. 15 (``none`` is accepted as an alias);
+* ``mean`` (default, ours): alpha = clip((g / H) / mean_heads(g / H), lo, hi). Raw attention averages
+  are O(1/T), so the literal ratio clips nearly every head to ``lo``; dividing by the mean keeps the
+  per-head profile and leaves the overall strength to the global lambda.
+
+A degenerate Stage 2 (a non-finite g/H, or a mean gain that is not positive) never throws finished
+Stage-1 work away by default: ``on_degenerate: uniform`` returns alpha = 1 everywhere (the paper's
+"Stage 1 only" ablation) with a recorded warning; ``fail`` raises DegenerateStage2.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from .arch import ArchSpec
 
 
+class DegenerateStage2(ValueError):
+    """Stage 2 produced no usable instruction-attention signal (non-finite or non-positive mean gain)."""
+
+
+def masked_mean(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """Mean over `dim` ignoring NaN entries (samples without the span); 0 where no entry is present."""
+    present = ~torch.isnan(x)
+    n = present.sum(dim)
+    total = torch.where(present, x, torch.zeros_like(x)).sum(dim)
+    return torch.where(n > 0, total / n.clamp(min=1), torch.zeros_like(total))
+
+
+def sample_count(x: torch.Tensor) -> int:
+    """Samples whose statistic is present (not NaN). A sample's statistic is all-or-nothing over (l, h)."""
+    if x.numel() == 0:
+        return 0
+    return int((~torch.isnan(x.reshape(x.shape[0], -1))).any(1).sum())
+
+
 def proxy_objective(a: torch.Tensor, u: torch.Tensor, rho: float) -> torch.Tensor:
-    """Paper Eq. 11: J_proxy = a_bar - rho * u_bar (per head, averaged over samples)."""
-    return a.mean(0) - rho * u.mean(0)
+    """Paper Eq. 11: J_proxy = a_bar - rho * u_bar (per head, masked means over samples)."""
+    return masked_mean(a) - rho * masked_mean(u)
 
 
 def paper_gradient_curvature(a1: torch.Tensor, u1: torch.Tensor, rho: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Paper Eq. 14: g = E[a - rho u] at the direct-merge point alpha=1; H = 1 + E[u]."""
-    return proxy_objective(a1, u1, rho), 1.0 + u1.mean(0)
+    return proxy_objective(a1, u1, rho), 1.0 + masked_mean(u1)
 
 
 def two_pass_gradient_curvature(
@@ -22,28 +60,116 @@ def two_pass_gradient_curvature(
     rho: float, h_lambda: float, h_mu: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The reference's finite-difference variant: g = E[da - rho du], H = lambda_H + mu_H E[u1]."""
-    g = (a1 - a0).mean(0) - rho * (u1 - u0).mean(0)
-    return g, h_lambda + h_mu * u1.mean(0) + 1e-12
+    g = masked_mean(a1 - a0) - rho * masked_mean(u1 - u0)
+    return g, h_lambda + h_mu * masked_mean(u1) + 1e-12
+
+
+_NORMALIZE = {"paper": "paper", "none": "paper", "mean": "mean"}
+
+
+def degenerate_reason(g: torch.Tensor, H: torch.Tensor) -> str | None:
+    """Why g / H cannot give coefficients, or None when it can."""
+    ratio = g / H
+    if not torch.isfinite(ratio).all():
+        return f"{int((~torch.isfinite(ratio)).sum())} of {ratio.numel()} heads have a non-finite g/H"
+    mean = float(ratio.mean())
+    if not mean > 0:
+        return (f"mean instruction-attention gain g/H is {mean:.3g} (not positive): the calibration set shows "
+                "no response->instruction attention gain; check the spans")
+    return None
 
 
 def closed_form_alpha(g: torch.Tensor, H: torch.Tensor, lo: float, hi: float, normalize: str = "mean"
                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Paper Eq. 15: alpha* = clip(g / H, lo, hi). Returns (alpha, unclipped ratio).
+    """Paper Eq. 15: alpha* = clip(g / H, lo, hi). Returns (alpha, ratio before clipping).
 
-    With normalize='mean' the ratio is divided by its mean over all scored heads first, so alpha
-    redistributes strength across heads and the global lambda keeps its meaning (raw attention
-    averages are O(1/T), which would otherwise clip every alpha to `lo`).
+    normalize: 'paper' (alias 'none') literal; 'mean' divides the ratio by its mean over heads first.
+    Raises DegenerateStage2 (a ValueError) on a degenerate Stage 2; see solve_alpha for the fallback.
     """
+    if normalize not in _NORMALIZE:
+        raise ValueError(f"normalize must be one of {sorted(_NORMALIZE)}, got {normalize!r}")
+    reason = degenerate_reason(g, H)
+    if reason:
+        raise DegenerateStage2(reason)
     ratio = g / H
-    if normalize == "mean":
-        mean = ratio.mean()
-        if not torch.isfinite(mean) or mean <= 0:
-            raise ValueError(
-                f"mean instruction-attention gain is {float(mean):.3g} (not positive): the calibration "
-                "set shows no response->instruction attention gain; check the spans or use normalize: none"
-            )
-        ratio = ratio / mean
+    if _NORMALIZE[normalize] == "mean":
+        ratio = ratio / ratio.mean()
     return ratio.clamp(lo, hi), ratio
+
+
+def solve_alpha(g: torch.Tensor, H: torch.Tensor, lo: float, hi: float, normalize: str = "mean",
+                on_degenerate: str = "uniform") -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """closed_form_alpha with the degenerate fallback: (alpha, ratio, warnings).
+
+    on_degenerate='uniform': alpha = 1 for every head, ratio = NaN, and one warning string;
+    on_degenerate='fail': raise DegenerateStage2 with the reason.
+    """
+    if on_degenerate not in ("uniform", "fail"):
+        raise ValueError(f"on_degenerate must be 'uniform' or 'fail', got {on_degenerate!r}")
+    try:
+        alpha, ratio = closed_form_alpha(g, H, lo, hi, normalize)
+        return alpha, ratio, []
+    except DegenerateStage2 as exc:
+        if on_degenerate == "fail":
+            raise DegenerateStage2(f"stage 2 is degenerate: {exc} (stage2.on_degenerate: fail)") from None
+        msg = (f"stage 2 is degenerate ({exc}); using uniform alpha = 1 for every head "
+               "(Stage-1-only merge; set stage2.on_degenerate: fail to stop instead)")
+        return torch.ones_like(g, dtype=torch.float32), torch.full_like(g, float("nan")), [msg]
+
+
+@dataclass
+class Stage2Solution:
+    """Everything the orchestrator records for Stage 2 (alpha per layer x head, the estimator terms,
+    the sample counts behind each masked average, and any warning)."""
+
+    alpha: torch.Tensor  # [L, H]
+    ratio: torch.Tensor  # [L, H] g/H (normalised when normalize=mean); NaN when degenerate
+    g: torch.Tensor
+    H: torch.Tensor
+    n_samples: int
+    n_a: int  # samples with a located related span (used in the a averages)
+    n_u: int  # samples with a located unrelated span (used in the u averages)
+    estimator: str
+    normalize: str
+    degenerate: bool = False
+    warnings: list[str] = field(default_factory=list)
+    a_mean: torch.Tensor | None = None  # masked mean of a at the probe point
+    u_mean: torch.Tensor | None = None
+
+    def detail(self, layers: list[int]) -> dict[str, Any]:
+        """JSON-ready record (NaN -> None)."""
+        def j(t: torch.Tensor | None) -> Any:
+            if t is None:
+                return None
+            return [[None if v != v else v for v in row] for row in t.tolist()]
+        return {"layers": list(layers), "alpha": j(self.alpha), "g": j(self.g), "H": j(self.H),
+                "ratio": j(self.ratio), "a_probe_mean": j(self.a_mean), "u_probe_mean": j(self.u_mean),
+                "estimator": self.estimator, "normalize": self.normalize, "samples": self.n_samples,
+                "n_a": self.n_a, "n_u": self.n_u, "degenerate": self.degenerate, "warnings": list(self.warnings)}
+
+
+def solve_stage2(a1: torch.Tensor, u1: torch.Tensor, *, a0: torch.Tensor | None = None,
+                 u0: torch.Tensor | None = None, estimator: str = "paper", rho: float = 0.5,
+                 h_lambda: float = 1.0, h_mu: float = 1.0, lo: float = 0.0, hi: float = 1.5,
+                 normalize: str = "mean", on_degenerate: str = "uniform") -> Stage2Solution:
+    """Pure Stage 2 from the per-sample statistics [S, L, H] (NaN = span absent): g, H, alpha, counts.
+
+    estimator 'paper' uses (a1, u1) at the probe point; 'two_pass' also needs (a0, u0) on the LRM.
+    Call as solve_stage2(a1, u1, a0=a0, u0=u0, **cfg.stage2.solver_kwargs()).
+    """
+    if estimator == "two_pass":
+        if a0 is None or u0 is None:
+            raise ValueError("estimator two_pass needs a0 and u0 (statistics on the unmerged LRM)")
+        g, H = two_pass_gradient_curvature(a0, u0, a1, u1, rho, h_lambda, h_mu)
+    elif estimator == "paper":
+        g, H = paper_gradient_curvature(a1, u1, rho)
+    else:
+        raise ValueError(f"estimator must be 'paper' or 'two_pass', got {estimator!r}")
+    alpha, ratio, warns = solve_alpha(g, H, lo, hi, normalize, on_degenerate)
+    return Stage2Solution(alpha=alpha, ratio=ratio, g=g, H=H, n_samples=int(a1.shape[0]),
+                          n_a=sample_count(a1), n_u=sample_count(u1), estimator=estimator,
+                          normalize=_NORMALIZE.get(normalize, normalize), degenerate=bool(warns),
+                          warnings=warns, a_mean=masked_mean(a1), u_mean=masked_mean(u1))
 
 
 def module_coefficients(alpha: torch.Tensor, layers: list[int], arch: ArchSpec) -> dict[int, dict[str, torch.Tensor]]:

@@ -54,29 +54,60 @@ class CalibrationRef(_Strict):
 
 
 class ProjectionConfig(_Strict):
-    """Stage 1: the reasoning-aware null-space projection (paper Eq. 4-5)."""
+    """Stage 1: the reasoning-aware null-space projection (paper Eq. 4-5).
+
+    Protected subspace rule per feature group (recorded as rule: exact|energy|capped): the whole
+    numerical row space of the protected features when its rank fits under the cap
+    floor(max_rank_fraction * width) (exact: (W_merged - W_LRM) x = 0); otherwise, if energy_when_capped < 1,
+    the leading directions holding that share of the feature energy when they fit (energy); otherwise the
+    cap's leading directions (capped). Measured on the toy (768 rows vs width 192): capped keeps reasoning
+    98% / think 78%, energy 0.99 only 49% / 52% -- so the default stays at the cap.
+    Rows = samples x positions per sample (tags: 2, window: 2(radius+1)); rows <= cap guarantees exact.
+    """
 
     positions: Literal["tags", "window"] = "window"
     radius: int = Field(default=5, ge=0, description="window: <think>..+r and </think>-r..</think>")
     ridge: float = Field(default=1e-10, ge=0, description="lambda relative to the mean squared feature norm")
     energy: float = Field(default=1.0, gt=0, le=1, description="share of feature energy whose directions are removed")
     max_rank_fraction: float = Field(default=0.9, gt=0, le=1, description="cap on removed rank / input width")
+    energy_when_capped: float = Field(default=1.0, gt=0, le=1,
+                                      description="energy share removed when the exact projector would exceed "
+                                                  "the rank cap; 1.0 (default): remove the cap's leading directions "
+                                                  "(most protection); 0.99 keeps more of the delta, protects less")
+    o_proj: Literal["full", "per_head"] = Field(
+        default="full", description="full: project o_proj over its whole input width after per-head scaling "
+                                    "(identity exact); per_head: one projector per head block (width head_dim)")
     rank_rtol: float = Field(default=1e-12, ge=0, description="singular values below rtol*max are numerical zero")
-    min_kept_norm: float = Field(default=0.05, ge=0, le=1, description="warn when ||dW_perp||/||dW|| falls below")
+    min_kept_norm: float = Field(default=0.05, ge=0, le=1,
+                                 description="the one-line summary becomes a warning when a module keeps less")
     solve_dtype: Literal["float64", "float32"] = "float64"
     max_seq_len: int = Field(default=8192, ge=8)
     max_skip_fraction: float = Field(default=0.2, ge=0, le=1)
 
+    def basis_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of projection.bases_from_features (after feats, num_heads, head_dim)."""
+        return dict(ridge=self.ridge, energy=self.energy, max_rank_fraction=self.max_rank_fraction,
+                    rank_rtol=self.rank_rtol, energy_when_capped=self.energy_when_capped, dtype=self.solve_dtype,
+                    o_proj=self.o_proj)
+
 
 class CoefficientConfig(_Strict):
-    """Stage 2: instruction-attention guided coefficients (paper Eq. 11, 14, 15)."""
+    """Stage 2: instruction-attention guided coefficients (paper Eq. 11, 14, 15).
+
+    normalize: paper = alpha = clip(g/H, lo, hi) literally ('none' is accepted as its old name);
+    mean (default) = g/H divided by its mean over heads before clipping (raw attention averages are
+    O(1/T), so the literal ratio clips almost every head to lo). The estimator (paper | two_pass) is
+    a separate choice. on_degenerate: what a non-finite or non-positive mean gain does -- uniform
+    (alpha = 1, a recorded warning; the Stage-1-only merge) or fail (an error).
+    """
 
     enabled: bool = True
     estimator: Literal["paper", "two_pass"] = "paper"
     rho: float = Field(default=0.5, ge=0)
     lo: float = 0.0
     hi: float = 1.5
-    normalize: Literal["mean", "none"] = "mean"
+    normalize: Literal["mean", "paper"] = "mean"
+    on_degenerate: Literal["uniform", "fail"] = "uniform"
     h_lambda: float = Field(default=1.0, ge=0, description="two_pass curvature constant")
     h_mu: float = Field(default=1.0, ge=0, description="two_pass curvature weight of leakage")
     span_region: Literal["response", "output"] = "response"
@@ -84,11 +115,21 @@ class CoefficientConfig(_Strict):
     max_skip_fraction: float = Field(default=0.2, ge=0, le=1)
     row_chunk: int = Field(default=256, ge=1, description="query rows scored at once (bounds memory)")
 
+    @field_validator("normalize", mode="before")
+    @classmethod
+    def _normalize_alias(cls, v: Any) -> Any:
+        return "paper" if v == "none" else v
+
     @model_validator(mode="after")
     def _box(self) -> "CoefficientConfig":
         if self.lo > self.hi:
             raise ValueError(f"lo ({self.lo}) must not exceed hi ({self.hi})")
         return self
+
+    def solver_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of coefficients.solve_stage2 (after a1, u1, a0=, u0=)."""
+        return dict(estimator=self.estimator, rho=self.rho, h_lambda=self.h_lambda, h_mu=self.h_mu, lo=self.lo,
+                    hi=self.hi, normalize=self.normalize, on_degenerate=self.on_degenerate)
 
 
 class RainConfig(_Strict):

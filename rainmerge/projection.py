@@ -3,15 +3,30 @@
 With column-major vec, Phi = X (x) I_out, so P_perp(Phi) vec(dW) = vec(dW (I - X^T (X X^T + lam I)^-1 X)).
 We factor X = U S V^T once per feature group and apply dW - (dW V) diag(s^2/(s^2+lam)) V^T; that is the
 same operator, exact for lam -> 0, without any inverse, and shared by every module reading that input.
+
+Which subspace is protected (recorded per basis as `rule`):
+
+* ``exact``  -- every direction of the numerical row space of X is removed (numerical rank <= cap):
+  the identity dW_perp x = 0 holds for every protected x;
+* ``energy`` -- the smallest leading set of directions holding a share of the feature energy is
+  removed: ``energy`` when the user asks for it, otherwise ``energy_when_capped`` (< 1) when the exact
+  projector would need more than the rank cap;
+* ``capped`` -- the set still exceeds the cap (always, with the default energy_when_capped = 1), so the
+  ``cap`` leading directions are removed: the most protection the cap allows.
+
+cap = floor(max_rank_fraction * width). Only ``exact`` keeps the identity; the others are reported.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 _DT = {"float64": torch.float64, "float32": torch.float32}
+RULES = ("exact", "energy", "capped")
 
 
 @dataclass
@@ -22,11 +37,23 @@ class Basis:
     s: torch.Tensor  # [r], descending
     k: int  # directions removed (energy threshold and rank cap applied)
     lam: float  # absolute ridge
-    capped: bool  # the rank cap bound: the projector is no longer exact
+    capped: bool  # the rank cap bound: even the energy fallback needed more than the cap
+    rows: int = -1  # m, protected feature rows (-1: unknown, e.g. loaded from an old artifact)
 
     @property
     def width(self) -> int:
         return self.V.shape[0]
+
+    @property
+    def rank(self) -> int:
+        return self.V.shape[1]
+
+    @property
+    def rule(self) -> str:
+        """exact | energy | capped (derived, so it survives any artifact round trip of k and capped)."""
+        if self.capped:
+            return "capped"
+        return "exact" if self.k >= self.rank else "energy"
 
     def shrink(self) -> torch.Tensor:
         """Per-direction removal weights s^2/(s^2+lam) of the k removed directions."""
@@ -34,7 +61,16 @@ class Basis:
         return s2 / (s2 + self.lam)
 
     def to(self, device: torch.device | str) -> "Basis":
-        return Basis(self.V.to(device), self.s.to(device), self.k, self.lam, self.capped)
+        return Basis(self.V.to(device), self.s.to(device), self.k, self.lam, self.capped, self.rows)
+
+
+def rank_cap(width: int, max_rank_fraction: float) -> int:
+    return int(max_rank_fraction * width)
+
+
+def _energy_count(s: torch.Tensor, energy: float) -> int:
+    cum = torch.cumsum(s**2, 0) / float((s**2).sum())
+    return min(int(torch.searchsorted(cum, torch.tensor(energy, dtype=cum.dtype)).item()) + 1, len(s))
 
 
 def protected_basis(
@@ -44,32 +80,31 @@ def protected_basis(
     energy: float = 1.0,
     max_rank_fraction: float = 0.9,
     rank_rtol: float = 1e-12,
+    energy_when_capped: float = 1.0,
     dtype: str = "float64",
 ) -> Basis:
     """Factor the protected features (paper Eq. 4's Phi_Omega) into the subspace the delta must avoid.
 
-    When the features span (nearly) the whole input width, an exact projector would erase the delta;
-    the energy threshold and the rank cap keep the dominant directions only, and `capped` says so.
+    Rule (see the module docstring): remove the whole numerical row space when it fits under the cap
+    (exact); otherwise the leading directions holding `energy_when_capped` (< 1) of the energy when they
+    fit (energy); otherwise the `cap` leading directions (capped). An explicit `energy` < 1 applies first.
     """
     Xd = X.to(_DT[dtype])
     m, width = Xd.shape
     if m == 0:
-        return Basis(torch.zeros(width, 0, dtype=Xd.dtype), torch.zeros(0, dtype=Xd.dtype), 0, 0.0, False)
+        return Basis(torch.zeros(width, 0, dtype=Xd.dtype), torch.zeros(0, dtype=Xd.dtype), 0, 0.0, False, 0)
     _, s, Vh = torch.linalg.svd(Xd, full_matrices=False)
     r = int((s > rank_rtol * s[0]).sum()) if s[0] > 0 else 0
     s, V = s[:r], Vh[:r].T.contiguous()
     total = float((s**2).sum())
-    if energy >= 1.0 or total == 0:
-        k = r
-    else:
-        cum = torch.cumsum(s**2, 0) / total
-        k = int(torch.searchsorted(cum, torch.tensor(energy, dtype=cum.dtype)).item()) + 1
-        k = min(k, r)
-    cap = int(max_rank_fraction * width)
+    k = r if energy >= 1.0 or total == 0 else _energy_count(s, energy)
+    cap = rank_cap(width, max_rank_fraction)
+    if k > cap and energy_when_capped < 1.0 and total > 0:
+        k = min(k, _energy_count(s, energy_when_capped))
     capped = k > cap
     k = min(k, cap)
     lam = ridge * total / m
-    return Basis(V, s, k, lam, capped)
+    return Basis(V, s, k, lam, capped, m)
 
 
 def project_delta(delta: torch.Tensor, basis: Basis) -> torch.Tensor:
@@ -81,7 +116,7 @@ def project_delta(delta: torch.Tensor, basis: Basis) -> torch.Tensor:
     return d - ((d @ Vk) * basis.shrink()) @ Vk.T
 
 
-def projection_stats(delta: torch.Tensor, projected: torch.Tensor, basis: Basis) -> dict[str, float]:
+def projection_stats(delta: torch.Tensor, projected: torch.Tensor, basis: Basis) -> dict[str, Any]:
     """residual = ||dW_perp X^T|| / ||dW X^T|| (from X = U S V^T), kept = ||dW_perp|| / ||dW||."""
     d = delta.to(basis.V.dtype)
     p = projected.to(basis.V.dtype)
@@ -97,20 +132,87 @@ def projection_stats(delta: torch.Tensor, projected: torch.Tensor, basis: Basis)
         "kept_norm": float(torch.linalg.norm(p) / dn) if dn > 0 else 1.0,
         "rank_removed": basis.k,
         "feature_rank": int(basis.V.shape[1]),
+        "rows": basis.rows,
         "width": basis.width,
         "capped": basis.capped,
+        "rule": basis.rule,
     }
 
 
+O_PROJ_MODES = ("full", "per_head")
+
+
 def bases_from_features(
-    feats: dict[str, torch.Tensor], num_heads: int, head_dim: int, **kw: float | str
+    feats: dict[str, torch.Tensor], num_heads: int, head_dim: int, *, o_proj: str = "full", **kw: Any
 ) -> dict[str, Basis]:
-    """One basis per feature group; o_proj input is split into one basis per head block."""
+    """One basis per feature group.
+
+    o_proj='full' (default): o_proj's input is one group "o_in" over its full width H*head_dim; the
+    merge scales the delta per head first and projects last, so the identity holds with per-head alpha.
+    o_proj='per_head': one basis per head block "o_in.{h}" (width head_dim, so the rank cap binds as
+    soon as the protected rows exceed ~0.9*head_dim); kept as an option for comparison.
+    """
+    if o_proj not in O_PROJ_MODES:
+        raise ValueError(f"o_proj must be one of {O_PROJ_MODES}, got {o_proj!r}")
     out: dict[str, Basis] = {}
     for group, X in feats.items():
-        if group == "o_in":
+        if group == "o_in" and o_proj == "per_head":
             for h in range(num_heads):
                 out[f"o_in.{h}"] = protected_basis(X[:, h * head_dim:(h + 1) * head_dim], **kw)
         else:
             out[group] = protected_basis(X, **kw)
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# capacity planning (before any forward) and the one-line summary (after the merge)
+
+
+def positions_per_sample(positions: str, radius: int) -> int:
+    """|Omega_think| per sample: 2 tags, or <think>..+r and </think>-r..</think> (2(r+1), disjoint windows)."""
+    return 2 if positions == "tags" else 2 * (radius + 1)
+
+
+def capacity(arch: Any, rows: int, max_rank_fraction: float = 0.9, o_proj: str = "full",
+             modules: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")) -> dict[str, dict[str, Any]]:
+    """Per feature group: input width, rank cap and whether `rows` protected rows guarantee rule exact.
+
+    rows <= cap guarantees 'exact' whatever the features (the numerical rank never exceeds rows).
+    `arch` needs hidden, num_heads, head_dim, intermediate (an ArchSpec).
+    """
+    from .arch import FEATURE_GROUP
+
+    widths = {"attn_in": arch.hidden, "mlp_in": arch.hidden, "down_in": arch.intermediate,
+              "o_in": arch.num_heads * arch.head_dim if o_proj == "full" else arch.head_dim}
+    out = {}
+    for g in sorted({FEATURE_GROUP[m] for m in modules}):
+        w = widths[g]
+        cap = rank_cap(w, max_rank_fraction)
+        out[g] = {"width": w, "cap": cap, "rows": rows, "exact_guaranteed": rows <= cap,
+                  "rows_over_width": round(rows / w, 4)}
+    return out
+
+
+def projection_summary(stats: Mapping[str, Mapping[str, Any]], stage: str = "stage 1", tol: float = 1e-4) -> str:
+    """One console line for all merged modules (the stats dict of Rain.stats() / provenance module_stats).
+
+    e.g. "stage 1: 56 modules, identity exact (residual <= 1e-04) on 56 (max residual 3e-09), mean kept-norm
+    0.71, min 0.42 (layer 3 o); rule: exact 56 / energy 0 / capped 0"
+    """
+    rows = [(name, s) for name, s in stats.items() if "residual" in s]
+    if not rows:
+        return f"{stage}: no projected modules"
+    res = [float(s["residual"]) for _, s in rows]
+    kept = [float(s["kept_norm"]) for _, s in rows]
+    ok = sum(r <= tol for r in res)
+    i_min = min(range(len(rows)), key=kept.__getitem__)
+    name, smin = rows[i_min]
+    where = f"layer {smin['layer']} {smin['module']}" if "layer" in smin and "module" in smin else name
+    counts = {r: 0 for r in RULES}
+    for _, s in rows:
+        rule = s.get("rule", "capped" if s.get("capped") else "exact")
+        counts[rule] = counts.get(rule, 0) + 1
+    rule_txt = " / ".join(f"{k} {v}" for k, v in counts.items())
+    return (f"{stage}: {len(rows)} modules, identity exact (residual <= {tol:.0e}) on {ok} "
+            f"(max residual {max(res):.1e}), mean kept-norm {sum(kept) / len(kept):.2f}, "
+            f"min {kept[i_min]:.2f} ({where}); rule: {rule_txt}")

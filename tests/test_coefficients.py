@@ -2,7 +2,12 @@
 
 import torch
 
-from rainmerge.coefficients import closed_form_alpha, paper_gradient_curvature, two_pass_gradient_curvature
+import math
+
+import pytest
+
+from rainmerge.coefficients import (DegenerateStage2, closed_form_alpha, masked_mean, paper_gradient_curvature,
+                                    solve_alpha, solve_stage2, two_pass_gradient_curvature)
 
 
 def test_closed_form_is_the_box_qp_minimiser():
@@ -25,6 +30,61 @@ def test_mean_normalisation_and_estimators():
     assert alpha[0, 0] > 1 > alpha[0, 1]
     g2, _ = two_pass_gradient_curvature(a1 * 0, u1 * 0, a1, u1, 0.5, 1.0, 1.0)
     assert torch.allclose(g2, g)
+
+
+def test_paper_normalisation_is_literal_and_none_is_its_alias():
+    from rainmerge.config import CoefficientConfig
+
+    g, H = torch.tensor([0.02, 0.01, 0.04]), torch.tensor([1.0, 1.0, 2.0])
+    alpha, ratio = closed_form_alpha(g, H, 0.0, 1.5, normalize="paper")
+    assert torch.equal(ratio, g / H) and torch.equal(alpha, (g / H).clamp(0.0, 1.5))
+    assert torch.equal(closed_form_alpha(g, H, 0.0, 1.5, normalize="none")[0], alpha)
+    assert CoefficientConfig(normalize="none").normalize == "paper"
+    assert CoefficientConfig().normalize == "mean" and CoefficientConfig().on_degenerate == "uniform"
+
+
+@pytest.mark.parametrize("g", [torch.tensor([[-0.1, 0.05]]), torch.tensor([[float("nan"), float("nan")]]),
+                               torch.zeros(1, 2)])
+def test_degenerate_stage2_falls_back_to_uniform_alpha_with_a_warning(g):
+    H = torch.ones(1, 2)
+    alpha, ratio, warns = solve_alpha(g, H, 0.0, 1.5, "mean", on_degenerate="uniform")
+    assert torch.equal(alpha, torch.ones(1, 2)) and torch.isnan(ratio).all()
+    assert len(warns) == 1 and "degenerate" in warns[0] and "uniform alpha = 1" in warns[0]
+    with pytest.raises(DegenerateStage2, match="stage 2 is degenerate.*on_degenerate: fail"):
+        solve_alpha(g, H, 0.0, 1.5, "mean", on_degenerate="fail")
+    assert solve_alpha(torch.tensor([[float("nan"), 0.2]]), H, 0.0, 1.5)[2]  # one non-finite head is enough
+    with pytest.raises(DegenerateStage2):  # the bare closed form still refuses (a ValueError subclass)
+        closed_form_alpha(g, H, 0.0, 1.5, "paper")
+    # the pure end-to-end function records it
+    a1 = torch.stack([g, g])  # [S=2, L=1, H=2]; NaN there means "no related span in any sample"
+    sol = solve_stage2(a1, torch.zeros_like(a1), rho=0.5)
+    assert sol.degenerate and torch.equal(sol.alpha, torch.ones(1, 2))
+    assert len(sol.warnings) == 1 and "uniform alpha = 1" in sol.warnings[0]
+    assert sol.detail([3])["alpha"] == [[1.0, 1.0]] and sol.detail([3])["ratio"] == [[None, None]]
+
+
+def test_masked_averages_leave_out_samples_without_a_span_and_count_the_rest():
+    nan = float("nan")
+    # 4 samples, 1 layer, 2 heads; sample 2 has no related span, samples 0 and 3 no unrelated span
+    a1 = torch.tensor([[[0.4, 0.2]], [[0.2, 0.2]], [[nan, nan]], [[0.3, 0.5]]])
+    u1 = torch.tensor([[[nan, nan]], [[0.1, 0.3]], [[0.3, 0.1]], [[nan, nan]]])
+    assert torch.allclose(masked_mean(a1), torch.tensor([[0.3, 0.3]]))
+    assert torch.allclose(masked_mean(u1), torch.tensor([[0.2, 0.2]]))
+    g, H = paper_gradient_curvature(a1, u1, rho=0.5)
+    assert torch.allclose(g, torch.tensor([[0.2, 0.2]])) and torch.allclose(H, torch.tensor([[1.2, 1.2]]))
+    sol = solve_stage2(a1, u1, rho=0.5, normalize="paper")
+    assert (sol.n_samples, sol.n_a, sol.n_u) == (4, 3, 2)
+    assert torch.allclose(sol.alpha, torch.tensor([[0.2 / 1.2, 0.2 / 1.2]]))
+    d = sol.detail([1])
+    assert d["n_a"] == 3 and d["n_u"] == 2 and not d["degenerate"] and math.isclose(d["a_probe_mean"][0][0], 0.3,
+                                                                                       rel_tol=1e-6)
+    # two_pass: differences are masked the same way; no leakage span anywhere -> E[u] = 0, not NaN
+    a0 = a1 * 0.5
+    none = torch.full_like(u1, nan)
+    sol2 = solve_stage2(a1, none, a0=a0, u0=none, estimator="two_pass", rho=0.5, h_lambda=1.0, h_mu=1.0,
+                        normalize="paper")
+    assert sol2.n_u == 0 and torch.allclose(sol2.g, torch.tensor([[0.15, 0.15]]))
+    assert torch.allclose(sol2.H, torch.ones(1, 2))
 
 
 def test_promotion_gates():

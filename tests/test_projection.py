@@ -62,20 +62,72 @@ def test_stats_residual_matches_direct_computation():
     assert abs(st["residual"] - float(direct)) < 1e-10 and st["residual"] > 1e-3
 
 
-def test_capped_projection_is_reported_not_silent(caplog):
+def _arch16():
     from rainmerge.arch import arch_from_config
+
+    return arch_from_config({"model_type": "qwen2", "hidden_size": 16, "num_attention_heads": 2,
+                             "num_key_value_heads": 1, "num_hidden_layers": 1, "intermediate_size": 8,
+                             "vocab_size": 10})
+
+
+def test_capped_projection_is_one_summary_line_not_a_warning_per_module(caplog):
     from rainmerge.coefficients import uniform_coefficients
     from rainmerge.methods import Site
     from rainmerge.methods.rain import Rain
 
-    arch = arch_from_config({"model_type": "qwen2", "hidden_size": 16, "num_attention_heads": 2,
-                             "num_key_value_heads": 1, "num_hidden_layers": 1, "intermediate_size": 8,
-                             "vocab_size": 10})
+    arch = _arch16()
     X = torch.randn(64, 16, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
-    rain = Rain(arch, {0: {"attn_in": protected_basis(X, max_rank_fraction=0.5)}},
-                uniform_coefficients([0], arch), 1.0, min_kept_norm=0.9)
-    tau = torch.randn(16, 16, dtype=torch.float64)
+    b = protected_basis(X, max_rank_fraction=0.5, energy_when_capped=1.0)
+    rain = Rain(arch, {0: {"attn_in": b, "mlp_in": b}}, uniform_coefficients([0], arch), 1.0, min_kept_norm=0.9)
     with caplog.at_level("WARNING", logger="rainmerge"):
-        rain.delta(Site(0, "q", "q"), tau)
-    assert rain.warnings and "rank cap bound" in rain.warnings[0] and "rank cap bound" in caplog.text
-    assert rain.stats()["q"]["capped"] is True
+        for m in ("q", "gate", "up"):
+            rain.delta(Site(0, m, f"layers.0.{m}"), torch.randn(arch.weight_shape(m), dtype=torch.float64))
+    assert caplog.text == ""  # nothing logged per module; the orchestrator logs the summary once
+    assert len(rain.warnings) == 1
+    line = rain.warnings[0]
+    assert line.startswith("stage 1: 3 modules, identity exact") and "on 0 " in line
+    assert "rule: exact 0 / energy 0 / capped 3" in line and "(layer 0 " in line
+    st = rain.stats()["layers.0.q"]
+    assert st["capped"] is True and st["rule"] == "capped" and st["rows"] == 64 and st["rank_removed"] == 8
+
+
+def test_rule_exact_below_cap_energy_fallback_then_cap():
+    g = torch.Generator().manual_seed(6)
+    width = 40
+    # 30 rows: rank 30 <= cap 36 -> exact
+    b = protected_basis(torch.randn(30, width, generator=g, dtype=torch.float64))
+    assert b.rule == "exact" and b.k == 30 and not b.capped and b.rows == 30
+    # rank 40 > cap 36, but 99% of the energy lies in 5 strong directions -> energy fallback, k << cap
+    strong = torch.randn(200, 5, generator=g, dtype=torch.float64) @ torch.randn(5, width, generator=g,
+                                                                                  dtype=torch.float64)
+    X = strong + 1e-3 * torch.randn(200, width, generator=g, dtype=torch.float64)
+    b = protected_basis(X, energy_when_capped=0.99)
+    assert b.rule == "energy" and b.k == 5 and not b.capped
+    # isotropic rank 40: the 99% set still exceeds the cap -> capped at 36
+    b = protected_basis(torch.randn(200, width, generator=g, dtype=torch.float64), energy_when_capped=0.99)
+    assert b.rule == "capped" and b.k == 36 and b.capped
+
+
+def test_summary_line_counts_rules_and_names_the_weakest_module():
+    from rainmerge.projection import projection_summary
+
+    stats = {
+        "a": {"residual": 3e-9, "kept_norm": 0.8, "rule": "exact", "layer": 1, "module": "q"},
+        "b": {"residual": 2e-2, "kept_norm": 0.42, "rule": "energy", "layer": 3, "module": "o"},
+        "c": {"residual": 1e-10, "kept_norm": 0.9, "rule": "exact", "layer": 3, "module": "down"},
+    }
+    line = projection_summary(stats)
+    assert line == ("stage 1: 3 modules, identity exact (residual <= 1e-04) on 2 (max residual 2.0e-02), "
+                    "mean kept-norm 0.71, min 0.42 (layer 3 o); rule: exact 2 / energy 1 / capped 0")
+    assert "\n" not in line
+
+
+def test_capacity_reports_rows_against_every_input_width():
+    from rainmerge.projection import capacity, positions_per_sample
+
+    arch = _arch16()
+    assert positions_per_sample("window", 5) == 12 and positions_per_sample("tags", 3) == 2
+    cap = capacity(arch, rows=12, max_rank_fraction=0.9)
+    assert cap["attn_in"] == {"width": 16, "cap": 14, "rows": 12, "exact_guaranteed": True, "rows_over_width": 0.75}
+    assert cap["down_in"]["width"] == 8 and not cap["down_in"]["exact_guaranteed"]
+    assert capacity(arch, 12, o_proj="per_head")["o_in"]["width"] == 8

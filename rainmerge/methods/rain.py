@@ -1,29 +1,46 @@
-"""RAIN-Merging Stage 3 (paper Eq. 16): theta = theta_LRM + lambda * alpha (.) P_perp(tau_I)."""
+"""RAIN-Merging Stage 3 (paper Eq. 16): theta = theta_LRM + lambda * P_perp(alpha (.) tau_I).
+
+Every module's delta is scaled first and projected last: Delta = lambda * P_perp(alpha (.) tau), with
+P_perp acting on the input side (right multiplication). For q/k/v alpha scales output rows (per head /
+kv head) and for the MLP it is a scalar, so scaling and projecting commute there. For o_proj alpha
+scales *input* columns (head blocks), so only scale-then-project keeps (W_merged - W_LRM) x = 0 for
+the protected o_proj inputs x when o_proj is projected over its full input width (stage1.o_proj: full,
+Delta_o = lambda * tau_O diag(alpha per head, expanded over head_dim) P_perp(o_in)). The per-head-block
+variant (o_proj: per_head) is block-diagonal, so it commutes too, but its width-head_dim projectors
+hit the rank cap once the protected rows exceed ~0.9*head_dim.
+"""
 
 from __future__ import annotations
 
-import logging
+from typing import Any
 
 import torch
 
 from ..arch import FEATURE_GROUP, ArchSpec
-from ..projection import Basis, project_delta, projection_stats
+from ..projection import Basis, project_delta, projection_stats, projection_summary
 from . import Site
 
-log = logging.getLogger("rainmerge")
+
+def o_proj_mode(bases: dict[str, Basis]) -> str:
+    """'full' when the layer has one o_in basis, 'per_head' when it has o_in.{h} bases."""
+    if "o_in" in bases:
+        return "full"
+    if "o_in.0" in bases:
+        return "per_head"
+    raise KeyError("no o_proj basis (o_in or o_in.{h}) for this layer")
 
 
-def project_module(module: str, tau: torch.Tensor, bases: dict[str, Basis], arch: ArchSpec) -> torch.Tensor:
-    """Project tau against its input's protected features; o_proj per head column block."""
-    if module == "o":
+def project_module(module: str, delta: torch.Tensor, bases: dict[str, Basis], arch: ArchSpec) -> torch.Tensor:
+    """Project a (scaled) delta against its input's protected features; o_proj full width or per head block."""
+    if module == "o" and o_proj_mode(bases) == "per_head":
         hd = arch.head_dim
-        return torch.cat([project_delta(tau[:, h * hd:(h + 1) * hd], bases[f"o_in.{h}"])
+        return torch.cat([project_delta(delta[:, h * hd:(h + 1) * hd], bases[f"o_in.{h}"])
                           for h in range(arch.num_heads)], dim=1)
-    return project_delta(tau, bases[FEATURE_GROUP[module]])
+    return project_delta(delta, bases[FEATURE_GROUP[module]])
 
 
 def scale_module(module: str, delta: torch.Tensor, coeff: torch.Tensor, arch: ArchSpec) -> torch.Tensor:
-    """Apply per-head (q, o), per-kv-head (k, v) or per-layer (MLP) coefficients."""
+    """Apply per-head (q: output rows, o: input columns), per-kv-head (k, v: output rows) or per-layer (MLP)."""
     c = coeff.to(delta.dtype)
     out_dim, in_dim = delta.shape
     if module in ("q", "k", "v"):
@@ -34,21 +51,24 @@ def scale_module(module: str, delta: torch.Tensor, coeff: torch.Tensor, arch: Ar
     return delta * c
 
 
-def _module_stats(module: str, tau: torch.Tensor, proj: torch.Tensor, bases: dict[str, Basis],
-                  arch: ArchSpec) -> dict[str, float]:
-    if module != "o":
-        return projection_stats(tau, proj, bases[FEATURE_GROUP[module]])
+def _module_stats(module: str, delta: torch.Tensor, proj: torch.Tensor, bases: dict[str, Basis],
+                  arch: ArchSpec) -> dict[str, Any]:
+    if module != "o" or o_proj_mode(bases) == "full":
+        return projection_stats(delta, proj, bases[FEATURE_GROUP[module]])
     hd = arch.head_dim
-    per = [projection_stats(tau[:, h * hd:(h + 1) * hd], proj[:, h * hd:(h + 1) * hd], bases[f"o_in.{h}"])
+    per = [projection_stats(delta[:, h * hd:(h + 1) * hd], proj[:, h * hd:(h + 1) * hd], bases[f"o_in.{h}"])
            for h in range(arch.num_heads)]
-    tn = float(torch.linalg.norm(tau.double()))
+    tn = float(torch.linalg.norm(delta.double()))
+    rules = [p["rule"] for p in per]
     return {
         "residual": max(p["residual"] for p in per),
         "kept_norm": float(torch.linalg.norm(proj.double())) / tn if tn > 0 else 1.0,
         "rank_removed": sum(p["rank_removed"] for p in per),
         "feature_rank": sum(p["feature_rank"] for p in per),
-        "width": tau.shape[1],
+        "rows": per[0]["rows"],
+        "width": delta.shape[1],
         "capped": any(p["capped"] for p in per),
+        "rule": "capped" if "capped" in rules else "energy" if "energy" in rules else "exact",
     }
 
 
@@ -57,34 +77,43 @@ class Rain:
 
     def __init__(self, arch: ArchSpec, bases: dict[int, dict[str, Basis]],
                  coeffs: dict[int, dict[str, torch.Tensor]], strength: float, device: str = "cpu",
-                 min_kept_norm: float = 0.0):
+                 min_kept_norm: float = 0.0, exact_tol: float = 1e-4):
         self.arch, self.coeffs, self.strength, self.device = arch, coeffs, strength, device
-        self.min_kept_norm = min_kept_norm
-        self.warnings: list[str] = []
+        self.min_kept_norm, self.exact_tol = min_kept_norm, exact_tol
         self.bases = {l: {k: b.to(device) for k, b in bl.items()} for l, bl in bases.items()}
-        self._stats: dict[str, dict[str, float]] = {}
+        self._stats: dict[str, dict[str, Any]] = {}
 
     def delta(self, site: Site, tau: torch.Tensor, record: bool = True) -> torch.Tensor:
-        """lambda * alpha * P(tau) in the solver dtype, on self.device."""
+        """lambda * P(alpha (.) tau) in the solver dtype, on self.device."""
         bases = self.bases[site.layer]
-        proj = project_module(site.module, tau.to(self.device), bases, self.arch)
+        c = self.coeffs[site.layer][site.module]
+        dtype = next(iter(bases.values())).V.dtype
+        scaled = scale_module(site.module, tau.to(self.device, dtype), c.to(self.device), self.arch)
+        proj = project_module(site.module, scaled, bases, self.arch)
         if record:
-            st = _module_stats(site.module, tau.to(self.device), proj, bases, self.arch)
-            c = self.coeffs[site.layer][site.module]
-            st["alpha_mean"] = float(c.mean())
+            st = _module_stats(site.module, scaled, proj, bases, self.arch)
+            st.update(layer=site.layer, module=site.module, alpha_mean=float(c.mean()),
+                      alpha_min=float(c.min()), alpha_max=float(c.max()))
             self._stats[site.name] = st
-            if st["kept_norm"] < self.min_kept_norm or st["capped"]:
-                msg = (f"{site.name}: projection keeps {st['kept_norm']:.1%} of the delta "
-                       f"(rank removed {st['rank_removed']}/{st['width']}{', rank cap bound' if st['capped'] else ''})")
-                self.warnings.append(msg)
-                log.warning(msg)
-        return self.strength * scale_module(site.module, proj, self.coeffs[site.layer][site.module].to(self.device),
-                                            self.arch)
+        return self.strength * proj
 
     def merge(self, site: Site, lrm: torch.Tensor, base: torch.Tensor, itm: torch.Tensor) -> torch.Tensor:
         d = self.delta(site, itm - base)
         # accumulate in the solver dtype; Stage 3 casts once to the LRM storage dtype
         return (lrm.to(d.device, d.dtype) + d).cpu()
 
-    def stats(self) -> dict[str, dict[str, float]]:
+    def stats(self) -> dict[str, dict[str, Any]]:
         return self._stats
+
+    def summary(self) -> str:
+        """One console line over every recorded module (see projection.projection_summary)."""
+        return projection_summary(self._stats, tol=self.exact_tol)
+
+    @property
+    def warnings(self) -> list[str]:
+        """At most ONE warning (the summary line) when any module is inexact or keeps < min_kept_norm."""
+        if not self._stats:
+            return []
+        bad = any(s["residual"] > self.exact_tol or s["kept_norm"] < self.min_kept_norm
+                  for s in self._stats.values())
+        return [self.summary()] if bad else []
