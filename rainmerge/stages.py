@@ -18,8 +18,7 @@ from .arch import FEATURE_GROUP
 from .attention import alignment_leakage
 from .calibration import (EncodeReport, InstructionSample, ReasoningSample, Template, encode_instruction,
                           encode_reasoning, load_instruction, load_reasoning, resolve_calibration)
-from .coefficients import (closed_form_alpha, module_coefficients, paper_gradient_curvature,
-                           two_pass_gradient_curvature, uniform_coefficients)
+from .coefficients import DegenerateStage2, module_coefficients, solve_stage2, uniform_coefficients
 from .config import CalibrationSpec, CoefficientConfig, ProjectionConfig, RainConfig
 from .context import MergeContext, load_reasoning_model, load_tokenizer, open_models
 from .errors import ConfigError
@@ -86,8 +85,7 @@ def stage1_features(ctx: MergeContext, model: torch.nn.Module, reasoning: list[R
 
 def stage1_projectors(ctx: MergeContext, feats: Features, s1: ProjectionConfig) -> Bases:
     """Stage 1b (paper Eq. 4): one factorisation per feature group per layer."""
-    kw = dict(ridge=s1.ridge, energy=s1.energy, max_rank_fraction=s1.max_rank_fraction,
-              rank_rtol=s1.rank_rtol, dtype=s1.solve_dtype)
+    kw = s1.basis_kwargs()
     bases = {}
     for layer in ctx.layers:
         f = {g: x.to(ctx.device) for g, x in feats[layer].items()}
@@ -120,18 +118,14 @@ def stage2_coefficients(ctx: MergeContext, model: torch.nn.Module, bases: Bases,
         a0, u0 = alignment_leakage(model, instruction, layers, desc="stage 2: attention (LRM)", **kw)
     apply_probe_merge(ctx, model, bases, strength)
     a1, u1 = alignment_leakage(model, instruction, layers, desc="stage 2: attention (probe)", **kw)
-    if s2.estimator == "two_pass":
-        g, H = two_pass_gradient_curvature(a0, u0, a1, u1, s2.rho, s2.h_lambda, s2.h_mu)
-    else:
-        g, H = paper_gradient_curvature(a1, u1, s2.rho)
     try:
-        alpha, ratio = closed_form_alpha(g, H, s2.lo, s2.hi, s2.normalize)
-    except ValueError as exc:
-        raise ConfigError(f"stage 2: {exc}") from None
-    detail = {"layers": layers, "alpha": alpha.tolist(), "g": g.tolist(), "H": H.tolist(),
-              "ratio": ratio.tolist(), "a_probe_mean": a1.mean(0).tolist(), "u_probe_mean": u1.mean(0).tolist(),
-              "estimator": s2.estimator, "samples": len(instruction)}
-    return module_coefficients(alpha, layers, arch), detail
+        sol = solve_stage2(a1, u1, a0=a0, u0=u0, **s2.solver_kwargs())
+    except DegenerateStage2 as exc:
+        raise ConfigError(str(exc)) from None
+    for w in sol.warnings:
+        log.warning(w)
+    detail = sol.detail(layers) | {"samples": len(instruction)}
+    return module_coefficients(sol.alpha, layers, arch), detail
 
 
 def uniform_detail(ctx: MergeContext) -> dict[str, Any]:
@@ -186,9 +180,11 @@ def _run_merge_locked(cfg: RainConfig, progress: bool) -> Path:
         stages = dict(arch=ctx.arch, bases=bases, coeffs=coeffs, device=ctx.device)
     method = build_method(cfg, **stages)
     prov = provenance(cfg, ctx, inputs, calibration, timings)
-    prov["warnings"] += warnings
+    prov["warnings"] += warnings + list((extra.get("rain_alpha.json") or {}).get("warnings") or [])
     out = write_merged_model(ctx.reasoning, ctx.base, ctx.instruct, ctx.sites, method, out_dir, prov,
                              cfg.overwrite, cfg.max_shard_size, progress, extra)
     ctx.close()
+    if hasattr(method, "summary"):
+        log.info(method.summary())
     log.info("merged model written to %s in %.1fs", out, time.time() - t_all)
     return out

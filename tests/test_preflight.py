@@ -61,10 +61,11 @@ def test_plan_on_a_local_trio_reports_everything_and_exits_0(trio_factory, calib
     assert not any(r.cap_binds for r in rep.rows_vs_width)
     assert rw["attn_in"].kept_norm == pytest.approx((1 - 8 / 64) ** 0.5, abs=1e-3)
     # the plan's row count is what the merge will use
-    from rainmerge.runner import prepare
+    from rainmerge.context import open_models
+    from rainmerge.stages import encode_calibration
 
-    plan = prepare(cfg, check_output=False)
-    assert sum(len(s.positions) for s in plan.reasoning) == cal["reasoning_calibration"].rows
+    sets = encode_calibration(open_models(cfg.models_spec(), cfg.runtime()), cfg.calibration_spec())
+    assert sum(len(s.positions) for s in sets.reasoning) == cal["reasoning_calibration"].rows
     # resources and lineage (local inputs: weight digests, not None)
     res = rep.resources
     assert res.download_bytes == 0 and res.disk_output_bytes == rep.inputs["reasoning"].weight_bytes > 0

@@ -152,13 +152,21 @@ def merge(models: dict[str, Any], config: RainConfig, calibration: A.DirRef | No
             extra["rain_alpha.json"] = json.loads((coefficients.path / "rain_alpha.json").read_text())
         cal_record = calibration.meta.get("calibration", {}) if calibration is not None else {}
         prov = provenance(config, ctx, models["inputs"], cal_record, {})
+        prov["warnings"] += list(extra.get("rain_alpha.json", {}).get("warnings") or [])
         model_dir = write_merged_model(ctx.reasoning, ctx.base, ctx.instruct, ctx.sites, build_method(config, **parts),
                                        out / "model", prov, overwrite=True, max_shard_size=config.max_shard_size,
                                        progress=True, extra_files=extra)
         prov = json.loads((model_dir / PROVENANCE_FILE).read_text())
         mlflow.log_artifact(str(model_dir / PROVENANCE_FILE))
         if METHODS[config.method].needs_stages:
-            mlflow.log_artifact(str(projection_plot(prov["module_stats"], out / "projection_stats.png")))
+            from ..projection import projection_summary
+
+            stats = prov["module_stats"]
+            log.info(projection_summary(stats))
+            mlflow.log_metrics({"projection.mean_kept_norm": sum(s["kept_norm"] for s in stats.values()) / len(stats),
+                                "projection.max_residual": max(s["residual"] for s in stats.values()),
+                                "projection.exact_modules": sum(s.get("rule") == "exact" for s in stats.values())})
+            mlflow.log_artifact(str(projection_plot(stats, out / "projection_stats.png")))
         mlflow.log_metric("warnings", len(prov["warnings"]))
     return A.make_ref("merged_model", model_dir, {"method": config.method, "warnings": prov["warnings"]})
 
