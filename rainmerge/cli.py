@@ -13,13 +13,13 @@ from .methods import METHOD_NAMES
 
 def _merge_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("merge", help="merge an instruction model into a reasoning model")
-    p.add_argument("--config", help="YAML config; flags below override it")
+    p.add_argument("--config", help="YAML config (e.g. configs/toy.yaml); the flags below override it")
     p.add_argument("--base", help="base model dir or Hub id")
     p.add_argument("--instruct", help="instruction-tuned model (ITM) dir or Hub id")
     p.add_argument("--reasoning", help="reasoning model (LRM) dir or Hub id")
-    p.add_argument("--base-revision")
-    p.add_argument("--instruct-revision")
-    p.add_argument("--reasoning-revision")
+    p.add_argument("--base-revision", help="Hub revision (branch, tag or commit) of the base model")
+    p.add_argument("--instruct-revision", help="Hub revision of the instruction model")
+    p.add_argument("--reasoning-revision", help="Hub revision of the reasoning model")
     p.add_argument("--reasoning-calibration", help="reasoning calibration JSON (Stage 1)")
     p.add_argument("--instruction-calibration", help="instruction calibration JSONL (Stage 2)")
     p.add_argument("--output", help="output model directory (written atomically)")
@@ -27,8 +27,9 @@ def _merge_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strength", type=float, help="global lambda")
     p.add_argument("--density", type=float, help="TIES/DARE density")
     p.add_argument("--layers", help="comma-separated layer indices (default: all)")
-    p.add_argument("--device", choices=["cpu", "cuda", "auto"])
-    p.add_argument("--overwrite", action="store_true", default=None)
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], help="where forwards and projections run")
+    p.add_argument("--overwrite", action="store_true", default=None,
+                   help="replace an earlier rainmerge output at --output (never any other folder)")
     p.add_argument("--no-stage2", action="store_true", help="uniform alpha (Stage-1-only ablation)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any config key, dotted (e.g. stage1.radius=3); YAML-parsed value")
@@ -62,6 +63,15 @@ def _set_value(text: str) -> Any:
     return value
 
 
+def _plan_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plan", help="check a merge from metadata only (configs, shard headers, tokenizer, "
+                       "calibration) before any weight is downloaded; exit 2 when it would fail")
+    p.add_argument("--config", required=True, help="YAML config (a merge or pipeline config)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, dotted (e.g. stage1.radius=2); the value is YAML-parsed")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+
 def _sets(items: list[str]) -> dict[str, Any]:
     out = {}
     for item in items:
@@ -92,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rainmerge", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
     _merge_parser(sub)
+    _plan_parser(sub)
     try:  # the product layer (pipeline, registry) is an optional extra: `pip install rainmerge[pipeline]`
         from .product import cli as product_cli
     except ImportError:
@@ -109,6 +120,16 @@ def main(argv: list[str] | None = None) -> int:
             out = run_merge(cfg, progress=not a.quiet)
             print(out)
             return 0
+        if a.cmd == "plan":
+            from .config import load_config
+            from .preflight import build_plan, run_plan
+
+            cfg = load_config(a.config, _sets(a.set))
+            if a.json:
+                rep = build_plan(cfg)
+                print(rep.to_json())
+                return 0 if rep.ok else 2
+            return run_plan(cfg)
         return product_cli.dispatch(a, _sets)
     except RainMergeError as exc:
         print(f"rainmerge: error: {exc}", file=sys.stderr)

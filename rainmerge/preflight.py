@@ -28,6 +28,7 @@ from typing import Any, Literal, TextIO
 
 from pydantic import BaseModel, Field
 
+from .projection import capacity
 from .arch import FEATURE_GROUP, ArchSpec, arch_from_config
 from .config import CalibrationRef, ModelRef, RainConfig
 from .errors import RainMergeError
@@ -726,14 +727,15 @@ def _rows_vs_width(arch: ArchSpec, modules: list[str], rows: int, exact: bool, c
     groups: dict[str, list[str]] = {}
     for m in modules:
         groups.setdefault(FEATURE_GROUP[m], []).append(m)
-    widths = {"attn_in": (arch.hidden, 1), "o_in": (arch.head_dim, arch.num_heads),
-              "mlp_in": (arch.hidden, 1), "down_in": (arch.intermediate, 1)}
+    # the widths and caps are the projection's own (o_proj: full input unless stage1.o_proj is per_head)
+    cap_of = capacity(arch, rows, s1.max_rank_fraction, s1.o_proj, tuple(modules))
+    per_head = s1.o_proj == "per_head"
     for g in ("attn_in", "o_in", "mlp_in", "down_in"):
         if g not in groups:
             continue
-        width, per_layer = widths[g]
+        width, cap = cap_of[g]["width"], cap_of[g]["cap"]
+        per_layer = arch.num_heads if g == "o_in" and per_head else 1
         rank = min(rows, width)  # features of distinct positions are (numerically) full rank in practice
-        cap = int(s1.max_rank_fraction * width)
         removed = min(rank, cap)
         binds = rank > cap
         rw = RowsWidth(group=g, modules=groups[g], width=width, bases_per_layer=per_layer, rows=rows,
@@ -741,7 +743,7 @@ def _rows_vs_width(arch: ArchSpec, modules: list[str], rows: int, exact: bool, c
                        cap_binds=binds, exact_rows=exact)
         out.append(rw)
         if binds:
-            what = f"{g} ({'/'.join(groups[g])}, width {width}{' per head' if g == 'o_in' else ''})"
+            what = f"{g} ({'/'.join(groups[g])}, width {width}{' per head' if per_layer > 1 else ''})"
             warnings.append(f"rank cap binds: identity not exact for {what}: {rows} protected rows >= cap {cap} "
                             f"(= {s1.max_rank_fraction} x width); only {removed} directions are removed, "
                             f"kept norm ~{rw.kept_norm}")

@@ -133,9 +133,30 @@ def uniform_detail(ctx: MergeContext) -> dict[str, Any]:
             "estimator": "uniform (stage 2 disabled)"}
 
 
+def check_plan(cfg: RainConfig) -> None:
+    """The `rainmerge plan` checks (metadata only: nothing is downloaded before they pass)."""
+    from .preflight import build_plan
+
+    rep = build_plan(cfg, hash_weights=False, check_output=False)
+    capped = [r.group for r in rep.rows_vs_width if r.cap_binds]
+    for w in rep.warnings:
+        if not w.startswith("rank cap binds"):
+            log.warning("plan: %s", w)
+    if capped:  # one line for all inputs; the per-input table is `rainmerge plan`'s
+        log.warning("plan: the rank cap binds on %s: the identity will not be exact there "
+                    "(see `rainmerge plan` and docs/deviations.md)", ", ".join(capped))
+    if not rep.ok:
+        raise ConfigError("the plan says this merge would fail: " + "; ".join(
+            f"[{p.role or p.code}] {p.message}" for p in rep.problems))
+
+
 def run_merge(cfg: RainConfig, progress: bool = True) -> Path:
     """Validate, run the stages the method needs, write the merged folder; returns its path.
     One writer per output: the lock is taken before any work and held until the rename."""
+    if not progress:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     if not cfg.output:
         raise ConfigError("no output folder: pass --output (or output: in the config)")
     with OutputLock(cfg.output):
@@ -147,6 +168,7 @@ def _run_merge_locked(cfg: RainConfig, progress: bool) -> Path:
     out_dir = Path(str(cfg.output)).expanduser().resolve()
     protected = calibration_paths(cfg)
     check_output_path(out_dir, cfg.overwrite, protected=protected)
+    check_plan(cfg)
     ctx = open_models(cfg.models_spec(), cfg.runtime())
     rain = METHODS[cfg.method].needs_stages
     # every failure that the headers, the disk or the weights can show, before any forward pass;

@@ -49,38 +49,39 @@ def build_calibration_sets(config: dsl.Input[dsl.Artifact], run_id: str, models:
 
 
 @dsl.component(base_image=IMAGE)
-def collect_features(config: dsl.Input[dsl.Artifact], run_id: str, calibration: dsl.Input[dsl.Artifact],
-                     features: dsl.Output[dsl.Artifact]):
+def collect_features(config: dsl.Input[dsl.Artifact], run_id: str, models: dsl.Input[dsl.Artifact],
+                     calibration: dsl.Input[dsl.Artifact], features: dsl.Output[dsl.Artifact]):
     from rainmerge.product.kfp import run
 
-    run("collect_features", config.path, features.path, run_id, calibration=calibration.path)
+    run("collect_features", config.path, features.path, run_id, models=models.path, calibration=calibration.path)
 
 
 @dsl.component(base_image=IMAGE)
-def compute_projectors(config: dsl.Input[dsl.Artifact], run_id: str, features: dsl.Input[dsl.Artifact],
-                       projectors: dsl.Output[dsl.Artifact]):
+def compute_projectors(config: dsl.Input[dsl.Artifact], run_id: str, models: dsl.Input[dsl.Artifact],
+                       features: dsl.Input[dsl.Artifact], projectors: dsl.Output[dsl.Artifact]):
     from rainmerge.product.kfp import run
 
-    run("compute_projectors", config.path, projectors.path, run_id, features=features.path)
+    run("compute_projectors", config.path, projectors.path, run_id, models=models.path, features=features.path)
 
 
 @dsl.component(base_image=IMAGE)
-def score_attention_heads(config: dsl.Input[dsl.Artifact], run_id: str, calibration: dsl.Input[dsl.Artifact],
-                          projectors: dsl.Input[dsl.Artifact], coefficients: dsl.Output[dsl.Artifact]):
+def score_attention_heads(config: dsl.Input[dsl.Artifact], run_id: str, models: dsl.Input[dsl.Artifact],
+                          calibration: dsl.Input[dsl.Artifact], projectors: dsl.Input[dsl.Artifact],
+                          coefficients: dsl.Output[dsl.Artifact]):
     from rainmerge.product.kfp import run
 
-    run("score_attention_heads", config.path, coefficients.path, run_id, calibration=calibration.path,
-        projectors=projectors.path)
+    run("score_attention_heads", config.path, coefficients.path, run_id, models=models.path,
+        calibration=calibration.path, projectors=projectors.path)
 
 
 @dsl.component(base_image=IMAGE)
-def merge(config: dsl.Input[dsl.Artifact], run_id: str, calibration: dsl.Input[dsl.Artifact],
-          projectors: dsl.Input[dsl.Artifact],
+def merge(config: dsl.Input[dsl.Artifact], run_id: str, models: dsl.Input[dsl.Artifact],
+          calibration: dsl.Input[dsl.Artifact], projectors: dsl.Input[dsl.Artifact],
           coefficients: dsl.Input[dsl.Artifact], merged: dsl.Output[dsl.Artifact]):
     from rainmerge.product.kfp import run
 
-    run("merge", config.path, merged.path, run_id, calibration=calibration.path, projectors=projectors.path,
-        coefficients=coefficients.path)
+    run("merge", config.path, merged.path, run_id, models=models.path, calibration=calibration.path,
+        projectors=projectors.path, coefficients=coefficients.path)
 
 
 @dsl.component(base_image=IMAGE)
@@ -139,10 +140,12 @@ def rainmerge_pipeline(
                     mlflow_tracking_uri=mlflow_tracking_uri, work_dir=work_dir).output
     models = load_models(config=cfg, run_id=run_id).output
     calib = build_calibration_sets(config=cfg, run_id=run_id, models=models).output
-    feats = collect_features(config=cfg, run_id=run_id, calibration=calib)
-    proj = compute_projectors(config=cfg, run_id=run_id, features=feats.output)
-    coeffs = score_attention_heads(config=cfg, run_id=run_id, calibration=calib, projectors=proj.output)
-    merged = merge(config=cfg, run_id=run_id, calibration=calib, projectors=proj.output, coefficients=coeffs.output)
+    feats = collect_features(config=cfg, run_id=run_id, models=models, calibration=calib)
+    proj = compute_projectors(config=cfg, run_id=run_id, models=models, features=feats.output)
+    coeffs = score_attention_heads(config=cfg, run_id=run_id, models=models, calibration=calib,
+                                   projectors=proj.output)
+    merged = merge(config=cfg, run_id=run_id, models=models, calibration=calib, projectors=proj.output,
+                   coefficients=coeffs.output)
     lrm_eval = evaluate_reasoning(config=cfg, run_id=run_id, models=models)
     merged_eval = evaluate_merged(config=cfg, run_id=run_id, models=models, merged=merged.output)
     promote(config=cfg, run_id=run_id, models=models, calibration=calib, merged=merged.output,
