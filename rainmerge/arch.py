@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-from .config import Module
 from .errors import ConfigError
+
+# the decoder linears a merge may touch (the config's `modules` choices)
+Module = Literal["q", "k", "v", "o", "gate", "up", "down"]
+ALL_MODULES: tuple[Module, ...] = ("q", "k", "v", "o", "gate", "up", "down")
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 

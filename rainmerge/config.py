@@ -9,11 +9,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .arch import ALL_MODULES, Module
 from .errors import ConfigError
 from .methods import METHOD_NAMES
 
-Module = Literal["q", "k", "v", "o", "gate", "up", "down"]
-ALL_MODULES: tuple[Module, ...] = ("q", "k", "v", "o", "gate", "up", "down")
 Method = Literal[METHOD_NAMES]  # type: ignore[valid-type]  # one table: rainmerge.methods.METHODS
 
 
