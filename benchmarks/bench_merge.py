@@ -93,8 +93,11 @@ def main() -> None:
     if a.compare:
         return compare(*a.compare)
 
-    from rainmerge import runner
+    from rainmerge import stages
+    from rainmerge.context import load_reasoning_model, open_models
     from rainmerge.merge import write_merged_model
+    from rainmerge.methods import build_method
+    from rainmerge.provenance import provenance
 
     work = Path(a.work) / f"{a.shape}-L{a.layers or 'all'}"
     if not (work / "reasoning" / "config.json").is_file():
@@ -127,24 +130,29 @@ def main() -> None:
         print(f"== {method} ({a.shape}, layers={a.layers or 'all'}, device={cfg.device})")
         t_total = time.time()
         peak.stage(); t0 = time.time()
-        plan = runner.prepare(cfg)
+        ctx = open_models(cfg.models_spec(), cfg.runtime())
+        cal = stages.encode_calibration(ctx, cfg.calibration_spec()) if method == "rain" else None
         record(f"{method}/prepare", t0)
-        bases = coeffs = None
+        parts = {}
         if method == "rain":
             peak.stage(); t0 = time.time()
-            model = runner.load_lrm(plan)
+            model = load_reasoning_model(ctx)
             record("rain/load_lrm", t0)
             peak.stage(); t0 = time.time()
-            bases = runner.stage1_bases(plan, model, progress=False)
-            record("rain/stage1", t0, sum(len(s.input_ids) for s in plan.reasoning))
+            feats = stages.stage1_features(ctx, model, cal.reasoning, progress=False)
+            bases = stages.stage1_projectors(ctx, feats, cfg.stage1)
+            del feats
+            record("rain/stage1", t0, sum(len(s.input_ids) for s in cal.reasoning))
             peak.stage(); t0 = time.time()
-            coeffs, _ = runner.stage2_alpha(plan, model, bases, progress=False)
-            record("rain/stage2", t0, sum(len(s.input_ids) for s in plan.instruction))
+            coeffs, _ = stages.stage2_coefficients(ctx, model, bases, cal.instruction, cfg.stage2, cfg.strength,
+                                                   progress=False)
+            record("rain/stage2", t0, sum(len(s.input_ids) for s in cal.instruction))
             del model
+            parts = dict(arch=ctx.arch, bases=bases, coeffs=coeffs, device=ctx.device)
         peak.stage(); t0 = time.time()
-        method_obj = runner.build_method(plan, bases, coeffs)
-        write_merged_model(plan.lrm, plan.base, plan.itm, plan.sites, method_obj, out, runner.provenance(plan),
-                           overwrite=True, max_shard_size=cfg.max_shard_size, progress=False)
+        write_merged_model(ctx.reasoning, ctx.base, ctx.instruct, ctx.sites, build_method(cfg, **parts), out,
+                           provenance(cfg, ctx, {}, cal.record if cal else {}, {}), overwrite=True,
+                           max_shard_size=cfg.max_shard_size, progress=False)
         record(f"{method}/merge", t0)
         results[f"{method}/total"] = {"seconds": round(time.time() - t_total, 3)}
         print(f"  {method + '/total':<28} {results[method + '/total']}")
