@@ -20,7 +20,6 @@ import math
 import os
 import re
 import shutil
-import struct
 import sys
 import tempfile
 from pathlib import Path
@@ -31,7 +30,8 @@ from pydantic import BaseModel, Field
 from .projection import capacity
 from .arch import FEATURE_GROUP, ArchSpec, arch_from_config
 from .config import CalibrationRef, ModelRef, RainConfig
-from .errors import RainMergeError
+from .errors import CorruptInputError, RainMergeError
+from .io.lazy import read_header
 
 # what ModelSource downloads for a Hub id (rainmerge.io.lazy._HUB_PATTERNS), i.e. what a merge fetches
 FETCH_PATTERNS = ("*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken")
@@ -213,49 +213,6 @@ class PlanReport(BaseModel):
 # safetensors headers
 
 
-class HeaderError(RainMergeError):
-    pass
-
-
-def read_safetensors_header(path: str | Path) -> tuple[dict[str, tuple[tuple[int, ...], str]], dict[str, str]]:
-    """(tensors {name: (shape, dtype)}, __metadata__) from the first 8 + N bytes; every entry is checked
-    against the file size, so a truncated download or a corrupt header is caught without reading data."""
-    p = Path(path)
-    size = p.stat().st_size
-    with open(p, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise HeaderError(f"{p.name}: {size} bytes is too short for a safetensors header")
-        (n,) = struct.unpack("<Q", head)
-        if n == 0 or n > size - 8 or n > 100_000_000:
-            raise HeaderError(f"{p.name}: header length {n} does not fit the file ({size} bytes)")
-        raw = f.read(n)
-    try:
-        hdr = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise HeaderError(f"{p.name}: header is not valid JSON ({exc})") from None
-    if not isinstance(hdr, dict):
-        raise HeaderError(f"{p.name}: header is not a JSON object")
-    data_len = size - 8 - n
-    meta = hdr.pop("__metadata__", None) or {}
-    out: dict[str, tuple[tuple[int, ...], str]] = {}
-    for name, info in hdr.items():
-        try:
-            dtype = info["dtype"]
-            shape = tuple(int(x) for x in info["shape"])
-            a, b = (int(x) for x in info["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise HeaderError(f"{p.name}: entry {name!r} is malformed") from None
-        if dtype not in DTYPE_BYTES:
-            raise HeaderError(f"{p.name}: {name} has unknown dtype {dtype!r}")
-        need = math.prod(shape) * DTYPE_BYTES[dtype]
-        if b - a != need or a < 0 or b > data_len:
-            raise HeaderError(f"{p.name}: {name} data [{a}, {b}) does not fit {shape} {dtype} in the file's "
-                              f"{data_len} data bytes (truncated or corrupt)")
-        out[name] = (shape, dtype)
-    return out, meta
-
-
 _DIGESTS: dict[tuple[str, int, int], str] = {}
 
 
@@ -319,7 +276,10 @@ def _read_local(meta: _Meta, root: Path, problems: list[Problem], hash_weights: 
         try:
             meta.config = json.loads(cfg_path.read_text())
             r.config_sha256 = file_digest(cfg_path)
-        except (OSError, json.JSONDecodeError) as exc:
+        except json.JSONDecodeError as exc:
+            problems.append(Problem(code="bad_config", role=meta.role, message=f"config.json is not valid JSON "
+                                    f"({exc.msg} at line {exc.lineno}, column {exc.colno})"))
+        except OSError as exc:
             problems.append(Problem(code="bad_config", role=meta.role, message=f"config.json: {exc}"))
     meta.small_dir = root
     index = root / "model.safetensors.index.json"
@@ -328,8 +288,17 @@ def _read_local(meta: _Meta, root: Path, problems: list[Problem], hash_weights: 
         try:
             wm = json.loads(index.read_text())["weight_map"]
             files = sorted({root / v for v in wm.values()})
-        except (OSError, json.JSONDecodeError, KeyError, AttributeError) as exc:
-            problems.append(Problem(code="corrupt_index", role=meta.role, message=f"{index.name}: {exc}"))
+            outside = sorted({v for v in wm.values() if not (root / v).resolve().is_relative_to(root.resolve())})
+            if outside:  # never read a file the index names outside the model folder
+                problems.append(Problem(code="corrupt_index", role=meta.role, message=f"weight index {index.name} "
+                                        f"points outside the model folder: {', '.join(outside)}"))
+                files = [f for f in files if f.resolve().is_relative_to(root.resolve())]
+        except json.JSONDecodeError as exc:
+            problems.append(Problem(code="corrupt_index", role=meta.role, message=f"weight index {index.name} is not "
+                                    f"valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"))
+            files = sorted(root.glob("*.safetensors"))
+        except (OSError, KeyError, AttributeError, TypeError) as exc:
+            problems.append(Problem(code="corrupt_index", role=meta.role, message=f"weight index {index.name}: {exc}"))
             files = sorted(root.glob("*.safetensors"))
     else:
         files = sorted(root.glob("*.safetensors"))
@@ -345,10 +314,11 @@ def _read_local(meta: _Meta, root: Path, problems: list[Problem], hash_weights: 
                                     message=f"{f.name} is listed in the index but missing"))
             continue
         wf.size = f.stat().st_size
-        try:
-            tensors, _ = read_safetensors_header(f)
-        except (HeaderError, OSError) as exc:
-            problems.append(Problem(code="corrupt_header", role=meta.role, message=f"corrupt shard header: {exc}"))
+        try:  # the same header check as every read of a merge (io.lazy)
+            tensors = {n: (shape, dt) for n, (dt, shape, _, _) in read_header(f, meta.role).items()}
+        except CorruptInputError as exc:
+            problems.append(Problem(code="corrupt_header", role=meta.role,
+                                    message=str(exc).removeprefix(f"{meta.role}: ")))
             continue
         _add_tensors(meta, tensors, f.name, problems)
         if hash_weights:
@@ -1098,4 +1068,4 @@ def run_plan(cfg: RainConfig, *, api: Any = None, out: TextIO | None = None) -> 
     return 0 if rep.ok else 2
 
 
-__all__ = ["PlanReport", "build_plan", "format_plan", "read_safetensors_header", "run_plan"]
+__all__ = ["PlanReport", "build_plan", "format_plan", "run_plan"]

@@ -22,7 +22,8 @@ from typing import Any
 
 from .errors import ConfigError, DiskSpaceError
 from .io.lazy import ModelSource, _open, check_finite, read_header
-from .io.writer import _final, check_overlap, human_bytes
+from .io.lock import _final, human_bytes
+from .io.writer import check_overlap
 
 log = logging.getLogger("rainmerge")
 

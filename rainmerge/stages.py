@@ -23,7 +23,8 @@ from .config import CalibrationSpec, CoefficientConfig, ProjectionConfig, RainCo
 from .context import MergeContext, load_reasoning_model, load_tokenizer, open_models
 from .errors import ConfigError
 from .features import collect_features
-from .io.writer import OutputLock, check_output_path
+from .io.lock import OutputLock
+from .io.writer import check_output_path
 from .merge import write_merged_model
 from .methods import METHODS, build_method
 from .methods.rain import Rain
@@ -147,7 +148,7 @@ def check_plan(cfg: RainConfig) -> None:
                     "(see `rainmerge plan` and docs/deviations.md)", ", ".join(capped))
     if not rep.ok:
         raise ConfigError("the plan says this merge would fail: " + "; ".join(
-            f"[{p.role or p.code}] {p.message}" for p in rep.problems))
+            f"{p.role or p.code}: {p.message}" for p in rep.problems))
 
 
 def run_merge(cfg: RainConfig, progress: bool = True) -> Path:

@@ -14,7 +14,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from rainmerge.config import load_config
-from rainmerge.preflight import HeaderError, build_plan, read_safetensors_header, run_plan
+from rainmerge.errors import CorruptInputError
+from rainmerge.io.lazy import read_header
+from rainmerge.preflight import build_plan, run_plan
 from tests.tiny import OLD_TEMPLATE, build_tokenizer
 
 
@@ -57,7 +59,8 @@ def test_plan_on_a_local_trio_reports_everything_and_exits_0(trio_factory, calib
     assert cal["reasoning_calibration"].rows == 8 and cal["instruction_calibration"].kept == 3
     rw = {r.group: r for r in rep.rows_vs_width}
     assert set(rw) == {"attn_in", "o_in", "mlp_in", "down_in"}
-    assert rw["attn_in"].width == 64 and rw["o_in"].width == 16 and rw["down_in"].width == 96
+    # o_proj is projected over its full input (heads x head_dim), like the merge does
+    assert rw["attn_in"].width == 64 and rw["o_in"].width == 64 and rw["down_in"].width == 96
     assert not any(r.cap_binds for r in rep.rows_vs_width)
     assert rw["attn_in"].kept_norm == pytest.approx((1 - 8 / 64) ** 0.5, abs=1e-3)
     # the plan's row count is what the merge will use
@@ -83,14 +86,21 @@ def test_plan_on_a_local_trio_reports_everything_and_exits_0(trio_factory, calib
 
 
 def test_window_rows_that_reach_the_width_are_flagged(trio_factory, calib, tmp_path):
-    cfg = _cfg(trio_factory(), calib, tmp_path / "m", **{"stage1.positions": "window", "stage1.radius": 5})
+    # the per-head o_proj option projects each head's 16-wide slice: 48 rows bind its cap
+    cfg = _cfg(trio_factory(), calib, tmp_path / "m", **{"stage1.positions": "window", "stage1.radius": 5,
+                                                         "stage1.o_proj": "per_head"})
     rep = build_plan(cfg)
     assert rep.ok  # a warning, not a failure
     rw = {r.group: r for r in rep.rows_vs_width}
     # 4 short samples: <think>+5 and </think>-5 windows, 12 rows each
     assert rep.calibration[0].rows == 48 and rw["o_in"].cap_binds and rw["o_in"].removed == int(0.9 * 16)
+    assert rw["o_in"].width == 16 and rw["o_in"].bases_per_layer == 4
     assert not rw["down_in"].cap_binds
     assert any("rank cap binds: identity not exact for o_in" in w for w in rep.warnings)
+    # the default (full-width o_proj) keeps the identity exact with the same rows
+    rep = build_plan(_cfg(trio_factory(), calib, tmp_path / "m2", **{"stage1.positions": "window",
+                                                                      "stage1.radius": 5}))
+    assert not any(r.cap_binds for r in rep.rows_vs_width)
 
 
 def _broken_trio(trio, tmp_path):
@@ -129,7 +139,7 @@ def test_plan_on_a_broken_trio_exits_2_naming_each_problem(trio_factory, calib, 
     assert ("think_token_missing", "reasoning") in codes
     assert ("template_no_prefill", "reasoning") in codes
     for needle in ("model.layers.1.mlp.up_proj.weight has shape (80, 64), expected (96, 64)",
-                   "corrupt shard header", "'<think>' is not a single token", "template without pre-fill",
+                   "shard model.safetensors is truncated or corrupt", "'<think>' is not a single token", "template without pre-fill",
                    "WOULD FAIL"):
         assert needle in text, needle
     up = next(m for m in rep.module_shapes if m.module == "up")
@@ -161,14 +171,14 @@ def test_output_and_layers_and_family_problems(trio_factory, calib, tmp_path):
 def test_header_reader_catches_truncation(tmp_path):
     f = tmp_path / "w.safetensors"
     save_file({"a": torch.zeros(4, 4), "b": torch.ones(3)}, f)
-    tensors, _ = read_safetensors_header(f)
+    tensors = {n: (shape, dt) for n, (dt, shape, _, _) in read_header(f).items()}
     assert tensors == {"a": ((4, 4), "F32"), "b": ((3,), "F32")}
     f.write_bytes(f.read_bytes()[:-4])
-    with pytest.raises(HeaderError, match="does not fit"):
-        read_safetensors_header(f)
+    with pytest.raises(CorruptInputError, match="truncated or corrupt"):
+        read_header(f)
     f.write_bytes(b"\x05\x00")
-    with pytest.raises(HeaderError, match="too short"):
-        read_safetensors_header(f)
+    with pytest.raises(CorruptInputError, match="too small"):
+        read_header(f)
 
 
 def test_lineage_caveat_from_the_lrm_card(trio_factory, calib, tmp_path):
@@ -220,9 +230,9 @@ class FakeHfApi:
             raise SafetensorsParsingError(f"Failed to parse safetensors header for 'model.safetensors' ({repo_id})")
         files, wm = {}, {}
         for f in sorted(self.repos[repo_id].glob("*.safetensors")):
-            tensors, meta = read_safetensors_header(f)
-            files[f.name] = SafetensorsFileMetadata(metadata=meta, tensors={
-                n: TensorInfo(dtype=dt, shape=list(s), data_offsets=(0, 0)) for n, (s, dt) in tensors.items()})
+            tensors = read_header(f)
+            files[f.name] = SafetensorsFileMetadata(metadata={}, tensors={
+                n: TensorInfo(dtype=dt, shape=list(s), data_offsets=(0, 0)) for n, (dt, s, _, _) in tensors.items()})
             wm.update({n: f.name for n in tensors})
         return SafetensorsRepoMetadata(metadata=None, sharded=False, weight_map=wm, files_metadata=files)
 

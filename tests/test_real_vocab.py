@@ -269,6 +269,7 @@ def test_plan_shipped_reads_no_weights(capsys):
     assert "weight files requested: 0" in text and "method rain: OK" in text
     assert "embed [151936, 1536], lm_head none (tied)" in text and "lm_head [151936, 1536] (untied)" in text
     assert "id 151648 (added non-special)" in text
-    assert "~150 records, 12 positions/sample = 1800 rows" in text
-    assert "rank cap binds: identity not exact for attn_in (q/k/v, width 1536)" in text
+    # the shipped 1.5B config protects radius-2 windows: 150 x 6 = 900 rows, under every input's cap
+    assert "~150 records, 6 positions/sample = 900 rows" in text
+    assert "rank cap binds" not in text
     assert "descends from Qwen/Qwen2.5-Math-1.5B" in text

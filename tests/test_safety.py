@@ -19,7 +19,8 @@ from safetensors.torch import load_file, save_file
 from rainmerge.cli import _sets, main
 from rainmerge.errors import ConfigError, CorruptInputError, DiskSpaceError, NonFiniteError, OutputLockedError
 from rainmerge.io.lazy import ModelSource
-from rainmerge.io.writer import AtomicDir, OutputLock, check_output_path, lock_path
+from rainmerge.io.lock import OutputLock, lock_path
+from rainmerge.io.writer import AtomicDir, check_output_path
 
 ROOT = Path(__file__).resolve().parents[1]
 MERGED = "model.layers.1.mlp.down_proj.weight"  # a merged tensor (all modules, all layers by default)
@@ -166,7 +167,7 @@ def test_a_folder_that_appears_during_the_write_is_not_replaced(tmp_path):
 
 _HOLD = textwrap.dedent("""
     import sys
-    from rainmerge.io.writer import OutputLock
+    from rainmerge.io.lock import OutputLock
     with OutputLock(sys.argv[1]):
         print("locked", flush=True)
         sys.stdin.read()
