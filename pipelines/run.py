@@ -16,7 +16,14 @@ def run_pipeline(cfg: PipelineConfig, cache: bool = True, run_name: str | None =
     from zenml import Model
     from zenml.utils.source_utils import set_custom_source_root
 
+    from rainmerge.product import hygiene
+    from rainmerge.product.tracking import tracking_uri
     from steps._common import code_digest
+
+    # crash hygiene: runs a killed earlier process left RUNNING are marked FAILED; ours are on termination
+    uri = tracking_uri(cfg.tracking.tracking_uri)
+    hygiene.mark_dead_runs(uri)
+    hygiene.install_termination_handler(uri)
 
     # steps and artifact classes are imported by module path from the project root, whatever the entry point
     set_custom_source_root(str(PROJECT))
@@ -24,11 +31,14 @@ def run_pipeline(cfg: PipelineConfig, cache: bool = True, run_name: str | None =
     from .rain_merge import baseline_merge_pipeline, rain_merge_pipeline
 
     from rainmerge.methods import METHODS
+    from rainmerge.product.registry import registered_name
 
     pipe = rain_merge_pipeline if METHODS[cfg.method].needs_stages else baseline_merge_pipeline
+    # a baseline gets its own ZenML model too: its stage never touches the RAIN model's production version
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
     run = pipe.with_options(
-        model=Model(name=cfg.tracking.zenml_model, tags=[cfg.method], description="rainmerge merged models"),
+        model=Model(name=registered_name(cfg.tracking.zenml_model, cfg.method), tags=[cfg.method],
+                    description="rainmerge merged models"),
         enable_cache=cache, run_name=run_name or f"{pipe.name}-{cfg.method}-{stamp}",
         **({"config_path": zenml_config} if zenml_config else {}),
     )(config=cfg.model_dump(mode="json"), fingerprint=fingerprint(cfg), code=code_digest())

@@ -58,9 +58,13 @@ def test_run_registers_challenger_lineage_and_stage2_change_reuses_stage1(capsys
 
     expected = 0 if d1["reasons"] and all(r.startswith("PASS") for r in d1["reasons"]) else 1
     assert main(["promote", "t-cache", d1["version"], "--config", str(ROOT / "configs" / "toy.yaml")]) == expected
-    assert main(["promote", "t-cache", d1["version"], "--force"]) == 0
-    assert "champion" in registry.lineage("t-cache", d1["version"])["aliases"]
-    assert "FORCED by operator" in registry.lineage("t-cache", d1["version"])["tags"]["promotion.reasons"]
+    assert main(["promote", "t-cache", d1["version"], "--force"]) == 2  # --force needs --reason
+    assert main(["promote", "t-cache", d1["version"], "--force", "--reason", "toy check", "--operator", "ci"]) == 0
+    forced = registry.lineage("t-cache", d1["version"])
+    assert "champion" in forced["aliases"]
+    assert forced["tags"]["promotion.forced"] == "true" and forced["tags"]["promotion.operator"] == "ci"
+    assert forced["tags"]["promotion.reason"] == "toy check"
+    assert forced["tags"]["promotion.gates_decision"] in ("promoted", "rejected")
     capsys.readouterr()
     assert main(["lineage", "t-cache", "999"]) == 2
     err = capsys.readouterr().err
@@ -125,8 +129,11 @@ def test_hub_push_token_never_logged(monkeypatch):
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     monkeypatch.setenv("HF_TOKEN", SECRET)
-    run_pipeline(_cfg("t-hub", method="task_arithmetic", **{"hub.enabled": True, "hub.dry_run": False,
-                                                             "hub.repo_id": "acme/toy"}))
+    # permissive gates: only a promoted version is published (a rejected one makes no Hub request)
+    d = run_pipeline(_cfg("t-hub", method="task_arithmetic", **{
+        "hub.enabled": True, "hub.dry_run": False, "hub.repo_id": "acme/toy", "promotion.min_gain_over_lrm": -1.0,
+        "promotion.min_think_well_formed": 0.0, "promotion.max_reasoning_drop": 1.0}))
+    assert d["promote"] and d["model"] == "t-hub-task_arithmetic"  # a baseline registers under its own name
     assert ("init", True) in calls and ("create_repo", "acme/toy") in calls
     upload = [c for c in calls if c[0] == "upload_folder"][0][1]
     assert "README.md" in upload and "model.safetensors" in upload

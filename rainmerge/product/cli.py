@@ -1,4 +1,4 @@
-"""The product's commands (`rainmerge run | promote | lineage`), added to the CLI when the pipeline
+"""The product's commands (`rainmerge run | promote | lineage | audit`), added to the CLI when the pipeline
 extra is installed."""
 
 from __future__ import annotations
@@ -25,45 +25,67 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="registered model name")
     p.add_argument("version", help="registered model version")
     p.add_argument("--config", default="configs/toy.yaml", help="where the gates come from")
-    p.add_argument("--force", action="store_true", help="move champion regardless of gates (recorded)")
+    p.add_argument("--force", action="store_true",
+                   help="move champion regardless of gates; needs --reason (operator, time and the gates' "
+                        "verdict are recorded on the version)")
+    p.add_argument("--reason", help="why the gates are overridden (required with --force)")
+    p.add_argument("--operator", help="who forces it (default: the OS user)")
     p.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or ./.mlflow)")
     lg = sub.add_parser("lineage", help="print the full chain behind a registered model version")
     lg.add_argument("model", help="registered model name")
     lg.add_argument("version", help="registered model version")
     lg.add_argument("--json", action="store_true", help="machine-readable output")
     lg.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or ./.mlflow)")
+    au = sub.add_parser("audit", help="list a registered model's versions, aliases and promotion records; "
+                        "exit 1 when an alias holder has no recorded promotion")
+    au.add_argument("model", help="registered model name")
+    au.add_argument("--json", action="store_true", help="machine-readable output")
+    au.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or ./.mlflow)")
 
 
 def _run(a: argparse.Namespace, sets: Callable[[list[str]], dict[str, Any]]) -> int:
     from pipelines.run import run_pipeline
 
     from .config import load_pipeline_config
-    from .registry import format_lineage, lineage
+    from .registry import format_lineage, lineage, registered_name
 
     cfg = load_pipeline_config(a.config, {"method": a.method, **sets(a.set)})
     decision = run_pipeline(cfg, cache=not a.no_cache, zenml_config=a.zenml_config)
-    print("\n" + format_lineage(lineage(cfg.tracking.registered_model, decision["version"],
-                                         cfg.tracking.tracking_uri)))
+    name = decision.get("model") or registered_name(cfg.tracking.registered_model, cfg.method)
+    print("\n" + format_lineage(lineage(name, decision["version"], cfg.tracking.tracking_uri)))
     return 0
 
 
 def _promote(a: argparse.Namespace, sets: Callable[[list[str]], dict[str, Any]]) -> int:
+    import getpass
+    import sys
+
     from . import registry
     from .config import load_pipeline_config
 
+    if a.force and not (a.reason or "").strip():
+        print("rainmerge: error: promote --force needs --reason TEXT (recorded on the version)", file=sys.stderr)
+        return 2
     cfg = load_pipeline_config(a.config)
     uri = a.tracking_uri or cfg.tracking.tracking_uri
     tags = registry.lineage(a.model, a.version, uri)["tags"]
     merged, lrm = registry.tag_metrics(tags), registry.tag_metrics(tags, "lrm_metric.")
-    prev, champ = registry.champion(a.model, uri)
-    d = registry.decide(merged, lrm, champ if prev != a.version else None, cfg.promotion)
-    if a.force and not d.promote:
-        d.reasons.append("FORCED by operator")
-        d.promote = True
-    d.version, d.previous_champion = a.version, prev
-    registry.record_decision(a.model, a.version, d, uri)
-    print(("promoted" if d.promote else "rejected") + "\n  " + "\n  ".join(d.reasons))
+    operator = a.operator or getpass.getuser()
+    d = registry.promote_version(a.model, a.version, merged, lrm, cfg.promotion, uri, force=a.force,
+                                 operator=operator, reason=a.reason)
+    head = registry.PROMOTED if d.promote else registry.REJECTED
+    if d.forced:
+        head += f" (forced by {d.operator}: {d.reason}; gates: {d.gates_decision})"
+    print(head + "\n  " + "\n  ".join(d.reasons))
     return 0 if d.promote else 1
+
+
+def _audit(a: argparse.Namespace, sets: Callable[[list[str]], dict[str, Any]]) -> int:
+    from .registry import audit, format_audit
+
+    info = audit(a.model, a.tracking_uri)
+    print(json.dumps(info, indent=2, default=str) if a.json else format_audit(info))
+    return 1 if info["flags"] else 0
 
 
 def _lineage(a: argparse.Namespace, sets: Callable[[list[str]], dict[str, Any]]) -> int:
@@ -75,4 +97,4 @@ def _lineage(a: argparse.Namespace, sets: Callable[[list[str]], dict[str, Any]])
 
 
 def dispatch(a: argparse.Namespace, sets: Callable[[list[str]], dict[str, Any]]) -> int:
-    return {"run": _run, "promote": _promote, "lineage": _lineage}[a.cmd](a, sets)
+    return {"run": _run, "promote": _promote, "lineage": _lineage, "audit": _audit}[a.cmd](a, sets)

@@ -5,8 +5,11 @@ The token comes from the environment or a ZenML secret and is only ever handed t
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -20,40 +23,114 @@ from ..errors import ConfigError
 log = logging.getLogger("rainmerge")
 
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+# an absolute path inside a longer string (not the "//" of a URL, not "a/b" Hub ids)
+_SEP = r"\s'\"`,;()|<>\[\]{}"
+_ABS_IN_TEXT = re.compile(rf"(?:file://|(?<![\w:/.~<-]))/[^{_SEP}/]+/[^{_SEP}]+")
+PROVENANCE_NAME = "rainmerge_provenance.json"
+
+
+def is_hub_id(path: str) -> bool:
+    return bool(_HUB_ID.match(path)) and not os.path.isabs(path) and not Path(path).exists()
+
+
+def _digest(d: dict[str, Any]) -> str:
+    if d.get("weights_sha256"):
+        return hashlib.sha256(json.dumps(d["weights_sha256"], sort_keys=True).encode()).hexdigest()
+    return str(d.get("config_sha256") or "unknown")
+
+
+def public_name(d: dict[str, Any]) -> str:
+    """How a parent is named in public: its Hub id as is, a local folder as `local:<name> (sha256 <prefix>)`."""
+    path = str(d.get("path"))
+    if is_hub_id(path):
+        return path
+    return f"local:{Path(d.get('resolved_dir') or path).name} (sha256 {_digest(d)[:12]})"
+
+
+def _local(p: str) -> str:
+    p = p.removeprefix("file://").rstrip("/")
+    return f"local:{Path(p).name or p}"
+
+
+def _mapping(inputs: dict[str, Any]) -> dict[str, str]:
+    """This machine's paths of the inputs -> their public names (longest first when substituted)."""
+    out: dict[str, str] = {}
+    for d in inputs.values():
+        pub = public_name(d)
+        commit = d.get("commit")
+        for key in (d.get("path"), d.get("resolved_dir")):
+            if key and (os.path.isabs(str(key)) or str(key).startswith(".") or Path(str(key)).exists()):
+                out[str(key)] = pub if not is_hub_id(str(d.get("path"))) else f"{pub}@{commit or 'local'}"
+    return out
+
+
+def redact(obj: Any, mapping: dict[str, str] | None = None) -> Any:
+    """A copy of obj with every absolute path of this machine replaced: known inputs by their public
+    name, anything else by `local:<basename>`. Hub ids, URLs and relative names are kept."""
+    mapping = mapping or {}
+    if isinstance(obj, dict):
+        return {k: redact(v, mapping) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [redact(v, mapping) for v in obj]
+    if not isinstance(obj, str):
+        return obj
+    if obj in mapping:
+        return mapping[obj]
+    s = obj
+    for k in sorted(mapping, key=len, reverse=True):
+        if os.path.isabs(k):
+            s = s.replace(k, mapping[k])
+    return _ABS_IN_TEXT.sub(lambda m: _local(m.group(0)), s)
+
+
 def model_card(config: dict[str, Any], inputs: dict[str, Any], metrics: list[dict[str, Any]], version: str | None,
                extra_tags: list[str] = ()) -> str:
-    parents = [inputs[r]["path"] for r in ("base", "instruct", "reasoning")]
-    meta = {"base_model": parents, "base_model_relation": "merge", "library_name": "transformers",
-            "pipeline_tag": "text-generation",
-            "tags": ["merge", "rainmerge", "rain-merging", config.get("method", "rain"), *extra_tags]}
-    public_cfg = {k: v for k, v in config.items() if k not in ("output", "cache_dir")}
+    """Parents are named by Hub id (+ commit) or as `local:<folder> (sha256 ...)`, never by this machine's
+    paths; `base_model` lists Hub ids only (the Hub rejects anything else there)."""
+    roles = ("base", "instruct", "reasoning")
+    names = {r: public_name(inputs[r]) for r in roles}
+    hub_parents = [names[r] for r in roles if is_hub_id(str(inputs[r].get("path")))]
+    meta: dict[str, Any] = {"base_model": hub_parents, "base_model_relation": "merge"} if hub_parents else {}
+    meta |= {"library_name": "transformers", "pipeline_tag": "text-generation",
+             "tags": ["merge", "rainmerge", "rain-merging", config.get("method", "rain"), *extra_tags]}
+    mapping = _mapping(inputs)
+    public_cfg = redact({k: v for k, v in config.items() if k not in ("output", "cache_dir")}, mapping)
+
     def rev(r: str) -> str:
         return inputs[r].get("commit") or inputs[r].get("revision") or "local"
 
-    rows = "\n".join(f"| {r} | `{inputs[r]['path']}` | `{rev(r)}` |" for r in ("base", "instruct", "reasoning"))
-    return (f"---\n{yaml.safe_dump(meta, sort_keys=False)}---\n\n"
-            f"# RAIN-Merging of `{parents[1]}` into `{parents[2]}`\n\n"
+    rows = "\n".join(f"| {r} | `{names[r]}` | `{rev(r)}` |" for r in roles)
+    card = (f"---\n{yaml.safe_dump(meta, sort_keys=False)}---\n\n"
+            f"# RAIN-Merging of `{names['instruct']}` into `{names['reasoning']}`\n\n"
             f"Merged with [rainmerge](https://arxiv.org/abs/2602.22538) (method `{config.get('method')}`"
             f"{', registry version ' + version if version else ''}): "
             "θ = θ_LRM + λ · α ⊙ P⊥(θ_ITM − θ_base).\n\n"
             f"| role | model | revision |\n|---|---|---|\n{rows}\n\n"
             f"## Evaluation\n\n{markdown_table(metrics)}\n\n"
             f"## Configuration\n\n```yaml\n{yaml.safe_dump(public_cfg, sort_keys=True)}```\n\n"
-            "`rainmerge_provenance.json` next to the weights records input digests, calibration digests and\n"
-            "per-module projection statistics.\n")
+            f"`{PROVENANCE_NAME}` next to the weights records input digests, calibration digests and\n"
+            "per-module projection statistics (local paths redacted).\n")
+    return redact(card, mapping)
 
 
-def stage_folder(model_dir: Path, card: str, out: Path) -> Path:
-    """Write exactly what would be uploaded: the merged files (hard-linked when possible) + README.md."""
+def stage_folder(model_dir: Path, card: str, out: Path, inputs: dict[str, Any] | None = None) -> Path:
+    """Write exactly what would be uploaded: the merged files (hard-linked when possible) + README.md, with a
+    redacted copy of the provenance. The registered folder itself is never modified (README and provenance
+    are written as new files, never through a hard link)."""
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     for f in sorted(model_dir.iterdir()):
-        if f.is_file():
+        if f.is_file() and f.name not in ("README.md", PROVENANCE_NAME):
             try:
                 os.link(f, out / f.name)
             except OSError:
                 shutil.copy2(f, out / f.name)
+    prov = model_dir / PROVENANCE_NAME
+    if prov.is_file():
+        data = redact(json.loads(prov.read_text()), _mapping(inputs or {}))
+        (out / PROVENANCE_NAME).write_text(json.dumps(data, indent=2, sort_keys=True))
     (out / "README.md").write_text(card)
     return out
 

@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
+import datetime as _dt
 import json
+import logging
+import threading
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .config import PromotionGates
 
 CHALLENGER, CHAMPION = "challenger", "champion"
+PROMOTED, REJECTED = "promoted", "rejected"
+log = logging.getLogger("rainmerge")
+
+
+def registered_name(registered_model: str, method: str) -> str:
+    """The RAIN model keeps the configured name; a baseline (`needs_stages` False) registers under
+    `<name>-<method>`, so a baseline A/B run never moves the RAIN model's `challenger` or `champion`."""
+    from ..methods import METHODS
+
+    return registered_model if METHODS[method].needs_stages else f"{registered_model}-{method}"
 
 
 @dataclass
@@ -17,13 +33,19 @@ class Decision:
     reasons: list[str] = field(default_factory=list)
     version: str | None = None
     previous_champion: str | None = None
+    model: str | None = None
+    gates_decision: str | None = None
+    forced: bool = False
+    operator: str | None = None
+    reason: str | None = None
+    time: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def decide(merged: dict[str, float], lrm: dict[str, float], champion: dict[str, float] | None,
-           gates: PromotionGates) -> Decision:
+           gates: PromotionGates, champion_version: str | None = None) -> Decision:
     """Apply every gate; the reasons say which passed and which failed, with the numbers."""
     d = Decision(True)
     m = gates.metric
@@ -42,7 +64,8 @@ def decide(merged: dict[str, float], lrm: dict[str, float], champion: dict[str, 
     check(merged["reasoning_acc"] >= lrm["reasoning_acc"] - gates.max_reasoning_drop,
           f"reasoning_acc {merged['reasoning_acc']:.4f} >= LRM {lrm['reasoning_acc']:.4f} - {gates.max_reasoning_drop}")
     if gates.require_beats_champion and champion is not None and m in champion:
-        check(merged[m] >= champion[m], f"{m} {merged[m]:.4f} >= champion {champion[m]:.4f}")
+        who = f"champion v{champion_version}" if champion_version else "champion"
+        check(merged[m] >= champion[m], f"{m} {merged[m]:.4f} >= {who} {champion[m]:.4f}")
     elif gates.require_beats_champion:
         d.reasons.append("PASS no current champion")
     return d
@@ -86,12 +109,153 @@ def champion(name: str, uri: str | None = None) -> tuple[str | None, dict[str, f
 
 
 def record_decision(name: str, version: str, decision: Decision, uri: str | None = None) -> None:
-    """Log the decision on the version either way; move `champion` only when it passed."""
+    """Log the decision on the version either way (with the audit fields); move `champion` only when
+    it passed. Callers that compare against the champion go through `promote_version` (locked)."""
     c = _client(uri)
-    c.set_model_version_tag(name, version, "promotion.decision", "promoted" if decision.promote else "rejected")
-    c.set_model_version_tag(name, version, "promotion.reasons", json.dumps(decision.reasons))
+    decision.model = decision.model or name
+    decision.gates_decision = decision.gates_decision or (PROMOTED if decision.promote else REJECTED)
+    decision.time = decision.time or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    tags = {"promotion.decision": PROMOTED if decision.promote else REJECTED,
+            "promotion.gates_decision": decision.gates_decision,
+            "promotion.forced": str(decision.forced).lower(),
+            "promotion.reasons": json.dumps(decision.reasons), "promotion.time": decision.time,
+            "promotion.previous_champion": str(decision.previous_champion or "")}
+    if decision.operator:
+        tags["promotion.operator"] = decision.operator
+    if decision.reason:
+        tags["promotion.reason"] = decision.reason[:5000]
+    for k, v in tags.items():
+        c.set_model_version_tag(name, version, k, v)
     if decision.promote:
         c.set_registered_model_alias(name, CHAMPION, version)
+
+
+_THREAD_LOCKS: dict[str, threading.Lock] = {}
+_THREAD_LOCKS_GUARD = threading.Lock()
+
+
+def _lock_dir(uri: str) -> Path | None:
+    """Where promotion locks live: next to the store for sqlite and file stores; None for servers."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///")).parent / ".promotion-locks"
+    if uri.startswith("file://"):
+        return Path(uri.removeprefix("file://")) / ".promotion-locks"
+    if "://" not in uri:
+        return Path(uri) / ".promotion-locks"
+    return None
+
+
+@contextlib.contextmanager
+def promotion_lock(name: str, uri: str | None = None) -> Iterator[None]:
+    """One promotion at a time per registered model: an in-process lock plus an fcntl file lock beside
+    a sqlite/file store (covers every process on this machine sharing the store).
+
+    Limitation: for a remote tracking server (http/https/databricks) there is no shared filesystem, so
+    only the in-process lock and the compare-and-set re-read in `promote_version` protect the move;
+    two machines promoting at the very same instant can still race in the window between the re-read
+    and the alias write."""
+    from .tracking import tracking_uri
+
+    u = tracking_uri(uri)
+    key = f"{u}::{name}"
+    with _THREAD_LOCKS_GUARD:
+        tl = _THREAD_LOCKS.setdefault(key, threading.Lock())
+    with tl:
+        d = _lock_dir(u)
+        if d is None:
+            log.warning("promotion lock: %s is a remote store; only compare-and-set protects champion", u)
+            yield
+            return
+        import fcntl
+
+        d.mkdir(parents=True, exist_ok=True)
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+        with open(d / f"{safe}.lock", "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def promote_version(name: str, version: str, merged: dict[str, float], lrm: dict[str, float],
+                    gates: PromotionGates, uri: str | None = None, force: bool = False,
+                    operator: str | None = None, reason: str | None = None, retries: int = 5) -> Decision:
+    """Compare-and-set promotion: read the champion, decide, re-read it right before moving the alias
+    (retrying the decision when it changed), all under `promotion_lock`, so concurrent candidates are
+    compared with each other."""
+    version = str(version)
+    with promotion_lock(name, uri):
+        for _ in range(retries + 1):
+            prev, champ = champion(name, uri)
+            d = decide(merged, lrm, champ if prev != version else None, gates,
+                       champion_version=prev if prev != version else None)
+            now, _m = champion(name, uri)
+            if now == prev:
+                break
+            log.info("champion of %s moved %s -> %s during the decision; deciding again", name, prev, now)
+        else:
+            from ..errors import RainMergeError
+
+            raise RainMergeError(f"champion of '{name}' kept changing; promotion of v{version} not recorded")
+        d.version, d.previous_champion, d.model = version, prev, name
+        d.gates_decision = PROMOTED if d.promote else REJECTED
+        if force:
+            d.forced, d.promote = True, True
+            d.operator, d.reason = operator, reason
+        elif operator:
+            d.operator = operator
+        record_decision(name, version, d, uri)
+    return d
+
+
+def audit(name: str, uri: str | None = None) -> dict[str, Any]:
+    """Every version with its aliases, decision and audit fields; flags a `champion` (or any version)
+    whose alias has no recorded "promoted" decision (e.g. an alias moved in the MLflow UI)."""
+    from ..errors import RainMergeError
+    from .tracking import tracking_uri
+
+    c = _client(uri)
+    try:
+        rm = c.get_registered_model(name)
+    except Exception:
+        raise RainMergeError(f"no registered model '{name}' in {tracking_uri(uri)}") from None
+    by_version: dict[str, list[str]] = {}
+    for a, v in (rm.aliases or {}).items():
+        by_version.setdefault(str(v), []).append(a)
+    rows, flags = [], []
+    for mv in sorted(c.search_model_versions(f"name = '{name}'"), key=lambda m: int(m.version)):
+        t = dict(mv.tags)
+        v = str(mv.version)
+        row = {"version": v, "aliases": sorted(by_version.get(v, [])), "decision": t.get("promotion.decision"),
+               "gates_decision": t.get("promotion.gates_decision"), "forced": t.get("promotion.forced") == "true",
+               "operator": t.get("promotion.operator"), "reason": t.get("promotion.reason"),
+               "time": t.get("promotion.time"), "method": t.get("method")}
+        f = champion_flag(row["aliases"], t)
+        if f:
+            row["flag"] = f
+            flags.append(f"v{v}: {f}")
+        rows.append(row)
+    return {"model": name, "versions": rows, "flags": flags}
+
+
+def champion_flag(aliases: list[str], tags: dict[str, str]) -> str | None:
+    if CHAMPION in aliases and tags.get("promotion.decision") != PROMOTED:
+        return (f"holds '{CHAMPION}' without a recorded promoted decision "
+                f"(decision: {tags.get('promotion.decision') or 'none'}); alias moved outside rainmerge?")
+    return None
+
+
+def format_audit(info: dict[str, Any]) -> str:
+    lines = [f"{info['model']}: {len(info['versions'])} version(s)"]
+    for r in info["versions"]:
+        forced = f" FORCED by {r['operator']} at {r['time']}: {r['reason']}" if r["forced"] else ""
+        lines.append(f"  v{r['version']:<4} aliases={','.join(r['aliases']) or '-':<22} "
+                     f"decision={r['decision'] or '-'} gates={r['gates_decision'] or '-'}{forced}")
+        if r.get("flag"):
+            lines.append(f"    FLAG {r['flag']}")
+    lines += [f"FLAGGED {f}" for f in info["flags"]] or ["no flags"]
+    return "\n".join(lines)
 
 
 def lineage(name: str, version: str, uri: str | None = None) -> dict[str, Any]:
@@ -109,6 +273,8 @@ def lineage(name: str, version: str, uri: str | None = None) -> dict[str, Any]:
     aliases = sorted(a for a, v in (rm.aliases or {}).items() if str(v) == str(version))
     out: dict[str, Any] = {"model": name, "version": str(version), "aliases": aliases, "source": mv.source,
                            "tags": dict(mv.tags), "mlflow_run_id": mv.run_id, "steps": []}
+    flag = champion_flag(aliases, dict(mv.tags))
+    out["flags"] = [flag] if flag else []
     if mv.run_id:
         run = c.get_run(mv.run_id)
         parent = run.data.tags.get("mlflow.parentRunId") or mv.run_id
@@ -152,7 +318,12 @@ def format_lineage(info: dict[str, Any]) -> str:
         lines.append(f"    step {s['step']:<24} mlflow={s['mlflow_run_id']} zenml={s['zenml_step_run_id']}")
     lines.append("  metrics: " + ", ".join(f"{k.removeprefix('metric.')}={v}" for k, v in sorted(t.items())
                                           if k.startswith("metric.")))
-    lines.append(f"  promotion: {t.get('promotion.decision')}")
+    lines.append(f"  promotion: {t.get('promotion.decision')}  gates: {t.get('promotion.gates_decision')}")
+    if t.get("promotion.forced") == "true":
+        lines.append(f"    forced by {t.get('promotion.operator')} at {t.get('promotion.time')}: "
+                     f"{t.get('promotion.reason')}")
+    for f in info.get("flags", []):
+        lines.append(f"  FLAG {f}")
     for r in json.loads(t.get("promotion.reasons", "[]")):
         lines.append(f"    {r}")
     return "\n".join(lines)

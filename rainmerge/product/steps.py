@@ -221,42 +221,65 @@ def lineage_tags(config: RainConfig, models: dict[str, Any], calibration: A.DirR
 def promote(merged: A.DirRef, metrics: dict[str, Any], lrm_metrics: dict[str, Any], models: dict[str, Any],
             calibration: A.DirRef | None, config: RainConfig, gates: PromotionGates, registered_model: str,
             out: Path, uri: str) -> registry.Decision:
-    """Register the merged folder (alias `challenger`), apply the gates, move `champion` if they pass."""
+    """Register the merged folder (alias `challenger`), apply the gates, move `champion` if they pass.
+
+    A baseline method registers under `<registered_model>-<method>` (registry.registered_name), so it never
+    moves the RAIN model's aliases; the gate and the alias move are one locked compare-and-set."""
     import mlflow
 
     from ..eval.report import write as write_report
     from .tracking import parent_run_id
 
+    name = registry.registered_name(registered_model, config.method)
     with step_run("promote", uri):
-        mlflow.log_params(flatten({"gates": gates.model_dump(mode="json"), "registered_model": registered_model}))
+        mlflow.log_params(flatten({"gates": gates.model_dump(mode="json"), "registered_model": name}))
         report = write_report([lrm_metrics, metrics], out)
         mlflow.log_artifact(str(report["plot"]))
         mlflow.log_artifact(str(report["markdown"]))
         tags = lineage_tags(config, models, calibration, merged, metrics, lrm_metrics)
-        version = registry.register(registered_model, merged.uri, parent_run_id(), tags, uri)
-        prev, champ = registry.champion(registered_model, uri)
-        decision = registry.decide(metrics, lrm_metrics, champ, gates)
-        decision.version, decision.previous_champion = version, prev
-        registry.record_decision(registered_model, version, decision, uri)
-        mlflow.set_tags({"promotion.decision": "promoted" if decision.promote else "rejected",
-                         "registered_version": version})
+        version = registry.register(name, merged.uri, parent_run_id(), tags, uri)
+        decision = registry.promote_version(name, version, metrics, lrm_metrics, gates, uri, operator="pipeline")
+        mlflow.set_tags({"promotion.decision": registry.PROMOTED if decision.promote else registry.REJECTED,
+                         "registered_model": name, "registered_version": version})
         mlflow.log_dict(decision.as_dict(), "decision.json")
     return decision
 
 
+def _published_decision(decision: dict[str, Any], uri: str) -> str | None:
+    """None when the version may be published (its decision and its registry tag both say promoted),
+    else the reason it may not."""
+    if not decision.get("promote"):
+        return f"version {decision.get('version')} was rejected by the promotion gates"
+    name, version = decision.get("model"), decision.get("version")
+    if not name or not version:
+        return "the decision names no registered model version"
+    try:
+        tag = registry._client(uri).get_model_version(name, str(version)).tags.get("promotion.decision")
+    except Exception as exc:
+        return f"registry version {name} v{version} unreadable ({type(exc).__name__})"
+    if tag != registry.PROMOTED:
+        return f"registry tag promotion.decision of {name} v{version} is {tag!r}, not 'promoted'"
+    return None
+
+
 def push_to_hub(merged: A.DirRef, decision: dict[str, Any], metrics: dict[str, Any], lrm_metrics: dict[str, Any],
                 models: dict[str, Any], config: RainConfig, hub_cfg: HubConfig, out: Path, uri: str) -> dict[str, Any]:
-    """Publish with a model card naming all three parents; off by default, dry run writes the folder."""
+    """Publish a promoted version only (forced or not), with a model card naming all three parents by Hub id
+    or redacted local name; off by default, dry run writes the folder. A rejected version makes no Hub request."""
     import mlflow
 
     from . import hub
 
     if not hub_cfg.enabled:
         return {"status": "disabled"}
+    why_not = _published_decision(decision, uri)
+    if why_not:
+        log.warning("not publishing: %s", why_not)
+        return {"status": "skipped", "reason": why_not}
     with step_run("push_to_hub", uri):
         card = hub.model_card(config.model_dump(mode="json"), models["inputs"], [lrm_metrics, metrics],
                               decision.get("version"), hub_cfg.extra_tags)
-        folder = hub.stage_folder(merged.verify().path, card, out / "upload")
+        folder = hub.stage_folder(merged.verify().path, card, out / "upload", models["inputs"])
         mlflow.log_text(card, "model_card.md")
         mlflow.log_params({"hub.repo_id": str(hub_cfg.repo_id), "hub.dry_run": hub_cfg.dry_run})
         if hub_cfg.dry_run:

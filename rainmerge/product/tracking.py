@@ -72,21 +72,25 @@ def step_run(step: str, uri: str | None = None, experiment_name: str | None = No
     """Open (or find) the parent run of this pipeline run, then a nested run for `step`."""
     import mlflow
 
+    from .hygiene import process_tags
+
     ids = run_ids()
     exp = experiment(experiment_name or ids.get("zenml.pipeline", "rainmerge"), uri)
     run_key = ids.get("zenml.run_id", "standalone")
     found = mlflow.search_runs([exp.experiment_id], filter_string=f"tags.`zenml.run_id` = '{run_key}'"
                                " and tags.`rainmerge.level` = 'pipeline'", output_format="list")
     parent_tags = {k: v for k, v in ids.items() if k in ("zenml.pipeline", "zenml.run_id", "zenml.run_name")}
-    parent_tags |= {"zenml.run_id": run_key, "rainmerge.level": "pipeline"}
+    parent_tags |= {"zenml.run_id": run_key, "rainmerge.level": "pipeline"} | process_tags()
     while mlflow.active_run():
         mlflow.end_run()
     if found:
         parent = mlflow.start_run(run_id=found[0].info.run_id)
+        mlflow.set_tags(process_tags())  # crash hygiene: the process now holding it
     else:
         parent = mlflow.start_run(run_name=ids.get("zenml.run_name", "rainmerge"), tags=parent_tags)
     with parent:
-        with mlflow.start_run(run_name=step, nested=True, tags=ids | {"rainmerge.level": "step"}) as child:
+        child_tags = ids | {"rainmerge.level": "step"} | process_tags()
+        with mlflow.start_run(run_name=step, nested=True, tags=child_tags) as child:
             yield child
 
 
