@@ -95,6 +95,9 @@ def set_version_description(name: str, version: str, tags: dict[str, Any], metri
     for k, v in mv.tags.items():  # str(None) from lineage_tags: leave no "None" on the version
         if v in _NONE:
             c.delete_model_version_tag(name, version, k)
+    if d is None and all_tags.get("promotion.decision") in ("promoted", "rejected"):
+        d = {"promote": all_tags["promotion.decision"] == "promoted", "version": str(version),
+             "reasons": json.loads(all_tags.get("promotion.reasons", "[]"))}
     md = version_description(all_tags, metrics, lrm_metrics, d, cfg)
     c.update_model_version(name, version, description=md)
     if out is not None:

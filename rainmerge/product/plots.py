@@ -23,14 +23,14 @@ def _int_ticks(n: int, most: int = 16) -> list[int]:
 
 def alpha_heatmap(alpha: list[list[float]], layers: list[int], path: Path) -> Path:
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(max(4, 0.35 * len(alpha[0]) + 2), max(3, 0.3 * len(layers) + 1.5)))
+    fig, ax = plt.subplots(figsize=(max(6.5, 0.35 * len(alpha[0]) + 2), max(3, 0.3 * len(layers) + 1.5)))
     im = ax.imshow(alpha, aspect="auto", cmap="viridis")
     ax.set_xlabel("query head (index)")
     ax.set_ylabel("decoder layer (index)")
     ax.set_yticks(range(len(layers)), [str(int(l)) for l in layers])
     ax.set_xticks(_int_ticks(len(alpha[0])))
-    ax.set_title("RAIN Stage 2: attention-head scale alpha per (layer, head)\n"
-                 "larger = head attends more to the instruction, gets more of the task vector", fontsize=9)
+    ax.set_title("RAIN Stage 2: head scale alpha per (layer, head)\n"
+                 "larger = attends more to the instruction", fontsize=9)
     fig.colorbar(im, ax=ax, label="alpha")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -55,10 +55,10 @@ def dag_svg(steps: list[str]) -> str:
     pos = {s: (10 + d * (w + gx), 10 + i * (h + gy)) for d, ss in cols.items() for i, s in enumerate(ss)}
     width = 20 + (max(cols) + 1) * (w + gx) if cols else 100
     height = 20 + max(len(v) for v in cols.values()) * (h + gy) if cols else 60
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
-             'aria-label="pipeline steps"><defs><marker id="arr" viewBox="0 0 10 10" refX="10" refY="5" '
-             'markerWidth="7" markerHeight="7" orient="auto"><path d="M0,0L10,5L0,10z" fill="#6b7a8a"/></marker>'
-             '</defs>']
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
+             f'style="width:100%;max-width:{width}px" role="img" aria-label="pipeline steps"><defs>'
+             '<marker id="arr" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" '
+             'markerHeight="7" orient="auto"><path d="M0,0L10,5L0,10z" fill="#6b7a8a"/></marker></defs>']
     for a, b in edges:
         (x1, y1), (x2, y2) = pos[a], pos[b]
         parts.append(f'<path d="M{x1 + w},{y1 + h / 2} C{x1 + w + gx / 2},{y1 + h / 2} {x2 - gx / 2},{y2 + h / 2} '
