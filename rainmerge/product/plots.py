@@ -16,15 +16,22 @@ def _plt():
     return plt
 
 
+def _int_ticks(n: int, most: int = 16) -> list[int]:
+    step = max(1, -(-n // most))
+    return list(range(0, n, step))
+
+
 def alpha_heatmap(alpha: list[list[float]], layers: list[int], path: Path) -> Path:
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(max(4, 0.35 * len(alpha[0]) + 2), max(3, 0.3 * len(layers) + 1.5)))
+    fig, ax = plt.subplots(figsize=(max(6.5, 0.35 * len(alpha[0]) + 2), max(3, 0.3 * len(layers) + 1.5)))
     im = ax.imshow(alpha, aspect="auto", cmap="viridis")
-    ax.set_xlabel("query head")
-    ax.set_ylabel("layer")
-    ax.set_yticks(range(len(layers)), [str(l) for l in layers])
-    ax.set_title("RAIN Stage 2: alpha per (layer, head)")
-    fig.colorbar(im, ax=ax)
+    ax.set_xlabel("query head (index)")
+    ax.set_ylabel("decoder layer (index)")
+    ax.set_yticks(range(len(layers)), [str(int(l)) for l in layers])
+    ax.set_xticks(_int_ticks(len(alpha[0])))
+    ax.set_title("RAIN Stage 2: head scale alpha per (layer, head)\n"
+                 "larger = attends more to the instruction", fontsize=9)
+    fig.colorbar(im, ax=ax, label="alpha")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -44,9 +51,17 @@ def projection_plot(stats: dict[str, dict[str, Any]], path: Path) -> Path:
         pts.sort()
         a1.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=mod)
         a2.semilogy([p[0] for p in pts], [p[2] for p in pts], marker="o", label=mod)
-    a1.set(title="kept norm ||dW_perp|| / ||dW||", xlabel="layer", ylim=(0, 1.05))
-    a2.set(title="residual ||dW_perp X^T|| / ||dW X^T||", xlabel="layer")
-    a1.legend(fontsize=7, ncol=2)
+    from matplotlib.ticker import MaxNLocator
+
+    a1.set(title="Stage 1: share of task vector kept after projection\n||dW_perp|| / ||dW|| (1 = nothing removed)",
+           xlabel="decoder layer (index)", ylabel="kept norm", ylim=(0, 1.05))
+    a2.set(title="Stage 1: leak into LRM thinking features\n||dW_perp X^T|| / ||dW X^T|| (0 = fully projected)",
+           xlabel="decoder layer (index)", ylabel="residual (log)")
+    for a in (a1, a2):
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
+        a.title.set_fontsize(9)
+    if rows:
+        a1.legend(title="module", fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -187,6 +187,7 @@ def evaluate(models: dict[str, Any], target: str, evaluation: EvaluationConfig, 
                              max_new_tokens=evaluation.max_new_tokens, name=target)
         mlflow.log_dict(res.pop("examples"), "examples.json")
         mlflow.log_metrics({k: v for k, v in res.items() if isinstance(v, (int, float))})
+        _log_eval_to_parent(models, target, res, data_dir, merged)
     return res
 
 
@@ -294,3 +295,23 @@ def push_to_hub(merged: A.DirRef, decision: dict[str, Any], metrics: dict[str, A
 # The one table of pipeline steps: the ZenML wrappers (steps/) and the Kubeflow entry read it.
 STEPS = {f.__name__: f for f in (load_models, build_calibration_sets, collect_features, compute_projectors,
                                   score_attention_heads, merge, evaluate, promote, push_to_hub)}
+
+
+def _log_eval_to_parent(models: dict[str, Any], target: str, res: dict[str, Any], data_dir: str,
+                        merged: A.DirRef | None) -> None:
+    """Evaluation sets as dataset inputs; lrm.* (reasoning eval) / merged.* (merged eval) on the parent run,
+    and, once the merged model is evaluated (the LRM eval ran first), the parent run's markdown description."""
+    from mlflow import MlflowClient
+
+    from .tracking import log_eval_datasets, log_parent_metrics, log_parent_summary, parent_run_id
+
+    log_eval_datasets(data_dir)
+    if target == "reasoning":
+        log_parent_metrics(res, "lrm")
+    elif target == "merged" and (parent := parent_run_id()):
+        got = MlflowClient().get_run(parent).data.metrics
+        lrm = {k.removeprefix("lrm."): v for k, v in got.items() if k.startswith("lrm.")}
+        params = {f"input.{r}": d["path"] + (f" @ {d['commit'][:12]}" if d.get("commit") else " (local folder)")
+                  for r, d in models["inputs"].items()}
+        params["method"] = (merged.meta.get("method") if merged is not None else None)
+        log_parent_summary(res, lrm, None, params=params, data_dir=data_dir)

@@ -11,6 +11,13 @@ from typing import Any
 
 _SECRET = re.compile(r"token|secret|password|api[_-]?key", re.I)
 PROJECT = Path(__file__).resolve().parents[2]
+# MLflow 3 opens an experiment in the classic (model training) UI when this tag says so; without it the
+# UI may infer the GenAI view. Values from mlflow/server/js ExperimentKind: "custom_model_development".
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+# the held-out evaluation files (in the eval data dir) logged as dataset inputs
+EVAL_FILES = ("eval_instructions.jsonl", "eval_problems.jsonl", "eval_reasoning_heldout.json")
+KEY_METRICS = ("if_prompt_strict", "if_inst_strict", "if_prompt_loose", "if_inst_loose", "reasoning_acc",
+               "think_well_formed", "think_close_missing", "l_think")
 
 
 def tracking_uri(configured: str | None = None) -> str:
@@ -46,7 +53,10 @@ def experiment(name: str, uri: str | None = None):
     mlflow.set_tracking_uri(u)
     exp = mlflow.get_experiment_by_name(name)
     if exp is None:
-        mlflow.create_experiment(name, artifact_location=_artifact_root(u))
+        mlflow.create_experiment(name, artifact_location=_artifact_root(u),
+                                 tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    elif exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return mlflow.set_experiment(name)
 
 
@@ -118,3 +128,124 @@ def log_calibration_datasets(record: dict[str, Any]) -> None:
     parent = parent_run_id()
     if parent and datasets:
         MlflowClient().log_inputs(parent, datasets=datasets)
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _count_records(path: Path) -> int:
+    if path.suffix == ".jsonl":
+        return sum(1 for line in path.read_text().splitlines() if line.strip())
+    import json
+
+    data = json.loads(path.read_text())
+    return len(data) if isinstance(data, (list, dict)) else 1
+
+
+def eval_datasets(data_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """The held-out evaluation files present in data_dir: path, sha256, record count."""
+    out = {}
+    for name in EVAL_FILES:
+        p = Path(data_dir) / name
+        if p.is_file():
+            out[name.split(".")[0]] = {"path": str(p.resolve()), "sha256": _sha256(p), "records": _count_records(p)}
+    return out
+
+
+def log_eval_datasets(data_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """Evaluation files as MLflow datasets (digest = sha256 prefix) on this step's run and the parent run."""
+    import mlflow
+    import pandas as pd
+    from mlflow import MlflowClient
+    from mlflow.entities import DatasetInput, InputTag
+
+    found = eval_datasets(data_dir)
+    datasets = []
+    for name, rec in found.items():
+        df = pd.DataFrame([{"file": Path(rec["path"]).name, "records": float(rec["records"]), "sha256": rec["sha256"]}])
+        ds = mlflow.data.from_pandas(df, source=rec["path"], name=name, digest=rec["sha256"][:36])
+        mlflow.log_input(ds, context="evaluation")
+        datasets.append(DatasetInput(ds._to_mlflow_entity(), [InputTag("mlflow.data.context", "evaluation")]))
+    parent = parent_run_id()
+    if parent and datasets:
+        try:
+            MlflowClient().log_inputs(parent, datasets=datasets)
+        except Exception:  # the same digest logged twice (both evaluations) is fine to skip
+            pass
+    return found
+
+
+def log_parent_metrics(metrics: dict[str, Any], prefix: str) -> None:
+    """Key metrics on the pipeline's parent run as `<prefix>.<name>` (merged.*, lrm.*)."""
+    from mlflow import MlflowClient
+
+    parent = parent_run_id()
+    if not parent:
+        return
+    c = MlflowClient()
+    for k in KEY_METRICS:
+        if isinstance(metrics.get(k), (int, float)):
+            c.log_metric(parent, f"{prefix}.{k}", float(metrics[k]))
+
+
+def parent_description(metrics: dict[str, Any], lrm_metrics: dict[str, Any], decision: dict[str, Any] | None = None,
+                       params: dict[str, Any] | None = None, datasets: dict[str, dict[str, Any]] | None = None) -> str:
+    """The markdown shown on the parent run: inputs, method, merged vs LRM metrics, gate verdict."""
+    p = params or {}
+    lines = ["## RAIN-Merging pipeline run", "",
+             "Merges an instruction-tuned model's task vector into a reasoning model (LRM): Stage 1 projects "
+             "the task vector off the LRM's thinking features (null space), Stage 2 scales attention heads "
+             "by how much they attend to the instruction; the merged model is evaluated against the LRM.", ""]
+    if p:
+        lines += ["### Inputs and method", "", "| key | value |", "|---|---|"]
+        lines += [f"| {k} | `{v}` |" for k, v in p.items() if v not in (None, "", "None")]
+        lines.append("")
+    keys = [k for k in KEY_METRICS if k in metrics or k in lrm_metrics]
+    if keys:
+        lines += ["### Metrics (held-out evaluation)", "", "| metric | merged | LRM | delta |", "|---|---:|---:|---:|"]
+        for k in keys:
+            m, b = metrics.get(k), lrm_metrics.get(k)
+            d = f"{m - b:+.4f}" if isinstance(m, (int, float)) and isinstance(b, (int, float)) else ""
+            f = lambda x: f"{x:.4f}" if isinstance(x, (int, float)) else "-"  # noqa: E731
+            lines.append(f"| {k} | {f(m)} | {f(b)} | {d} |")
+        lines.append("")
+    if datasets:
+        lines += ["### Evaluation sets", ""] + [f"- `{n}`: {r['records']} records, sha256 `{r['sha256'][:16]}…`"
+                                                for n, r in datasets.items()] + [""]
+    if decision:
+        verdict = "PROMOTED to champion" if decision.get("promote") else "REJECTED (stays challenger)"
+        lines += ["### Promotion gates", "", f"**{verdict}** — registered version {decision.get('version')}", ""]
+        lines += [f"- {r}" for r in decision.get("reasons", [])]
+    else:
+        lines += ["### Promotion gates", "", "_pending (see the promote step)_"]
+    return "\n".join(lines)
+
+
+def log_parent_summary(metrics: dict[str, Any], lrm_metrics: dict[str, Any], decision: dict[str, Any] | None = None,
+                       plot_path: str | Path | None = None, params: dict[str, Any] | None = None,
+                       data_dir: str | Path | None = None) -> None:
+    """The story on the pipeline's parent run: merged.* and lrm.* metrics, the markdown description
+    (mlflow.note.content), the decision tag and the comparison plot. Call from inside a step_run."""
+    from mlflow import MlflowClient
+
+    parent = parent_run_id()
+    if not parent:
+        return
+    log_parent_metrics(metrics, "merged")
+    log_parent_metrics(lrm_metrics, "lrm")
+    c = MlflowClient()
+    datasets = eval_datasets(data_dir) if data_dir else None
+    c.set_tag(parent, "mlflow.note.content", parent_description(metrics, lrm_metrics, decision, params, datasets))
+    if decision is not None:
+        c.set_tag(parent, "promotion.decision", "promoted" if decision.get("promote") else "rejected")
+        if decision.get("version") is not None:
+            c.set_tag(parent, "registered_version", str(decision["version"]))
+    if plot_path and Path(plot_path).is_file():
+        c.log_artifact(parent, str(plot_path))
