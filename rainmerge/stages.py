@@ -21,7 +21,7 @@ from .calibration import (EncodeReport, InstructionSample, ReasoningSample, Temp
 from .coefficients import DegenerateStage2, module_coefficients, solve_stage2, uniform_coefficients
 from .config import CalibrationSpec, CoefficientConfig, ProjectionConfig, RainConfig
 from .context import MergeContext, load_reasoning_model, load_tokenizer, open_models
-from .errors import ConfigError
+from .errors import CalibrationError, ConfigError
 from .features import collect_features
 from .io.lock import OutputLock
 from .io.writer import check_output_path
@@ -147,8 +147,10 @@ def check_plan(cfg: RainConfig) -> None:
         log.warning("plan: the rank cap binds on %s: the identity will not be exact there "
                     "(see `rainmerge plan` and docs/deviations.md)", ", ".join(capped))
     if not rep.ok:
-        raise ConfigError("the plan says this merge would fail: " + "; ".join(
-            f"{p.role or p.code}: {p.message}" for p in rep.problems))
+        calibration_only = all(p.code.startswith("calibration") for p in rep.problems)
+        raise (CalibrationError if calibration_only else ConfigError)(
+            "the plan says this merge would fail: " + "; ".join(f"{p.role or p.code}: {p.message}"
+                                                                 for p in rep.problems))
 
 
 def run_merge(cfg: RainConfig, progress: bool = True) -> Path:

@@ -4,6 +4,7 @@ from zenml import get_step_context, step
 from zenml.enums import ModelStages
 
 from rainmerge.config import RainConfig
+from rainmerge.product import describe
 from rainmerge.product.artifacts import DirRef
 from rainmerge.product.config import PromotionGates
 from rainmerge.product.steps import STEPS
@@ -23,6 +24,7 @@ def promote(merged: DirRef, metrics: dict, lrm_metrics: dict, models: dict, cali
     if model is not None:
         model.log_metadata({"registered_version": decision.version, "decision": decision.as_dict(),
                             "metrics": metrics})
+        model.log_metadata({"audit": describe.zenml_metadata(decision.model, decision.version, tracking_uri)})
         if decision.promote:
             model.set_stage(ModelStages.PRODUCTION, force=True)
     return decision.as_dict()

@@ -35,6 +35,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     lg.add_argument("model", help="registered model name")
     lg.add_argument("version", help="registered model version")
     lg.add_argument("--json", action="store_true", help="machine-readable output")
+    lg.add_argument("--html", metavar="OUT.html", help="also write a self-contained HTML lineage report "
+                    "(steps, artifact digests, inputs, metrics, plots, decision) to open in any browser")
     lg.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or ./.mlflow)")
     au = sub.add_parser("audit", help="list a registered model's versions, aliases and promotion records; "
                         "exit 1 when an alias holder has no recorded promotion")
@@ -93,6 +95,13 @@ def _lineage(a: argparse.Namespace, sets: Callable[[list[str]], dict[str, Any]])
 
     info = lineage(a.model, a.version, a.tracking_uri)
     print(json.dumps(info, indent=2, default=str) if a.json else format_lineage(info))
+    if a.html:
+        from pathlib import Path
+
+        from .report import fetch_plots, html_report
+
+        out = Path(a.html)
+        print(html_report(info, out, fetch_plots(info, out.parent / f"{out.stem}-plots")))
     return 0
 
 

@@ -18,14 +18,12 @@ import signal
 import socket
 from typing import Any
 
+from .tracking import HOST_TAG, PID_TAG, process_tags, tracking_uri  # noqa: F401  (tags are part of this API)
+
 log = logging.getLogger("rainmerge")
 
-PID_TAG, HOST_TAG, CLEANUP_TAG = "rainmerge.pid", "rainmerge.host", "rainmerge.cleanup"
+CLEANUP_TAG = "rainmerge.cleanup"
 DIED = "process died"
-
-
-def process_tags() -> dict[str, str]:
-    return {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
 
 
 def pid_alive(pid: int) -> bool:
@@ -52,7 +50,6 @@ def _client(uri: str | None):
     import mlflow
     from mlflow import MlflowClient
 
-    from .tracking import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri(uri))
     return MlflowClient()

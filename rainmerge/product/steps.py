@@ -21,6 +21,7 @@ from .. import stages
 from . import artifacts as A
 from . import registry
 from .config import EvaluationConfig, HubConfig, PromotionGates
+from .describe import clean_tags
 from .tracking import flatten, log_calibration_datasets, run_ids, step_run
 
 log = logging.getLogger("rainmerge")
@@ -216,7 +217,7 @@ def lineage_tags(config: RainConfig, models: dict[str, Any], calibration: A.DirR
             tags[f"metric.{k}"] = str(round(metrics[k], 6))
         if k in lrm_metrics:
             tags[f"lrm_metric.{k}"] = str(round(lrm_metrics[k], 6))
-    return tags
+    return clean_tags(tags)  # no "None" strings (local inputs have no revision or commit)
 
 
 def promote(merged: A.DirRef, metrics: dict[str, Any], lrm_metrics: dict[str, Any], models: dict[str, Any],
@@ -229,6 +230,7 @@ def promote(merged: A.DirRef, metrics: dict[str, Any], lrm_metrics: dict[str, An
     import mlflow
 
     from ..eval.report import write as write_report
+    from . import describe
     from .tracking import parent_run_id
 
     name = registry.registered_name(registered_model, config.method)
@@ -240,6 +242,9 @@ def promote(merged: A.DirRef, metrics: dict[str, Any], lrm_metrics: dict[str, An
         tags = lineage_tags(config, models, calibration, merged, metrics, lrm_metrics)
         version = registry.register(name, merged.uri, parent_run_id(), tags, uri)
         decision = registry.promote_version(name, version, metrics, lrm_metrics, gates, uri, operator="pipeline")
+        # the auditor's view: version description, parent-run summary and the HTML lineage report
+        describe.set_version_description(name, version, tags, metrics, lrm_metrics, decision, uri, config=config,
+                                         out=out)
         mlflow.set_tags({"promotion.decision": registry.PROMOTED if decision.promote else registry.REJECTED,
                          "registered_model": name, "registered_version": version})
         mlflow.log_dict(decision.as_dict(), "decision.json")

@@ -9,6 +9,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+# which process holds a run: crash hygiene (product.hygiene) marks the runs of dead processes failed
+PID_TAG, HOST_TAG = "rainmerge.pid", "rainmerge.host"
+
+
+def process_tags() -> dict[str, str]:
+    import socket
+
+    return {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+
+
 _SECRET = re.compile(r"token|secret|password|api[_-]?key", re.I)
 PROJECT = Path(__file__).resolve().parents[2]
 # MLflow 3 opens an experiment in the classic (model training) UI when this tag says so; without it the
@@ -82,7 +92,6 @@ def step_run(step: str, uri: str | None = None, experiment_name: str | None = No
     """Open (or find) the parent run of this pipeline run, then a nested run for `step`."""
     import mlflow
 
-    from .hygiene import process_tags
 
     ids = run_ids()
     exp = experiment(experiment_name or ids.get("zenml.pipeline", "rainmerge"), uri)
