@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from typing import Any
 
@@ -110,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     if product_cli is not None:
         product_cli.add_parsers(sub)
     a = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from .logs import setup
+
+    setup()
     try:
         if a.cmd == "merge":
             from .config import load_config

@@ -9,6 +9,7 @@ from .merge import merge
 from .promote import promote
 from .push_to_hub import push_to_hub
 from .score_attention_heads import score_attention_heads
+from .select_candidate import select_candidate
 
 __all__ = ["build_calibration_sets", "collect_features", "compute_projectors", "evaluate", "load_models", "merge",
-           "promote", "push_to_hub", "score_attention_heads"]
+           "promote", "push_to_hub", "score_attention_heads", "select_candidate"]

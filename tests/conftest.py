@@ -24,6 +24,18 @@ from tests.tiny import build_trio, write_calibration  # noqa: E402
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "rain-reference-calibration"
 
 
+@pytest.fixture(autouse=True)
+def _rainmerge_records_reach_caplog(caplog):
+    """The CLI's console setup stops `rainmerge` records at its own handler (each line once), so
+    they would never reach caplog's root handler: hand them to caplog directly."""
+    import logging
+
+    log = logging.getLogger("rainmerge")
+    log.addHandler(caplog.handler)
+    yield
+    log.removeHandler(caplog.handler)
+
+
 @pytest.fixture(scope="session")
 def trio_factory(tmp_path_factory):
     cache = {}

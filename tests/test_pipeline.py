@@ -141,3 +141,32 @@ def test_hub_push_token_never_logged(monkeypatch):
     stores = Path(os.environ["RAINMERGE_TEST_STORES"])
     hits = [str(f) for f in stores.rglob("*") if f.is_file() and SECRET.encode() in f.read_bytes()]
     assert hits == []
+
+
+def test_strength_sweep_shares_stage1_2_and_the_gates_pick_a_strength():
+    from pipelines.run import run_pipeline, step_output
+    from rainmerge.product import registry
+
+    loose = {"promotion.min_gain_over_lrm": -1.0, "promotion.min_think_well_formed": 0.0,
+             "promotion.max_reasoning_drop": 1.0, "promotion.require_beats_champion": False}
+    d = run_pipeline(_cfg("t-sweep", **{"sweep.strengths": [0.25, 1.0], "sweep.baselines": ["task_arithmetic"],
+                                        **loose}))
+    run, st = _statuses()
+    assert all(s == "completed" for s in st.values()), st
+    assert {"merge_0", "merge_1", "merge_task_arithmetic_0", "merge_task_arithmetic_1", "select_candidate"} <= set(st)
+    assert sum(n.startswith("score_attention_heads") for n in st) == 1  # Stage 2 once for every candidate
+    sel = step_output(run, "select_candidate", "selection")
+    ms = [step_output(run, f"evaluate_merged_{i}", "metrics") for i in range(2)]
+    # the rule, independently: every candidate passes these gates, so the best IF (then lowest L_think) wins
+    want = max(range(2), key=lambda i: (ms[i]["if_inst_strict"], ms[i]["if_inst_strict"], -ms[i]["l_think"]))
+    assert sel["selected_strength"] == [0.25, 1.0][want]
+    prov = json.loads(Path(registry.lineage("t-sweep", d["version"])["source"].removeprefix("file://"),
+                           "rainmerge_provenance.json").read_text())
+    assert prov["config"]["strength"] == sel["selected_strength"]
+
+    run_pipeline(_cfg("t-sweep", **{"sweep.strengths": [0.25, 1.0, 0.5], **loose}))
+    _, st = _statuses()
+    for name in ("collect_features", "compute_projectors", "score_attention_heads", "merge_0", "merge_1",
+                 "evaluate_merged_0", "evaluate_merged_1"):
+        assert st[name] == "cached", (name, st)
+    assert st["merge_2"] == "completed" and st["select_candidate"] == "completed"

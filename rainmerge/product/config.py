@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ..config import RainConfig, _Strict, load_config
 
@@ -45,6 +45,32 @@ class TrackingConfig(_Strict):
     zenml_model: str = "rainmerge"
 
 
+class SweepConfig(_Strict):
+    """Strength chosen by the gates: merge at each strength (sharing Stage 1/2), evaluate each, and
+    promote the best candidate that passes (ties broken by IF, then L_think)."""
+
+    strengths: list[float] = Field(default_factory=list, description="empty: only `strength`")
+    baselines: list[str] = Field(default_factory=list,
+                                 description="methods also merged at each strength, for the trade-off plot")
+
+    @field_validator("strengths")
+    @classmethod
+    def _distinct(cls, v: list[float]) -> list[float]:
+        if len(set(v)) != len(v):
+            raise ValueError("strengths must be distinct")
+        return v
+
+    @field_validator("baselines")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        from ..methods import METHODS
+
+        bad = [m for m in v if m not in METHODS or METHODS[m].needs_stages]
+        if bad:
+            raise ValueError(f"baselines must be baseline methods, not {bad}")
+        return v
+
+
 class PipelineConfig(RainConfig):
     work_dir: str | None = Field(default=None, description="Kubeflow: shared folder (PVC) for large step outputs")
 
@@ -52,6 +78,7 @@ class PipelineConfig(RainConfig):
     promotion: PromotionGates = Field(default_factory=PromotionGates)
     hub: HubConfig = Field(default_factory=HubConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
 
     def eval_data_dir(self) -> str:
         from ..eval.suite import default_data_dir
@@ -63,9 +90,12 @@ class PipelineConfig(RainConfig):
 
         return held_out_file(self)
 
-    def merge_config(self) -> RainConfig:
-        """The merge settings alone (what the merge step and its provenance record)."""
-        return RainConfig.model_validate(self.model_dump(include=set(RainConfig.model_fields)))
+    def merge_config(self, **update: Any) -> RainConfig:
+        """The merge settings alone (what the merge step and its provenance record), e.g. strength=0.5."""
+        return RainConfig.model_validate(self.model_dump(include=set(RainConfig.model_fields)) | update)
+
+    def strengths(self) -> list[float]:
+        return list(self.sweep.strengths) or [self.strength]
 
 
 def load_pipeline_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> PipelineConfig:

@@ -66,3 +66,30 @@ def projection_plot(stats: dict[str, dict[str, Any]], path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def tradeoff_plot(rows: list[dict[str, Any]], path: Path, selected: float | None = None) -> Path:
+    """Per strength: IF instruction strict, well-formed think and reasoning, RAIN solid and each
+    baseline dashed, so the chosen strength can be seen against what it traded."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), sharex=True)
+    keys = (("if_inst_strict", "IF instruction strict"), ("think_well_formed", "well-formed think"),
+            ("reasoning_acc", "reasoning accuracy"))
+    methods = sorted({r["method"] for r in rows}, key=lambda m: (m != "rain", m))
+    for ax, (k, label) in zip(axes, keys):
+        for m in methods:
+            pts = sorted((r["strength"], 100 * (r["metrics"].get(k) or 0.0)) for r in rows if r["method"] == m)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-" if m == "rain" else "s--", label=m)
+        if selected is not None:
+            ax.axvline(selected, color="grey", lw=1, ls=":")
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel("strength lambda")
+        ax.set_ylim(-2, 102)
+    axes[0].set_ylabel("% of held-out prompts")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Strength sweep: what each lambda trades" + (f" (dotted: chosen {selected:g})"
+                                                               if selected is not None else ""), fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

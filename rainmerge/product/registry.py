@@ -327,3 +327,26 @@ def format_lineage(info: dict[str, Any]) -> str:
     for r in json.loads(t.get("promotion.reasons", "[]")):
         lines.append(f"    {r}")
     return "\n".join(lines)
+
+
+def select_candidate(candidates: list[dict[str, Any]], lrm: dict[str, float], gates: PromotionGates
+                     ) -> tuple[int, list[dict[str, Any]]]:
+    """The strength sweep's choice: the best candidate that passes the gates (champion comparison
+    left to promotion), ranked by the gate metric, then IF instruction strict, then the lowest L_think;
+    when none passes, the best by the same order (promotion will then record why it is rejected).
+    `candidates` are {"strength", "metrics"}; returns the index and every candidate's verdict."""
+    table = []
+    for i, c in enumerate(candidates):
+        d = decide(c["metrics"], lrm, None, gates.model_copy(update={"require_beats_champion": False}))
+        table.append({"index": i, "strength": c["strength"], "passes": d.promote, "reasons": d.reasons,
+                      **{k: c["metrics"].get(k) for k in (gates.metric, "if_inst_strict", "think_well_formed",
+                                                         "reasoning_acc", "l_think")}})
+
+    def rank(row: dict[str, Any]) -> tuple:
+        return (row["passes"], row.get(gates.metric) or 0.0, row.get("if_inst_strict") or 0.0,
+                -(row.get("l_think") or 0.0))
+
+    best = max(table, key=rank)
+    for row in table:
+        row["selected"] = row is best
+    return best["index"], table

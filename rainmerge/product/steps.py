@@ -192,6 +192,41 @@ def evaluate(models: dict[str, Any], target: str, evaluation: EvaluationConfig, 
     return res
 
 
+def select_candidate(merged: list[A.DirRef], metrics: list[dict[str, Any]], strengths: list[float],
+                     lrm_metrics: dict[str, Any], gates: PromotionGates, baseline_labels: list[dict[str, Any]],
+                     baseline_metrics: list[dict[str, Any]], out: Path, uri: str
+                     ) -> tuple[A.DirRef, dict[str, Any], dict[str, Any]]:
+    """The strength sweep's fan-in: pick the best RAIN candidate that passes the gates (IF, then
+    L_think break ties), plot what each strength trades against the baselines; promote takes it."""
+    import mlflow
+
+    from .plots import tradeoff_plot
+
+    with step_run("select_candidate", uri):
+        cands = [{"strength": s, "metrics": m} for s, m in zip(strengths, metrics)]
+        best, table = registry.select_candidate(cands, lrm_metrics, gates)
+        baselines = [{**lab, "metrics": m} for lab, m in zip(baseline_labels, baseline_metrics)]
+        rows = [{"method": "rain", **c} for c in cands] + baselines
+        out.mkdir(parents=True, exist_ok=True)
+        mlflow.log_params({"strengths": ",".join(f"{x:g}" for x in strengths), "selected_strength": strengths[best]})
+        mlflow.log_dict({"candidates": table, "baselines": baselines}, "selection.json")
+        mlflow.log_artifact(str(tradeoff_plot(rows, out / "strength_tradeoff.png", strengths[best])))
+        for row in table:
+            mlflow.log_metrics({f"{k}": float(row[k]) for k in ("if_inst_strict", "think_well_formed", "reasoning_acc")
+                                if row.get(k) is not None}, step=row["index"])
+        log.info("strength sweep: chose %g of %s (%s)", strengths[best], strengths,
+                 "passes the gates" if table[best]["passes"] else "none passes; the best is registered as rejected")
+    selection = {"selected_strength": strengths[best], "candidates": table}
+    return merged[best], metrics[best], selection
+
+
+def _config_of(merged: A.DirRef, fallback: RainConfig) -> RainConfig:
+    """The config that produced these weights, from their provenance (a strength sweep picks one of
+    several candidates, so the pipeline's own `strength` need not be the one promoted)."""
+    prov = merged.path / PROVENANCE_FILE
+    return RainConfig.model_validate(json.loads(prov.read_text())["config"]) if prov.is_file() else fallback
+
+
 def lineage_tags(config: RainConfig, models: dict[str, Any], calibration: A.DirRef | None, merged: A.DirRef,
                  metrics: dict[str, Any], lrm_metrics: dict[str, Any]) -> dict[str, str]:
     """What an auditor needs on the registered version: inputs, digests, config, run ids, metrics."""
@@ -233,6 +268,7 @@ def promote(merged: A.DirRef, metrics: dict[str, Any], lrm_metrics: dict[str, An
     from . import describe
     from .tracking import parent_run_id
 
+    config = _config_of(merged, config)
     name = registry.registered_name(registered_model, config.method)
     with step_run("promote", uri):
         mlflow.log_params(flatten({"gates": gates.model_dump(mode="json"), "registered_model": name}))
@@ -282,6 +318,7 @@ def push_to_hub(merged: A.DirRef, decision: dict[str, Any], metrics: dict[str, A
     if why_not:
         log.warning("not publishing: %s", why_not)
         return {"status": "skipped", "reason": why_not}
+    config = _config_of(merged, config)
     with step_run("push_to_hub", uri):
         card = hub.model_card(config.model_dump(mode="json"), models["inputs"], [lrm_metrics, metrics],
                               decision.get("version"), hub_cfg.extra_tags)
@@ -299,7 +336,7 @@ def push_to_hub(merged: A.DirRef, decision: dict[str, Any], metrics: dict[str, A
 
 # The one table of pipeline steps: the ZenML wrappers (steps/) and the Kubeflow entry read it.
 STEPS = {f.__name__: f for f in (load_models, build_calibration_sets, collect_features, compute_projectors,
-                                  score_attention_heads, merge, evaluate, promote, push_to_hub)}
+                                  score_attention_heads, merge, evaluate, select_candidate, promote, push_to_hub)}
 
 
 def _log_eval_to_parent(models: dict[str, Any], target: str, res: dict[str, Any], data_dir: str,

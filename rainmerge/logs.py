@@ -1,0 +1,46 @@
+"""One console for rainmerge: each line once, above any progress bar, third-party noise filtered here."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+
+# warnings from libraries that tell the user nothing actionable about their merge
+_QUIET_WARNINGS = (
+    r"The specified dataset source can be interpreted in multiple ways",  # mlflow: our datasets are files
+    r".*`torch_dtype` is deprecated.*",
+    r".*TRANSFORMERS_CACHE.*",
+)
+# loggers whose INFO chatter buries ours; their warnings still show
+_QUIET_LOGGERS = ("mlflow", "alembic", "httpx", "urllib3", "huggingface_hub", "filelock")
+
+
+class _ConsoleHandler(logging.Handler):
+    """Writes through tqdm, so a line never lands inside a progress bar; resolves sys.stderr at each
+    write, so an orchestrator capturing a step's stderr (ZenML) captures these lines too."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm.auto import tqdm
+
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # never let logging break a merge
+            self.handleError(record)
+
+
+def setup(level: int = logging.INFO) -> logging.Logger:
+    """Idempotent: the `rainmerge` logger prints once, through its own handler (not the root's, which
+    ZenML and basicConfig also print through: that was every line twice)."""
+    log = logging.getLogger("rainmerge")
+    if not any(isinstance(h, _ConsoleHandler) for h in log.handlers):
+        h = _ConsoleHandler()
+        h.setFormatter(logging.Formatter("%(levelname)s rainmerge: %(message)s"))
+        log.addHandler(h)
+    log.setLevel(level)
+    log.propagate = False
+    for pattern in _QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return log

@@ -1,0 +1,18 @@
+"""Pre-flight plan: every check that metadata allows, before a single weight byte is fetched.
+
+`build_plan(cfg)` reads only config.json, the safetensors index and shard headers (local: the first
+8 + N bytes of each file; Hub: `HfApi.get_safetensors_metadata`, which reads headers by HTTP range),
+file sizes and the commit sha (`HfApi.model_info(files_metadata=True)`), and small files fetched with
+`hf_hub_download` (config, tokenizer, generation config, chat template). It returns a `PlanReport`
+(pydantic, JSON-serialisable): architecture and the shape of every merged tensor against `ArchSpec`,
+embeddings (vocab rows, tied or not), the LRM's think tokens and template pre-fill, calibration rows
+against each projected module's input width, resource estimates, lineage, and the problems that would
+make a merge fail. `run_plan(cfg)` prints it and returns 0, or 2 when a merge would fail.
+
+No zenml / mlflow / kfp imports; never trust_remote_code; nothing is unpickled.
+"""
+
+from .plan import build_plan, run_plan
+from .report import PlanReport, format_plan
+
+__all__ = ["PlanReport", "build_plan", "format_plan", "run_plan"]
