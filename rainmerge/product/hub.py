@@ -84,16 +84,31 @@ def redact(obj: Any, mapping: dict[str, str] | None = None) -> Any:
     return _ABS_IN_TEXT.sub(lambda m: _local(m.group(0)), s)
 
 
+_EVAL_METRICS = (("if_inst_strict", "IFEval-type instruction-level strict accuracy"),
+                 ("if_prompt_strict", "IFEval-type prompt-level strict accuracy"),
+                 ("think_well_formed", "well-formed <think> blocks"), ("reasoning_acc", "reasoning accuracy"))
+
+
 def model_card(config: dict[str, Any], inputs: dict[str, Any], metrics: list[dict[str, Any]], version: str | None,
-               extra_tags: list[str] = ()) -> str:
-    """Parents are named by Hub id (+ commit) or as `local:<folder> (sha256 ...)`, never by this machine's
-    paths; `base_model` lists Hub ids only (the Hub rejects anything else there)."""
+               extra_tags: list[str] = (), repo_id: str | None = None) -> str:
+    """The Hub's own card classes: validated metadata (`base_model` = the Hub parents, relation `merge`)
+    and the merged model's evaluation in model-index form, so it renders as results on the model page.
+    Parents are named by Hub id (+ commit) or as `local:<folder> (sha256 ...)`, never by this machine's paths."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
     roles = ("base", "instruct", "reasoning")
     names = {r: public_name(inputs[r]) for r in roles}
     hub_parents = [names[r] for r in roles if is_hub_id(str(inputs[r].get("path")))]
-    meta: dict[str, Any] = {"base_model": hub_parents, "base_model_relation": "merge"} if hub_parents else {}
-    meta |= {"library_name": "transformers", "pipeline_tag": "text-generation",
-             "tags": ["merge", "rainmerge", "rain-merging", config.get("method", "rain"), *extra_tags]}
+    merged = metrics[-1] if metrics else {}
+    results = [EvalResult(task_type="text-generation", dataset_type="rainmerge/held-out",
+                          dataset_name="rainmerge held-out evaluation (IFEval-type prompts, reasoning problems)",
+                          metric_type=key, metric_name=label, metric_value=round(float(merged[key]), 4))
+               for key, label in _EVAL_METRICS if isinstance(merged.get(key), (int, float))]
+    data = ModelCardData(base_model=hub_parents or None, base_model_relation="merge" if hub_parents else None,
+                         library_name="transformers", pipeline_tag="text-generation",
+                         tags=["merge", "rainmerge", "rain-merging", config.get("method", "rain"), *extra_tags],
+                         model_name=repo_id or f"rainmerge-{config.get('method', 'rain')}",
+                         eval_results=results or None)
     mapping = _mapping(inputs)
     public_cfg = redact({k: v for k, v in config.items() if k not in ("output", "cache_dir")}, mapping)
 
@@ -101,8 +116,7 @@ def model_card(config: dict[str, Any], inputs: dict[str, Any], metrics: list[dic
         return inputs[r].get("commit") or inputs[r].get("revision") or "local"
 
     rows = "\n".join(f"| {r} | `{names[r]}` | `{rev(r)}` |" for r in roles)
-    card = (f"---\n{yaml.safe_dump(meta, sort_keys=False)}---\n\n"
-            f"# RAIN-Merging of `{names['instruct']}` into `{names['reasoning']}`\n\n"
+    body = (f"# RAIN-Merging of `{names['instruct']}` into `{names['reasoning']}`\n\n"
             f"Merged with [rainmerge](https://arxiv.org/abs/2602.22538) (method `{config.get('method')}`"
             f"{', registry version ' + version if version else ''}): "
             "θ = θ_LRM + λ · α ⊙ P⊥(θ_ITM − θ_base).\n\n"
@@ -111,7 +125,8 @@ def model_card(config: dict[str, Any], inputs: dict[str, Any], metrics: list[dic
             f"## Configuration\n\n```yaml\n{yaml.safe_dump(public_cfg, sort_keys=True)}```\n\n"
             f"`{PROVENANCE_NAME}` next to the weights records input digests, calibration digests and\n"
             "per-module projection statistics (local paths redacted).\n")
-    return redact(card, mapping)
+    header = str(ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n"))
+    return redact(header.rstrip("\n") + "\n\n" + body, mapping)
 
 
 def stage_folder(model_dir: Path, card: str, out: Path, inputs: dict[str, Any] | None = None) -> Path:

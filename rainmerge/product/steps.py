@@ -223,8 +223,13 @@ def select_candidate(merged: list[A.DirRef], metrics: list[dict[str, Any]], stre
 def _config_of(merged: A.DirRef, fallback: RainConfig) -> RainConfig:
     """The config that produced these weights, from their provenance (a strength sweep picks one of
     several candidates, so the pipeline's own `strength` need not be the one promoted)."""
+    from pydantic import ValidationError
+
     prov = merged.path / PROVENANCE_FILE
-    return RainConfig.model_validate(json.loads(prov.read_text())["config"]) if prov.is_file() else fallback
+    try:
+        return RainConfig.model_validate(json.loads(prov.read_text())["config"])
+    except (OSError, KeyError, ValueError, ValidationError):  # not ours, or an older record: the pipeline's
+        return fallback
 
 
 def lineage_tags(config: RainConfig, models: dict[str, Any], calibration: A.DirRef | None, merged: A.DirRef,
@@ -321,7 +326,7 @@ def push_to_hub(merged: A.DirRef, decision: dict[str, Any], metrics: dict[str, A
     config = _config_of(merged, config)
     with step_run("push_to_hub", uri):
         card = hub.model_card(config.model_dump(mode="json"), models["inputs"], [lrm_metrics, metrics],
-                              decision.get("version"), hub_cfg.extra_tags)
+                              decision.get("version"), hub_cfg.extra_tags, repo_id=hub_cfg.repo_id)
         folder = hub.stage_folder(merged.verify().path, card, out / "upload", models["inputs"])
         mlflow.log_text(card, "model_card.md")
         mlflow.log_params({"hub.repo_id": str(hub_cfg.repo_id), "hub.dry_run": hub_cfg.dry_run})
