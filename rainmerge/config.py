@@ -23,18 +23,18 @@ class _Strict(BaseModel):
 class ModelRef(_Strict):
     """A model given as a local directory or a Hub id (with an optional revision)."""
 
-    path: str
-    revision: str | None = None
-    trust_remote_code: bool = False
+    path: str = Field(description="local model folder or Hub id (owner/name)")
+    revision: str | None = Field(default=None, description="Hub branch, tag or commit; resolved to a commit")
+    trust_remote_code: bool = Field(default=False, description="run the model repo's own code (only if you trust it)")
 
 
 class CalibrationRef(_Strict):
     """A calibration file: a local path, or a pinned URL whose SHA-256 is verified after download."""
 
-    path: str | None = None
-    url: str | None = None
-    sha256: str | None = None
-    max_samples: int | None = Field(default=None, ge=1)
+    path: str | None = Field(default=None, description="local calibration file")
+    url: str | None = Field(default=None, description="pinned download URL (needs sha256)")
+    sha256: str | None = Field(default=None, description="expected SHA-256 of the file (64 hex digits)")
+    max_samples: int | None = Field(default=None, ge=1, description="use only the first N records")
 
     @field_validator("sha256")
     @classmethod
@@ -64,7 +64,7 @@ class ProjectionConfig(_Strict):
     Rows = samples x positions per sample (tags: 2, window: 2(radius+1)); rows <= cap guarantees exact.
     """
 
-    positions: Literal["tags", "window"] = "window"
+    positions: Literal["tags", "window"] = Field(default="window", description="protected positions: the two tags only, or windows around them")
     radius: int = Field(default=5, ge=0, description="window: <think>..+r and </think>-r..</think>")
     ridge: float = Field(default=1e-10, ge=0, description="lambda relative to the mean squared feature norm")
     energy: float = Field(default=1.0, gt=0, le=1, description="share of feature energy whose directions are removed")
@@ -79,9 +79,9 @@ class ProjectionConfig(_Strict):
     rank_rtol: float = Field(default=1e-12, ge=0, description="singular values below rtol*max are numerical zero")
     min_kept_norm: float = Field(default=0.05, ge=0, le=1,
                                  description="the one-line summary becomes a warning when a module keeps less")
-    solve_dtype: Literal["float64", "float32"] = "float64"
-    max_seq_len: int = Field(default=8192, ge=8)
-    max_skip_fraction: float = Field(default=0.2, ge=0, le=1)
+    solve_dtype: Literal["float64", "float32"] = Field(default="float64", description="dtype of the factorisation and projection")
+    max_seq_len: int = Field(default=8192, ge=8, description="longer calibration records are skipped")
+    max_skip_fraction: float = Field(default=0.2, ge=0, le=1, description="fail when more records than this share are skipped")
 
     def basis_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of projection.bases_from_features (after feats, num_heads, head_dim)."""
@@ -100,18 +100,18 @@ class CoefficientConfig(_Strict):
     (alpha = 1, a recorded warning; the Stage-1-only merge) or fail (an error).
     """
 
-    enabled: bool = True
-    estimator: Literal["paper", "two_pass"] = "paper"
-    rho: float = Field(default=0.5, ge=0)
-    lo: float = 0.0
-    hi: float = 1.5
-    normalize: Literal["mean", "paper"] = "mean"
-    on_degenerate: Literal["uniform", "fail"] = "uniform"
+    enabled: bool = Field(default=True, description="false: uniform alpha (the Stage-1-only ablation)")
+    estimator: Literal["paper", "two_pass"] = Field(default="paper", description="g and H at the probe merge (paper) or by finite differences (the reference)")
+    rho: float = Field(default=0.5, ge=0, description="weight of leakage against alignment (Eq. 11)")
+    lo: float = Field(default=0.0, description="alpha lower clip")
+    hi: float = Field(default=1.5, description="alpha upper clip")
+    normalize: Literal["mean", "paper"] = Field(default="mean", description="mean: g/H divided by its mean before clipping; paper: the literal clip(g/H)")
+    on_degenerate: Literal["uniform", "fail"] = Field(default="uniform", description="no usable attention signal: uniform alpha (recorded) or stop")
     h_lambda: float = Field(default=1.0, ge=0, description="two_pass curvature constant")
     h_mu: float = Field(default=1.0, ge=0, description="two_pass curvature weight of leakage")
-    span_region: Literal["response", "output"] = "response"
-    max_seq_len: int = Field(default=8192, ge=8)
-    max_skip_fraction: float = Field(default=0.2, ge=0, le=1)
+    span_region: Literal["response", "output"] = Field(default="response", description="where response spans are searched: the answer, or reasoning + answer")
+    max_seq_len: int = Field(default=8192, ge=8, description="longer calibration records are skipped")
+    max_skip_fraction: float = Field(default=0.2, ge=0, le=1, description="fail when more records than this share are skipped")
     row_chunk: int = Field(default=256, ge=1, description="query rows scored at once (bounds memory)")
 
     @field_validator("normalize", mode="before")
@@ -142,19 +142,20 @@ class RainConfig(_Strict):
     output: str | None = Field(default=None, description="merged model folder (the merge CLI; pipelines write "
                                "to their artifact store)")
     overwrite: bool = False
-    method: Method = "rain"
+    method: Method = Field(default="rain", description="merge method (rainmerge.methods.METHODS)")
     strength: float = Field(default=1.0, description="global lambda in theta = theta_LRM + lambda*alpha*P(tau)")
     density: float = Field(default=0.5, gt=0, le=1, description="TIES/DARE keep ratio")
     layers: list[int] | None = Field(default=None, description="decoder layers to merge; default all")
     modules: list[Module] = Field(default_factory=lambda: list(ALL_MODULES))
-    seed: int = 42
-    device: Literal["cpu", "cuda", "auto"] = "auto"
-    forward_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    think_open: str = "<think>"
-    think_close: str = "</think>"
+    seed: int = Field(default=42, description="DARE's random seed")
+    device: Literal["cpu", "cuda", "auto"] = Field(default="auto", description="where forwards and projections run")
+    forward_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="dtype of the LRM's forwards (auto: bf16 on GPU, fp32 on CPU)")
+    think_open: str = Field(default="<think>", description="the LRM's think-open tag")
+    think_close: str = Field(default="</think>", description="the LRM's think-close tag")
     append_think_prefix: bool = Field(default=False, description="for old templates without the <think> prefill")
-    max_shard_size: str = "5GB"
-    hash_inputs: bool = True
+    max_shard_size: str = Field(default="5GB", description="safetensors shard size of the output")
+    hash_inputs: bool = Field(default=True, description="sha256 every input weight file for lineage")
     cache_dir: str | None = Field(default=None, description="where downloaded calibration files are kept")
     stage1: ProjectionConfig = Field(default_factory=ProjectionConfig)
     stage2: CoefficientConfig = Field(default_factory=CoefficientConfig)

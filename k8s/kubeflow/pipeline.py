@@ -5,32 +5,47 @@ whose parameters are the merge config. Each component runs the same step bodies 
 (`rainmerge.product.kfp` -> `rainmerge.product.steps.STEPS`) inside the rainmerge image and logs to the same MLflow.
 """
 
+import linecache
 import sys
 from pathlib import Path
 
 from kfp import compiler, dsl
 
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from rainmerge.product.config import load_pipeline_config  # noqa: E402
+from rainmerge.product.form import form_fields  # noqa: E402
+
 IMAGE = "ghcr.io/your-org/rainmerge:0.1.0"
-R_URL = ("https://raw.githubusercontent.com/K1nght/RAIN-Merging/05003cc1afd594d4a00026222ce79fbe1c08c5f1/"
-         "data/reasoning_calibration_set.json")
-I_URL = ("https://raw.githubusercontent.com/K1nght/RAIN-Merging/05003cc1afd594d4a00026222ce79fbe1c08c5f1/"
-         "data/instruction_calibration_set.jsonl")
 GPU_TASKS = ("collect_features", "compute_projectors", "score_attention_heads", "merge", "evaluate_reasoning",
              "evaluate_merged")
+# the form opens on the paper's setting (7B), with the cluster's own locations
+FORM_DEFAULTS = load_pipeline_config(ROOT / "configs" / "qwen2.5-7b.yaml", {
+    "work_dir": "/data/work", "evaluation.data": "/data/rainmerge/eval",
+    "tracking.tracking_uri": "http://mlflow.rainmerge.svc:5000"})
+FIELDS = form_fields(FORM_DEFAULTS)
 
 
-@dsl.component(base_image=IMAGE)
-def configure(base: str, base_revision: str, instruct: str, instruct_revision: str, reasoning: str,
-              reasoning_revision: str, reasoning_calibration: str, reasoning_calibration_sha256: str,
-              instruction_calibration: str, instruction_calibration_sha256: str, method: str, strength: float,
-              layers: str, device: str, eval_data: str, eval_limit: int, min_gain_over_lrm: float,
-              min_think_well_formed: float, max_reasoning_drop: float, registered_model: str,
-              mlflow_tracking_uri: str, work_dir: str, config: dsl.Output[dsl.Artifact]):
-    from rainmerge.product.kfp import configure as run
+def _generated(name: str, source: str) -> dict:
+    """Define functions from generated source that inspect.getsource can read back (KFP embeds a
+    lightweight component's source), so the form's fields follow the pydantic config, not a hand list."""
+    filename = f"<rainmerge-kfp-{name}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    ns = {"dsl": dsl}
+    exec(compile(source, filename, "exec"), ns)  # noqa: S102 - our own generated source
+    return ns
 
-    params = dict(locals())
-    params.pop("config")
-    run(params, config.path)
+
+_params = ", ".join(f"{f.name}: {f.kind.__name__}" for f in FIELDS)
+configure = dsl.component(base_image=IMAGE)(_generated("configure", f"""
+def configure(config: dsl.Output[dsl.Artifact], {_params}):
+    from rainmerge.product.kfp import configure_from_form
+
+    form = dict(locals())
+    form.pop("config")
+    configure_from_form(form, config.path)
+""")["configure"])
 
 
 @dsl.component(base_image=IMAGE)
@@ -112,32 +127,8 @@ def promote(config: dsl.Input[dsl.Artifact], run_id: str, models: dsl.Input[dsl.
         merged=merged.path, metrics=metrics.path, lrm_metrics=lrm_metrics.path)
 
 
-@dsl.pipeline(name="rainmerge", description="RAIN-Merging of an instruction model into a reasoning model, "
-              "with evaluation, MLflow lineage and gated promotion")
-def rainmerge_pipeline(
-    base: str = "Qwen/Qwen2.5-7B", base_revision: str = "main",
-    instruct: str = "Qwen/Qwen2.5-7B-Instruct", instruct_revision: str = "main",
-    reasoning: str = "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", reasoning_revision: str = "main",
-    reasoning_calibration: str = R_URL,
-    reasoning_calibration_sha256: str = "bebb4cb5216f474fad2994128a4e70ca5ca0eeb89ee6b528db93a135b2b694e5",
-    instruction_calibration: str = I_URL,
-    instruction_calibration_sha256: str = "b52460a93f499d32c753feb8150f829b7251ac299b20df0521232b4ddd32fb14",
-    method: str = "rain", strength: float = 1.0, layers: str = "", device: str = "cuda",
-    eval_data: str = "/data/rainmerge/eval", eval_limit: int = 0, min_gain_over_lrm: float = 0.02,
-    min_think_well_formed: float = 0.99, max_reasoning_drop: float = 0.02, registered_model: str = "rainmerge",
-    mlflow_tracking_uri: str = "http://mlflow.rainmerge.svc:5000", work_dir: str = "/data/work",
-):
+def _wire(cfg) -> None:
     run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
-    cfg = configure(base=base, base_revision=base_revision, instruct=instruct, instruct_revision=instruct_revision,
-                    reasoning=reasoning, reasoning_revision=reasoning_revision,
-                    reasoning_calibration=reasoning_calibration,
-                    reasoning_calibration_sha256=reasoning_calibration_sha256,
-                    instruction_calibration=instruction_calibration,
-                    instruction_calibration_sha256=instruction_calibration_sha256, method=method, strength=strength,
-                    layers=layers, device=device, eval_data=eval_data, eval_limit=eval_limit,
-                    min_gain_over_lrm=min_gain_over_lrm, min_think_well_formed=min_think_well_formed,
-                    max_reasoning_drop=max_reasoning_drop, registered_model=registered_model,
-                    mlflow_tracking_uri=mlflow_tracking_uri, work_dir=work_dir).output
     models = load_models(config=cfg, run_id=run_id).output
     calib = build_calibration_sets(config=cfg, run_id=run_id, models=models).output
     feats = collect_features(config=cfg, run_id=run_id, models=models, calibration=calib)
@@ -153,6 +144,26 @@ def rainmerge_pipeline(
     for task in (feats, proj, coeffs, merged, lrm_eval, merged_eval):
         task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
         task.set_memory_request("48G").set_cpu_request("8")
+
+
+# The run form: every config field, with the config's defaults and descriptions (the docstring's Args)
+_args_doc = "\n".join(f"        {f.name}: {f.key} - {f.description or f.key}" for f in FIELDS)
+_form = ", ".join(f"{f.name}: {f.kind.__name__} = {f.default!r}" for f in FIELDS)
+_names = ", ".join(f"{f.name}={f.name}" for f in FIELDS)
+_pipe = _generated("pipeline", f'''
+def rainmerge_pipeline({_form}):
+    """RAIN-Merging of an instruction model into a reasoning model, with evaluation, MLflow lineage and
+    gated promotion. Every field is a key of the rainmerge config (rainmerge.product.config).
+
+    Args:
+{_args_doc}
+    """
+    _wire(configure({_names}).output)
+''')
+_pipe["configure"], _pipe["_wire"] = configure, _wire
+rainmerge_pipeline = dsl.pipeline(name="rainmerge", description="RAIN-Merging of an instruction model into a "
+                                  "reasoning model, with evaluation, MLflow lineage and gated promotion")(
+    _pipe["rainmerge_pipeline"])
 
 
 OUTPUT = Path(__file__).with_name("rainmerge_pipeline.yaml")

@@ -13,36 +13,36 @@ from ..config import RainConfig, _Strict, load_config
 class EvaluationConfig(_Strict):
     data: str | None = Field(default=None, description="folder with eval_*.jsonl; default: next to the calibration")
     limit: int | None = Field(default=None, ge=1)
-    device: Literal["cpu", "cuda", "auto"] = "auto"
-    batch_size: int = Field(default=32, ge=1)
-    max_new_tokens: int = Field(default=160, ge=8)
+    device: Literal["cpu", "cuda", "auto"] = Field(default="auto", description="where evaluation generates")
+    batch_size: int = Field(default=32, ge=1, description="prompts generated at once")
+    max_new_tokens: int = Field(default=160, ge=8, description="generation budget per prompt")
 
 
 class PromotionGates(_Strict):
     """A merged model becomes `champion` only if every gate passes."""
 
-    metric: str = "if_inst_strict"
+    metric: str = Field(default="if_inst_strict", description="the metric the gates and the champion compare")
     min_gain_over_lrm: float = Field(default=0.0, description="metric >= LRM metric + this")
-    min_think_well_formed: float = Field(default=0.99, ge=0, le=1)
+    min_think_well_formed: float = Field(default=0.99, ge=0, le=1, description="share of well-formed think blocks required")
     max_reasoning_drop: float = Field(default=0.02, ge=0, le=1, description="reasoning_acc >= LRM - this")
-    require_beats_champion: bool = True
+    require_beats_champion: bool = Field(default=True, description="promote only if no worse than the champion")
 
 
 class HubConfig(_Strict):
-    enabled: bool = False
-    repo_id: str | None = None
-    private: bool = True
-    dry_run: bool = True
-    token_env: str = "HF_TOKEN"
+    enabled: bool = Field(default=False, description="publish promoted versions to the Hub")
+    repo_id: str | None = Field(default=None, description="Hub repo to publish a promoted version to")
+    private: bool = Field(default=True, description="create the Hub repo private")
+    dry_run: bool = Field(default=True, description="write the folder that would be pushed, push nothing")
+    token_env: str = Field(default="HF_TOKEN", description="env var holding the Hub token")
     zenml_secret: str | None = Field(default=None, description="ZenML secret holding key 'token'")
-    max_retries: int = Field(default=3, ge=0)
-    extra_tags: list[str] = []
+    max_retries: int = Field(default=3, ge=0, description="retries of a failed upload")
+    extra_tags: list[str] = Field(default_factory=list, description="extra Hub card tags")
 
 
 class TrackingConfig(_Strict):
     tracking_uri: str | None = Field(default=None, description="default: $MLFLOW_TRACKING_URI or ./.mlflow sqlite")
-    registered_model: str = "rainmerge"
-    zenml_model: str = "rainmerge"
+    registered_model: str = Field(default="rainmerge", description="MLflow registered model name")
+    zenml_model: str = Field(default="rainmerge", description="ZenML model name")
 
 
 class SweepConfig(_Strict):

@@ -14,48 +14,25 @@ from typing import Any
 
 from ..methods import METHODS
 from .artifacts import DirRef
-from .config import PipelineConfig, load_pipeline_config
+from .config import PipelineConfig
 from .steps import STEPS
 from .tracking import tracking_uri
 
 _REF_INPUTS = {"calibration", "features", "projectors", "coefficients", "merged"}
 
 
-def configure(params: dict[str, Any], out_path: str) -> None:
-    """Validate the run parameters (the merge config) once; every component reads the result."""
-    def cal(src: str, sha: str) -> dict[str, Any]:
-        return {"url": src, "sha256": sha} if src.startswith(("http://", "https://")) else \
-            {"path": src, "sha256": sha or None}
+def configure_from_form(form: dict[str, Any], out_path: str) -> None:
+    """The run form's values (one per config field, rainmerge.product.form) -> the validated config,
+    written once; every component reads it."""
+    from .form import config_from_form, form_fields
 
-    p = dict(params)
-    layers = [int(x) for x in str(p.pop("layers", "") or "").split(",") if x.strip()]
-    tree: dict[str, Any] = {
-        "base": {"path": p["base"], "revision": p.get("base_revision") or None},
-        "instruct": {"path": p["instruct"], "revision": p.get("instruct_revision") or None},
-        "reasoning": {"path": p["reasoning"], "revision": p.get("reasoning_revision") or None},
-        "reasoning_calibration": cal(p["reasoning_calibration"], p.get("reasoning_calibration_sha256", "")),
-        "instruction_calibration": cal(p["instruction_calibration"], p.get("instruction_calibration_sha256", "")),
-        "method": p["method"], "strength": p["strength"], "layers": layers or None, "device": p["device"],
-        "output": "unused", "work_dir": p["work_dir"],
-        "evaluation": {"data": p["eval_data"], "device": p["device"], "limit": p.get("eval_limit") or None},
-        "promotion": {"min_gain_over_lrm": p["min_gain_over_lrm"], "min_think_well_formed": p["min_think_well_formed"],
-                      "max_reasoning_drop": p["max_reasoning_drop"]},
-        "tracking": {"tracking_uri": p["mlflow_tracking_uri"] or None, "registered_model": p["registered_model"]},
-        "stage1": {"positions": p.get("positions", "window")},
-    }
-    cfg = load_pipeline_config(None, {k: v for k, v in _flat(tree).items()})
+    fields = form_fields(PipelineConfig.model_construct())  # names and kinds only; the values are the form's
+    known = {f.name for f in fields}
+    unknown = sorted(set(form) - known)
+    if unknown:
+        raise ValueError(f"form fields not in the config: {unknown}")
+    cfg = config_from_form(form, fields)
     Path(out_path).write_text(cfg.model_dump_json())
-
-
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        if isinstance(v, dict) and k not in ("base", "instruct", "reasoning", "reasoning_calibration",
-                                             "instruction_calibration"):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _load(name: str, path: str) -> Any:
