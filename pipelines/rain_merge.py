@@ -12,7 +12,7 @@ from steps import (build_calibration_sets, collect_features, compute_projectors,
 
 def _start(cfg: PipelineConfig, fingerprint: dict, code: str):
     uri = tracking_uri(cfg.tracking.tracking_uri)
-    models = load_models(cfg.models_spec(), fingerprint, uri, code)
+    models = load_models(cfg.models_spec(), fingerprint, cfg.diagnostics, uri, code)
     lrm_metrics = evaluate(models, "reasoning", cfg.evaluation, cfg.eval_data_dir(), cfg.held_out_file(), uri, code,
                            id="evaluate_reasoning")
     return uri, models, lrm_metrics

@@ -269,7 +269,7 @@ def _relative_to(tree: dict[str, Any], folder: Path) -> dict[str, Any]:
 
 # Sections of a pipeline YAML that belong to the product layer (rainmerge.product.config); the merge
 # library reads the same file and leaves them to it, so one YAML drives `merge` and `run`.
-PIPELINE_SECTIONS = ("evaluation", "promotion", "hub", "tracking", "work_dir", "sweep")
+PIPELINE_SECTIONS = ("evaluation", "promotion", "hub", "tracking", "work_dir", "sweep", "diagnostics")
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,

@@ -3,11 +3,14 @@ from typing import Annotated, Any
 from zenml import step
 
 from rainmerge.config import ModelsSpec
+from rainmerge.product.config import DiagnosticsConfig
 from rainmerge.product.steps import STEPS
+
+from ._common import payload_dir
 
 
 @step
-def load_models(models: ModelsSpec, fingerprint: dict, tracking_uri: str,
+def load_models(models: ModelsSpec, fingerprint: dict, diagnostics: DiagnosticsConfig, tracking_uri: str,
                 code: str) -> Annotated[dict[str, Any], "models"]:
-    """Resolve the trio (revision -> commit) and validate it before any heavy work."""
-    return STEPS["load_models"](models, fingerprint, tracking_uri)
+    """Resolve the trio (revision -> commit), validate it before any heavy work; task-vector overlap."""
+    return STEPS["load_models"](models, fingerprint, tracking_uri, diagnostics, payload_dir("models"))

@@ -71,6 +71,15 @@ class SweepConfig(_Strict):
         return v
 
 
+class DiagnosticsConfig(_Strict):
+    """The load step's look at the trio: task-vector subspace overlap per module (paper's orthogonality)."""
+
+    overlap: bool = Field(default=True, description="compare the principal subspaces of tau_ITM and tau_LRM")
+    rank: int = Field(default=16, ge=1, description="principal directions compared per module")
+    warn_ratio: float = Field(default=5.0, gt=0, description="warn when the median overlap exceeds the random "
+                              "baseline by this factor")
+
+
 class PipelineConfig(RainConfig):
     work_dir: str | None = Field(default=None, description="Kubeflow: shared folder (PVC) for large step outputs")
 
@@ -79,6 +88,7 @@ class PipelineConfig(RainConfig):
     hub: HubConfig = Field(default_factory=HubConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     sweep: SweepConfig = Field(default_factory=SweepConfig)
+    diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig)
 
     def eval_data_dir(self) -> str:
         from ..eval.suite import default_data_dir

@@ -52,7 +52,7 @@ def run(step: str, config_path: str, out_path: str, run_id: str, **inputs: str) 
     rain = METHODS[cfg.method].needs_stages
     rt, data, held = cfg.runtime(), cfg.eval_data_dir(), cfg.held_out_file()
     calls: dict[str, Any] = {
-        "load_models": lambda: STEPS["load_models"](cfg.models_spec(), {}, uri),
+        "load_models": lambda: STEPS["load_models"](cfg.models_spec(), {}, uri, cfg.diagnostics, out),
         "build_calibration_sets": lambda: STEPS["build_calibration_sets"](
             a["models"], cfg.calibration_spec(), out, uri) if rain else None,
         "collect_features": lambda: STEPS["collect_features"](a["models"], a["calibration"], rt, out, uri)

@@ -93,3 +93,31 @@ def tradeoff_plot(rows: list[dict[str, Any]], path: Path, selected: float | None
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def overlap_plot(per: dict[str, dict[str, float]], path: Path, warn_ratio: float) -> Path:
+    """Per (layer, module): task-vector subspace overlap over the random baseline (1 = as if random)."""
+    import math
+
+    plt = _plt()
+    cells: dict[tuple[int, str], float] = {}
+    for name, p in per.items():
+        m = re.search(r"layers\.(\d+)\.\w+\.(\w+)_proj", name)
+        if m:
+            cells[(int(m.group(1)), m.group(2))] = p["ratio"]
+    layers = sorted({l for l, _ in cells})
+    mods = [m for m in ("q", "k", "v", "o", "gate", "up", "down") if any(k[1] == m for k in cells)]
+    grid = [[math.log10(max(cells.get((l, m), float("nan")), 1e-3)) for m in mods] for l in layers]
+    fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(mods) + 2), max(3, 0.28 * len(layers) + 1.6)))
+    im = ax.imshow(grid, aspect="auto", cmap="coolwarm", vmin=-1, vmax=max(1.0, math.log10(warn_ratio) + 0.5))
+    ax.set_xticks(range(len(mods)), mods)
+    ax.set_yticks(_int_ticks(len(layers)), [str(layers[i]) for i in _int_ticks(len(layers))])
+    ax.set_xlabel("module")
+    ax.set_ylabel("decoder layer (index)")
+    ax.set_title("Task-vector overlap, tau_ITM vs tau_LRM (log10 of overlap / random baseline)\n"
+                 f"0 = as random subspaces; warning above {warn_ratio:g}x", fontsize=9)
+    fig.colorbar(im, ax=ax, label="log10 ratio")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

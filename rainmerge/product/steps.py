@@ -20,7 +20,7 @@ from ..provenance import git_commit, provenance
 from .. import stages
 from . import artifacts as A
 from . import registry
-from .config import EvaluationConfig, HubConfig, PromotionGates
+from .config import DiagnosticsConfig, EvaluationConfig, HubConfig, PromotionGates
 from .describe import clean_tags
 from .tracking import flatten, log_calibration_datasets, run_ids, step_run
 
@@ -35,8 +35,10 @@ def _open(models: dict[str, Any], runtime: Runtime) -> MergeContext:
     return open_models(spec, runtime)
 
 
-def load_models(models: ModelsSpec, fingerprint: dict[str, str], uri: str) -> dict[str, Any]:
-    """Resolve the trio (revision -> commit), validate shapes and family, hash the weights once per run."""
+def load_models(models: ModelsSpec, fingerprint: dict[str, str], uri: str,
+                diagnostics: DiagnosticsConfig | None = None, out: Path | None = None) -> dict[str, Any]:
+    """Resolve the trio (revision -> commit), validate shapes and family, hash the weights once per run,
+    and look at the trio: do the two task vectors overlap more than random subspaces would?"""
     import mlflow
 
     with step_run("load_models", uri):
@@ -47,8 +49,42 @@ def load_models(models: ModelsSpec, fingerprint: dict[str, str], uri: str) -> di
         info = {"inputs": inputs, "arch": ctx.arch.dims() | {"model_type": ctx.arch.model_type},
                 "layers": list(ctx.layers), "modules": list(models.modules), "warnings": list(ctx.warnings)}
         mlflow.set_tags({f"input.{r}.commit": d["commit"] for r, d in inputs.items() if d["commit"]})
+        if diagnostics is not None and diagnostics.overlap:
+            info["overlap"] = _overlap(ctx, diagnostics, out)
         mlflow.log_dict(info, "models.json")
     return info
+
+
+def _overlap(ctx: MergeContext, diag: DiagnosticsConfig, out: Path | None) -> dict[str, Any]:
+    import statistics
+
+    import mlflow
+    import torch
+
+    from ..diagnostics import task_vector_overlap
+    from .plots import overlap_plot
+
+    per: dict[str, dict[str, float]] = {}
+    for name, site in ctx.sites.items():
+        base = ctx.base.get(name, torch.float32)
+        per[name] = task_vector_overlap(ctx.instruct.get(name, torch.float32) - base,
+                                        ctx.reasoning.get(name, torch.float32) - base, diag.rank)
+    ratios = [p["ratio"] for p in per.values()]
+    median = statistics.median(ratios)
+    summary = {"median_ratio": median, "max_ratio": max(ratios), "rank": diag.rank, "modules": per}
+    mlflow.log_metrics({"overlap.median_ratio": median, "overlap.max_ratio": max(ratios)})
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        mlflow.log_artifact(str(overlap_plot(per, out / "task_vector_overlap.png", diag.warn_ratio)))
+    if median > diag.warn_ratio:
+        msg = (f"the instruction and reasoning task vectors overlap {median:.1f}x more than random subspaces "
+               f"(median over {len(per)} modules, rank {diag.rank}): the premise of a low-interference merge is weak")
+        log.warning(msg)
+        summary["warning"] = msg
+    else:
+        log.info("task vectors: median subspace overlap %.2fx the random baseline (max %.1fx) over %d modules",
+                 median, max(ratios), len(per))
+    return summary
 
 
 def build_calibration_sets(models: dict[str, Any], spec: CalibrationSpec, out: Path, uri: str) -> A.DirRef:
