@@ -45,6 +45,29 @@ def run_pipeline(cfg: PipelineConfig, cache: bool = True, run_name: str | None =
     return step_output(run, "promote", "decision")
 
 
+def create_snapshot(cfg: PipelineConfig, name: str, zenml_config: str | None = None) -> str:
+    """A parameterised ZenML snapshot of the pipeline (the config is its `config` parameter), so a
+    ZenML Pro dashboard can start merges from a form; on ZenML OSS it is stored but cannot be run
+    from the UI (Pro, remote stack). Returns the snapshot id."""
+    from zenml import Model
+    from zenml.utils.source_utils import set_custom_source_root
+
+    from rainmerge.methods import METHODS
+    from rainmerge.product.registry import registered_name
+    from steps._common import code_digest
+
+    set_custom_source_root(str(PROJECT))
+    from .rain_merge import baseline_merge_pipeline, rain_merge_pipeline
+
+    pipe = rain_merge_pipeline if METHODS[cfg.method].needs_stages else baseline_merge_pipeline
+    snap = pipe.with_options(
+        model=Model(name=registered_name(cfg.tracking.zenml_model, cfg.method), tags=[cfg.method]),
+        parameters={"config": cfg.model_dump(mode="json"), "fingerprint": fingerprint(cfg), "code": code_digest()},
+        **({"config_path": zenml_config} if zenml_config else {}),
+    ).create_snapshot(name=name, description=f"rainmerge {cfg.method} merge; edit the `config` parameter", replace=True)
+    return str(snap.id)
+
+
 def step_output(run: Any, step: str, output: str) -> Any:
     from zenml.client import Client
 

@@ -175,3 +175,14 @@ def test_strength_sweep_shares_stage1_2_and_the_gates_pick_a_strength():
                  "evaluate_merged_0", "evaluate_merged_1"):
         assert st[name] == "cached", (name, st)
     assert st["merge_2"] == "completed" and st["select_candidate"] == "completed"
+
+
+def test_snapshot_for_a_form_carries_the_config_as_its_parameter(capsys):
+    from zenml.client import Client
+
+    from rainmerge.cli import main
+
+    assert main(["snapshot", "t-form", "--config", str(ROOT / "configs" / "toy.yaml"), "--set", "stage2.rho=0.3"]) == 0
+    sid = capsys.readouterr().out.split(":")[1].split()[0]
+    params = Client().get_snapshot(sid).pipeline_configuration.parameters
+    assert params["config"]["stage2"]["rho"] == 0.3 and params["config"]["method"] == "rain"
