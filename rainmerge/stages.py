@@ -134,8 +134,9 @@ def uniform_detail(ctx: MergeContext) -> dict[str, Any]:
             "estimator": "uniform (stage 2 disabled)"}
 
 
-def check_plan(cfg: RainConfig) -> None:
-    """The `rainmerge plan` checks (metadata only: nothing is downloaded before they pass)."""
+def check_plan(cfg: RainConfig) -> dict[str, Any]:
+    """The `rainmerge plan` checks (metadata only: nothing is downloaded before they pass). Returns what
+    the provenance keeps of them: the warnings and the LRM's declared lineage (caveat included)."""
     from .preflight import build_plan
 
     rep = build_plan(cfg, hash_weights=False, check_output=False)
@@ -151,6 +152,8 @@ def check_plan(cfg: RainConfig) -> None:
         raise (CalibrationError if calibration_only else ConfigError)(
             "the plan says this merge would fail: " + "; ".join(f"{p.role or p.code}: {p.message}"
                                                                  for p in rep.problems))
+    lineage = rep.lineage.model_dump(exclude={"inputs"}) if rep.lineage else {}
+    return {"warnings": rep.warnings, "lineage": lineage}
 
 
 def run_merge(cfg: RainConfig, progress: bool = True) -> Path:
@@ -171,7 +174,7 @@ def _run_merge_locked(cfg: RainConfig, progress: bool) -> Path:
     out_dir = Path(str(cfg.output)).expanduser().resolve()
     protected = calibration_paths(cfg)
     check_output_path(out_dir, cfg.overwrite, protected=protected)
-    check_plan(cfg)
+    plan = check_plan(cfg)
     ctx = open_models(cfg.models_spec(), cfg.runtime())
     rain = METHODS[cfg.method].needs_stages
     # every failure that the headers, the disk or the weights can show, before any forward pass;
@@ -206,6 +209,7 @@ def _run_merge_locked(cfg: RainConfig, progress: bool) -> Path:
     method = build_method(cfg, **stages)
     prov = provenance(cfg, ctx, inputs, calibration, timings)
     prov["warnings"] += warnings + list((extra.get("rain_alpha.json") or {}).get("warnings") or [])
+    prov["plan"] = plan  # incl. the LRM's declared base when it differs from the configured one
     out = write_merged_model(ctx.reasoning, ctx.base, ctx.instruct, ctx.sites, method, out_dir, prov,
                              cfg.overwrite, cfg.max_shard_size, progress, extra)
     ctx.close()

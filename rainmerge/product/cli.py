@@ -58,7 +58,10 @@ def _run(a: argparse.Namespace, sets: Callable[[list[str]], dict[str, Any]]) -> 
     from .config import load_pipeline_config
     from .registry import format_lineage, lineage, registered_name
 
+    from ..stages import check_plan
+
     cfg = load_pipeline_config(a.config, {"method": a.method, **sets(a.set)})
+    check_plan(cfg)  # the same metadata checks as `rainmerge plan`, before the pipeline starts
     decision = run_pipeline(cfg, cache=not a.no_cache, zenml_config=a.zenml_config)
     name = decision.get("model") or registered_name(cfg.tracking.registered_model, cfg.method)
     print("\n" + format_lineage(lineage(name, decision["version"], cfg.tracking.tracking_uri)))
