@@ -40,10 +40,10 @@ def _generated(name: str, source: str) -> dict:
 _params = ", ".join(f"{f.name}: {f.kind.__name__}" for f in FIELDS)
 configure = dsl.component(base_image=IMAGE)(_generated("configure", f"""
 def configure(config: dsl.Output[dsl.Artifact], {_params}):
-    from rainmerge.product.kfp import configure_from_form
-
     form = dict(locals())
     form.pop("config")
+    from rainmerge.product.kfp import configure_from_form
+
     configure_from_form(form, config.path)
 """)["configure"])
 
