@@ -16,5 +16,7 @@ def select_candidate(merged: list[DirRef], metrics: list[dict], strengths: list[
                      ) -> tuple[Annotated[DirRef, "merged_model"], Annotated[dict[str, Any], "metrics"],
                                 Annotated[dict[str, Any], "selection"]]:
     """Strength sweep fan-in: the best RAIN candidate that passes the gates, and the trade-off plot."""
-    return STEPS["select_candidate"](merged, metrics, strengths, lrm_metrics, gates, baseline_labels,
-                                     baseline_metrics, payload_dir("selection"), tracking_uri)
+    chosen, chosen_metrics, selection = STEPS["select_candidate"](
+        merged, metrics, strengths, lrm_metrics, gates, baseline_labels, baseline_metrics, payload_dir("selection"),
+        tracking_uri)
+    return chosen, chosen_metrics, selection  # a tuple literal: ZenML reads it as three outputs
