@@ -16,9 +16,14 @@ def run_pipeline(cfg: PipelineConfig, cache: bool = True, run_name: str | None =
     from zenml import Model
     from zenml.utils.source_utils import set_custom_source_root
 
+    import mlflow  # noqa: F401  (imported here so its logger setup happens before ours is re-applied)
+
+    from rainmerge.logs import quiet_third_party
     from rainmerge.product import hygiene
     from rainmerge.product.tracking import tracking_uri
     from steps._common import code_digest
+
+    quiet_third_party()
 
     # crash hygiene: runs a killed earlier process left RUNNING are marked FAILED; ours are on termination
     uri = tracking_uri(cfg.tracking.tracking_uri)

@@ -14,6 +14,14 @@ _QUIET_WARNINGS = (
 )
 # loggers whose INFO chatter buries ours; their warnings still show
 _QUIET_LOGGERS = ("mlflow", "alembic", "httpx", "urllib3", "huggingface_hub", "filelock")
+# lines of the orchestrator's console that advertise rather than inform (ZenML Pro upsell)
+_UPSELL = ("ZenML Pro", "zenml.io/pro", "In order to try it locally, please run")
+
+
+class _DropUpsell(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not any(u in msg for u in _UPSELL)
 
 
 class _ConsoleHandler(logging.Handler):
@@ -39,8 +47,17 @@ def setup(level: int = logging.INFO) -> logging.Logger:
         log.addHandler(h)
     log.setLevel(level)
     log.propagate = False
+    quiet_third_party()
+    return log
+
+
+def quiet_third_party() -> None:
+    """Call again after importing ZenML or MLflow: both (re)configure their loggers on import."""
     for pattern in _QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
-    return log
+    for name in ("", "zenml"):
+        for h in logging.getLogger(name).handlers:
+            if not any(isinstance(f, _DropUpsell) for f in h.filters):
+                h.addFilter(_DropUpsell())
