@@ -303,8 +303,10 @@ def format_lineage(info: dict[str, Any]) -> str:
              f"  weights: {info['source']}", f"  method: {t.get('method')}  git: {t.get('git_commit')}",
              "  inputs:"]
     for role in ("base", "instruct", "reasoning"):
-        lines.append(f"    {role:<9} {t.get(f'input.{role}')}  revision={t.get(f'input.{role}.revision')} "
-                     f"commit={t.get(f'input.{role}.commit')} weights_sha256={t.get(f'input.{role}.weights_sha256')}")
+        rev, commit = t.get(f"input.{role}.revision"), t.get(f"input.{role}.commit")
+        pinned = f"revision={rev} commit={commit}" if commit not in (None, "", "None") else "local folder"
+        lines.append(f"    {role:<9} {t.get(f'input.{role}')}  {pinned} "
+                     f"weights_sha256={t.get(f'input.{role}.weights_sha256')}")
     lines.append("  calibration:")
     for k in sorted(k for k in t if k.startswith("calibration.")):
         lines.append(f"    {k.removeprefix('calibration.'):<12} sha256={t[k]}")
