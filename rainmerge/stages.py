@@ -156,7 +156,7 @@ def check_plan(cfg: RainConfig) -> None:
 def run_merge(cfg: RainConfig, progress: bool = True) -> Path:
     """Validate, run the stages the method needs, write the merged folder; returns its path.
     One writer per output: the lock is taken before any work and held until the rename."""
-    if not progress:
+    if not progress and METHODS[cfg.method].needs_stages:  # baselines never load transformers
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
@@ -207,7 +207,7 @@ def _run_merge_locked(cfg: RainConfig, progress: bool) -> Path:
     prov = provenance(cfg, ctx, inputs, calibration, timings)
     prov["warnings"] += warnings + list((extra.get("rain_alpha.json") or {}).get("warnings") or [])
     out = write_merged_model(ctx.reasoning, ctx.base, ctx.instruct, ctx.sites, method, out_dir, prov,
-                             cfg.overwrite, cfg.max_shard_size, progress, extra)
+                             cfg.overwrite, cfg.max_shard_size, progress, extra, inputs_scanned=rain)
     ctx.close()
     if hasattr(method, "summary"):
         log.info(method.summary())
