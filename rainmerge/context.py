@@ -101,12 +101,42 @@ def load_tokenizer(ctx: MergeContext) -> Any:
         raise ConfigError(f"reasoning model: cannot load its tokenizer from {src.root}: {exc}") from None
 
 
+_ST_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64}
+
+
+def stored_float_dtype(src: ModelSource) -> torch.dtype | None:
+    """The one float dtype all of the model's float tensors are stored in; None when mixed or unknown."""
+    seen = {src.dtype_str(n) for n in src.names() if src.dtype_str(n).startswith(("F", "BF"))}
+    return _ST_DTYPES.get(seen.pop()) if len(seen) == 1 else None
+
+
+@torch.no_grad()
+def _cast_parameters(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Upcast floating parameters one at a time (each old tensor is freed as its copy lands), so the
+    peak is the model in `dtype` plus one tensor, not both copies. Shared (tied) parameters are one
+    object and are cast once; buffers (rotary inv_freq, computed at init) are left as they are."""
+    for p in model.parameters():
+        if p.is_floating_point() and p.dtype != dtype:
+            p.data = p.data.to(dtype)
+
+
 def load_reasoning_model(ctx: MergeContext) -> torch.nn.Module:
-    """The LRM for Stage 1/2 forwards, loaded straight onto the device (no host copy on GPU)."""
+    """The LRM for Stage 1/2 forwards, loaded straight onto the device (no host copy on GPU).
+
+    On the host, a bf16 checkpoint asked for in float32 is loaded as stored and upcast parameter by
+    parameter: from_pretrained(dtype=float32) would hold the bf16 tensors and their float32 copies at
+    once (1.5x the float32 model at peak). Same values either way (bf16 -> float32 is exact)."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(ctx.reasoning.root), dtype=ctx.forward_dtype,
+    stored = stored_float_dtype(ctx.reasoning)
+    widen = (ctx.device == "cpu" and stored is not None and stored != ctx.forward_dtype
+             and torch.promote_types(stored, ctx.forward_dtype) == ctx.forward_dtype)
+    model = AutoModelForCausalLM.from_pretrained(str(ctx.reasoning.root),
+                                                 dtype=stored if widen else ctx.forward_dtype,
                                                  attn_implementation="sdpa",
                                                  device_map=ctx.device if ctx.device != "cpu" else None,
                                                  trust_remote_code=ctx.models.reasoning.trust_remote_code)
+    if widen:
+        _cast_parameters(model, ctx.forward_dtype)
+        model.config.dtype = ctx.forward_dtype
     return model.to(ctx.device).eval()
