@@ -21,7 +21,7 @@ def _peft_ties(taus, weights, density):
 
 
 @pytest.mark.parametrize("density", [0.0, 0.1, 0.5, 0.93, 1.0])
-@pytest.mark.parametrize("shape", [(7, 5), (64, 48), (257,)])
+@pytest.mark.parametrize("shape", [(7, 5), (64, 48), (257,), (600, 500)])  # the last: bracketed path
 def test_ties_matches_peft_without_boundary_ties(density, shape):
     g = torch.Generator().manual_seed(hash((density, shape)) % 2**31)
     taus = [torch.randn(shape, generator=g) for _ in range(2)]  # continuous: no equal magnitudes
@@ -134,3 +134,20 @@ def test_lrm_loaded_as_stored_then_upcast_equals_a_float32_load(trio_factory, tm
     ids = torch.tensor([[1, 5, 9, 13, 2, 7]])
     with torch.no_grad():
         assert torch.equal(ours(input_ids=ids).logits, ref(input_ids=ids).logits)
+
+
+def test_kth_largest_is_kthvalue_exactly():
+    from rainmerge.methods.ties import kth_largest
+
+    g = torch.Generator().manual_seed(3)
+    n = 300_001
+    cases = {
+        "normal": torch.randn(n, generator=g).abs(),
+        "few_values": torch.randint(0, 7, (n,), generator=g).float(),  # massive ties
+        "sorted": torch.arange(n, dtype=torch.float32),  # the strided sample sees a biased grid
+        "constant": torch.full((n,), 0.5),
+        "blocks": torch.cat([torch.rand(n // 2, generator=g) * 1e-3, torch.rand(n - n // 2, generator=g)]),
+    }
+    for name, a in cases.items():
+        for k in (1, 2, 17, n // 10, n // 2, n - 3, n):
+            assert torch.equal(kth_largest(a, k), torch.kthvalue(a, n - k + 1).values), (name, k)
