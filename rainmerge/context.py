@@ -111,12 +111,18 @@ def stored_float_dtype(src: ModelSource) -> torch.dtype | None:
 
 
 @torch.no_grad()
-def _cast_parameters(model: torch.nn.Module, dtype: torch.dtype) -> None:
-    """Upcast floating parameters one at a time (each old tensor is freed as its copy lands), so the
-    peak is the model in `dtype` plus one tensor, not both copies. Shared (tied) parameters are one
-    object and are cast once; buffers (rotary inv_freq, computed at init) are left as they are."""
-    for p in model.parameters():
-        if p.is_floating_point() and p.dtype != dtype:
+def _cast_parameters(model: torch.nn.Module, dtype: torch.dtype, src: ModelSource | None = None) -> None:
+    """Upcast floating parameters one at a time, each from a fresh read of its checkpoint tensor when
+    the name and shape match (from_pretrained's tensors are views of one mmap per shard: upcasting
+    them in place leaves every page read resident until the last is replaced, ~the whole stored
+    model on top of the upcast one). Shared (tied) parameters are one object, cast once; buffers
+    (rotary inv_freq, computed at init) are left as they are."""
+    for name, p in model.named_parameters():
+        if not p.is_floating_point() or p.dtype == dtype:
+            continue
+        if src is not None and src.has(name) and tuple(src.shape(name)) == tuple(p.shape):
+            p.data = src.get(name, dtype, check=False)  # the preflight scanned RAIN's LRM
+        else:
             p.data = p.data.to(dtype)
 
 
@@ -137,6 +143,6 @@ def load_reasoning_model(ctx: MergeContext) -> torch.nn.Module:
                                                  device_map=ctx.device if ctx.device != "cpu" else None,
                                                  trust_remote_code=ctx.models.reasoning.trust_remote_code)
     if widen:
-        _cast_parameters(model, ctx.forward_dtype)
+        _cast_parameters(model, ctx.forward_dtype, ctx.reasoning)
         model.config.dtype = ctx.forward_dtype
     return model.to(ctx.device).eval()
