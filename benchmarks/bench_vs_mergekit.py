@@ -1,6 +1,7 @@
-"""CPU side-by-side: rainmerge task arithmetic vs `mergekit-yaml` on the same generated trio.
+"""CPU side-by-side: rainmerge task arithmetic (or TIES) vs `mergekit-yaml` on the same generated trio.
 
     python benchmarks/bench_vs_mergekit.py --mergekit-venv .bench-venv --shape qwen2.5-0.5b --rounds 2
+    python benchmarks/bench_vs_mergekit.py --method ties --rounds 3      # TIES, density 0.5, no normalise
 
 mergekit is a benchmark peer only, installed in its own venv (see benchmarks/README.md). Runs
 alternate (rainmerge, mergekit, rainmerge, ...) so both see the same page-cache state; each child's
@@ -26,14 +27,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def measure(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
+def measure(cmd: list[str], env: dict[str, str]) -> tuple[float, float, float]:
     t0 = time.time()
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(p.pid, 0)
     dt = time.time() - t0
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"failed: {' '.join(cmd)}\n{p.stderr.read().decode()[-2000:]}")
-    return dt, usage.ru_maxrss / 2**20  # KiB -> GiB
+    return dt, usage.ru_maxrss / 2**20, usage.ru_utime + usage.ru_stime  # wall s, GiB, CPU s
 
 
 def main() -> None:
@@ -43,6 +44,8 @@ def main() -> None:
     ap.add_argument("--work", default="bench-work")
     ap.add_argument("--mergekit-venv", default=".bench-venv")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--method", choices=["task_arithmetic", "ties"], default="task_arithmetic")
+    ap.add_argument("--density", type=float, default=0.5)
     a = ap.parse_args()
 
     from rainmerge.synthetic import write_random_trio
@@ -54,29 +57,34 @@ def main() -> None:
     mk = Path(a.mergekit_venv) / "bin" / "mergekit-yaml"
     if not mk.is_file():
         raise SystemExit(f"{mk} not found: create the peer venv first (benchmarks/README.md)")
-    cfg = work / "mergekit_ta.yaml"
-    cfg.write_text(f"merge_method: task_arithmetic\nbase_model: {work / 'base'}\nmodels:\n"
-                   f"  - model: {work / 'reasoning'}\n    parameters: {{weight: 1.0}}\n"
-                   f"  - model: {work / 'instruct'}\n    parameters: {{weight: 1.0}}\ndtype: bfloat16\n")
+    cfg = work / f"mergekit_{a.method}.yaml"
+    extra = f", density: {a.density}" if a.method == "ties" else ""
+    glob = "parameters: {normalize: false}\n" if a.method == "ties" else ""
+    cfg.write_text(f"merge_method: {a.method}\nbase_model: {work / 'base'}\n{glob}models:\n"
+                   f"  - model: {work / 'reasoning'}\n    parameters: {{weight: 1.0{extra}}}\n"
+                   f"  - model: {work / 'instruct'}\n    parameters: {{weight: 1.0{extra}}}\ndtype: bfloat16\n")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    ours = [sys.executable, "-m", "rainmerge", "merge", "--method", "task_arithmetic", "--base", str(work / "base"),
+    ours = [sys.executable, "-m", "rainmerge", "merge", "--method", a.method, "--density", str(a.density), "--base", str(work / "base"),
             "--instruct", str(work / "instruct"), "--reasoning", str(work / "reasoning"), "--device", "cpu",
             "--output", str(work / "out-rainmerge"), "--overwrite", "--quiet", "--set", "hash_inputs=false"]
     theirs = [str(mk), str(cfg), str(work / "out-mergekit"), "--lazy-unpickle", "--out-shard-size", "5B"]
-    res: dict[str, list[tuple[float, float]]] = {"rainmerge": [], "mergekit": []}
+    res: dict[str, list[tuple[float, float, float]]] = {"rainmerge": [], "mergekit": []}
     for r in range(a.rounds):
         for name, cmd in (("rainmerge", ours), ("mergekit", theirs)):
             shutil.rmtree(work / ("out-" + name), ignore_errors=True)
             res[name].append(measure(cmd, env))
-            print(f"round {r + 1} {name:<10} {res[name][-1][0]:7.2f} s  peak RSS {res[name][-1][1]:.2f} GiB",
-                  flush=True)
-    med = {n: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v)) for n, v in res.items()}
+            w, m, c = res[name][-1]
+            print(f"round {r + 1} {name:<10} {w:7.2f} s  CPU {c:7.2f} s  peak RSS {m:.2f} GiB", flush=True)
+    med = {n: tuple(statistics.median(x[j] for x in v) for j in range(3)) for n, v in res.items()}
+    per_round = [ours[0] / theirs[0] for ours, theirs in zip(res["rainmerge"], res["mergekit"])]
+    per_round_cpu = [ours[2] / theirs[2] for ours, theirs in zip(res["rainmerge"], res["mergekit"])]
     model_gb = sum(f.stat().st_size for f in (work / "reasoning").glob("*.safetensors")) / 2**30
-    print(f"\nshape {a.shape} (one model {model_gb:.2f} GiB on disk), median of {a.rounds} rounds:")
-    for n, (t, m) in med.items():
-        print(f"  {n:<10} {t:7.2f} s   peak RSS {m:.2f} GiB")
-    print(f"  ratio rainmerge/mergekit: time {med['rainmerge'][0] / med['mergekit'][0]:.2f}, "
-          f"peak RSS {med['rainmerge'][1] / med['mergekit'][1]:.2f}")
+    print(f"\n{a.method}, shape {a.shape} (one model {model_gb:.2f} GiB on disk), median of {a.rounds} rounds:")
+    for n, (t, m, c) in med.items():
+        print(f"  {n:<10} {t:7.2f} s   CPU {c:7.2f} s   peak RSS {m:.2f} GiB")
+    print(f"  ratio rainmerge/mergekit: wall {med['rainmerge'][0] / med['mergekit'][0]:.2f}, "
+          f"CPU {med['rainmerge'][2] / med['mergekit'][2]:.2f}, peak RSS {med['rainmerge'][1] / med['mergekit'][1]:.2f}")
+    print(f"  per-round wall ratios {[round(x, 2) for x in per_round]}, CPU {[round(x, 2) for x in per_round_cpu]}")
 
 
 if __name__ == "__main__":

@@ -12,9 +12,6 @@ from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
-from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from .calibration import InstructionSample
 from .features import decoder_body
@@ -36,9 +33,18 @@ class _Ctx:
 _ACTIVE: list[_Ctx] = []
 
 
-def row_probabilities(query, key, attention_mask, scaling, rows, sliding_window=None, n_rep=1):
-    """softmax(q_rows k^T * scaling + mask) for the given query rows, in float32: [H, n, T]."""
-    k = repeat_kv(key, n_rep)[0].float()  # [H, T, D]
+def expand_keys(key: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """[1, KV, T, D] -> [H, T, D] float32 (transformers' repeat_kv, then upcast); once per layer."""
+    k = key[0]
+    if n_rep > 1:
+        k = k[:, None].expand(k.shape[0], n_rep, *k.shape[1:]).reshape(k.shape[0] * n_rep, *k.shape[1:])
+    return k.float()
+
+
+def row_probabilities(query, key, attention_mask, scaling, rows, sliding_window=None, n_rep=1, keys=None):
+    """softmax(q_rows k^T * scaling + mask) for the given query rows, in float32: [H, n, T].
+    `keys`: expand_keys(key, n_rep) computed once per layer and shared by its row chunks."""
+    k = expand_keys(key, n_rep) if keys is None else keys  # [H, T, D]
     q = query[0][:, rows].float()  # [H, n, D]
     scores = torch.matmul(q, k.transpose(1, 2)) * scaling
     T = k.shape[1]
@@ -55,6 +61,8 @@ def row_probabilities(query, key, attention_mask, scaling, rows, sliding_window=
 
 
 def _stats_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
     out = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                  **kwargs)
     ctx = _ACTIVE[-1] if _ACTIVE else None
@@ -62,18 +70,22 @@ def _stats_attention(module, query, key, value, attention_mask, scaling=None, dr
         n_rep = query.shape[1] // key.shape[1]
         a = torch.zeros(query.shape[1], ctx.w_rel.shape[1], device=query.device)
         u = torch.zeros_like(a)
+        keys = expand_keys(key, n_rep)
         for c0 in range(0, len(ctx.rows), ctx.chunk):
             sl = slice(c0, c0 + ctx.chunk)
             p = row_probabilities(query, key, attention_mask, scaling, ctx.rows[sl],
-                                  kwargs.get("sliding_window"), n_rep)
+                                  kwargs.get("sliding_window"), n_rep, keys)
             mass = p @ ctx.w_cols  # [H, n, K]: mean attention on instruction k per query row
             a += torch.einsum("hnk,nk->hk", mass, ctx.w_rel[sl])
             u += torch.einsum("hnk,nk->hk", mass, ctx.w_unr[sl])
-        ctx.out[module.layer_idx] = (a.cpu(), u.cpu())
+        ctx.out[module.layer_idx] = (a, u)  # left on the device: one copy per sample, not per layer
     return out
 
 
 def register() -> str:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
     AttentionInterface.register(IMPL, _stats_attention)
     AttentionMaskInterface.register(IMPL, sdpa_mask)
     return IMPL
@@ -139,7 +151,12 @@ def alignment_leakage(
                 _ACTIVE.pop()
             has_r = (w_rel.sum(0) > 0).cpu()
             has_u = (w_unr.sum(0) > 0).cpu()
-            for l, (a, u) in ctx.out.items():
+            out = ctx.out
+            if out:
+                keys_ = list(out)
+                both = torch.stack([torch.stack(out[l]) for l in keys_]).cpu()  # one device->host copy
+                out = {l: (both[j, 0], both[j, 1]) for j, l in enumerate(keys_)}
+            for l, (a, u) in out.items():
                 A[si, pos[l]] = a[:, has_r].mean(1) if has_r.any() else float("nan")
                 U[si, pos[l]] = u[:, has_u].mean(1) if has_u.any() else float("nan")
             missing = set(layers) - set(ctx.out)

@@ -101,12 +101,48 @@ def load_tokenizer(ctx: MergeContext) -> Any:
         raise ConfigError(f"reasoning model: cannot load its tokenizer from {src.root}: {exc}") from None
 
 
+_ST_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64}
+
+
+def stored_float_dtype(src: ModelSource) -> torch.dtype | None:
+    """The one float dtype all of the model's float tensors are stored in; None when mixed or unknown."""
+    seen = {src.dtype_str(n) for n in src.names() if src.dtype_str(n).startswith(("F", "BF"))}
+    return _ST_DTYPES.get(seen.pop()) if len(seen) == 1 else None
+
+
+@torch.no_grad()
+def _cast_parameters(model: torch.nn.Module, dtype: torch.dtype, src: ModelSource | None = None) -> None:
+    """Upcast floating parameters one at a time, each from a fresh read of its checkpoint tensor when
+    the name and shape match (from_pretrained's tensors are views of one mmap per shard: upcasting
+    them in place leaves every page read resident until the last is replaced, ~the whole stored
+    model on top of the upcast one). Shared (tied) parameters are one object, cast once; buffers
+    (rotary inv_freq, computed at init) are left as they are."""
+    for name, p in model.named_parameters():
+        if not p.is_floating_point() or p.dtype == dtype:
+            continue
+        if src is not None and src.has(name) and tuple(src.shape(name)) == tuple(p.shape):
+            p.data = src.get(name, dtype, check=False)  # the preflight scanned RAIN's LRM
+        else:
+            p.data = p.data.to(dtype)
+
+
 def load_reasoning_model(ctx: MergeContext) -> torch.nn.Module:
-    """The LRM for Stage 1/2 forwards, loaded straight onto the device (no host copy on GPU)."""
+    """The LRM for Stage 1/2 forwards, loaded straight onto the device (no host copy on GPU).
+
+    On the host, a bf16 checkpoint asked for in float32 is loaded as stored and upcast parameter by
+    parameter: from_pretrained(dtype=float32) would hold the bf16 tensors and their float32 copies at
+    once (1.5x the float32 model at peak). Same values either way (bf16 -> float32 is exact)."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(ctx.reasoning.root), dtype=ctx.forward_dtype,
+    stored = stored_float_dtype(ctx.reasoning)
+    widen = (ctx.device == "cpu" and stored is not None and stored != ctx.forward_dtype
+             and torch.promote_types(stored, ctx.forward_dtype) == ctx.forward_dtype)
+    model = AutoModelForCausalLM.from_pretrained(str(ctx.reasoning.root),
+                                                 dtype=stored if widen else ctx.forward_dtype,
                                                  attn_implementation="sdpa",
                                                  device_map=ctx.device if ctx.device != "cpu" else None,
                                                  trust_remote_code=ctx.models.reasoning.trust_remote_code)
+    if widen:
+        _cast_parameters(model, ctx.forward_dtype, ctx.reasoning)
+        model.config.dtype = ctx.forward_dtype
     return model.to(ctx.device).eval()

@@ -37,11 +37,28 @@ def collect_features(
     rows: dict[str, torch.Tensor] = {}
     handles = []
 
+    sample: dict[tuple[int, str], torch.Tensor] = {}  # this sample's rows, still on the device
+
     def hook(key: tuple[int, str]):
         def fn(_mod, args):
             x = args[0]
-            buf[key].append(x[0].index_select(0, rows["idx"]).float().cpu())
+            sample[key] = x[0].index_select(0, rows["idx"]).float()
         return fn
+
+    def flush() -> None:
+        """One device->host copy per sample (on GPU a per-hook .cpu() would sync every linear)."""
+        if not sample:
+            return
+        keys = list(sample)
+        if device.type == "cpu":
+            for k in keys:
+                buf[k].append(sample[k])
+        else:
+            widths = [sample[k].shape[1] for k in keys]
+            host = torch.cat([sample[k] for k in keys], dim=1).cpu()
+            for k, part in zip(keys, host.split(widths, dim=1)):
+                buf[k].append(part)
+        sample.clear()
 
     layers, groups = list(layers), list(groups)
     for layer in layers:
@@ -53,7 +70,9 @@ def collect_features(
             rows["idx"] = torch.tensor(s.positions, device=device)
             ids = torch.tensor([s.input_ids], device=device)
             decoder_body(model)(input_ids=ids, use_cache=False)
+            flush()
     finally:
+        sample.clear()
         for h in handles:
             h.remove()
     return {layer: {g: torch.cat(buf[(layer, g)]) for g in groups} for layer in layers}

@@ -2,6 +2,12 @@
 
 Tensors outside the merge are copied from the LRM without any cast (bit-identical); merged tensors
 are accumulated in float32 or wider and cast once to the LRM's dtype.
+
+Finiteness costs one reduction per written tensor (io.lazy.all_finite, in the stored dtype): merged
+tensors are checked once, on the output; only when that fails are the inputs checked to name the
+broken model. A method whose output can hide a NaN input (TIES/DARE trim) has its inputs checked
+first (`propagates_nonfinite = False`, the default). Copied LRM tensors are checked unless the
+preflight already scanned them (`inputs_scanned`, RAIN).
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from typing import Any
 import torch
 
 from .arch import ArchSpec
-from .io.lazy import ModelSource
+from .io.lazy import ModelSource, all_finite, check_finite
 from .io.writer import AtomicDir, copy_side_files, write_sharded
 from .methods import MergeMethod, Site
 
@@ -35,10 +41,10 @@ class _Prefetcher:
         self.pending: dict[str, Any] = {}
 
     def _read(self, name: str):
-        lrm, base, itm = self.srcs
+        lrm, base, itm = self.srcs  # finiteness is checked by the writer (see the module docstring)
         if name in self.sites:
-            return lrm.get(name), base.get(name), itm.get(name)
-        return lrm.get(name), None, None
+            return lrm.get(name, check=False), base.get(name, check=False), itm.get(name, check=False)
+        return lrm.get(name, check=False), None, None
 
     def plan(self, names: list[str]) -> None:
         self.order = list(names)
@@ -66,6 +72,33 @@ def _acc_dtype(dt: torch.dtype) -> torch.dtype:
     return torch.float64 if dt == torch.float64 else torch.float32
 
 
+def _check_inputs(srcs: tuple[ModelSource, ...], name: str, tensors: tuple[torch.Tensor, ...]) -> None:
+    for src, t in zip(srcs, tensors):
+        check_finite(t, name, src.role, src.file_of(name))
+
+
+def merge_one(method: MergeMethod, site: Site, srcs: tuple[ModelSource, ...], raw: torch.Tensor,
+              b: torch.Tensor, i: torch.Tensor, inputs_scanned: bool = False) -> torch.Tensor:
+    """One merged tensor in the LRM's dtype. Methods with `accepts_raw` take the stored tensors and
+    upcast as they compute (no separate cast pass); others get them cast to the accumulate dtype."""
+    if not inputs_scanned and not getattr(method, "propagates_nonfinite", False):
+        _check_inputs(srcs, site.name, (raw, b, i))
+    device = str(getattr(method, "device", "cpu"))
+    if getattr(method, "accepts_raw", False):
+        merged = method.merge(site, raw, b, i)
+    else:
+        acc = _acc_dtype(raw.dtype)
+        ins = (raw, b, i)
+        if device != "cpu":  # move as stored (half the bytes of bf16 -> fp32 on the host), upcast there
+            ins = tuple(t.to(device, non_blocking=True) for t in ins)
+        merged = method.merge(site, *(t.to(acc) for t in ins))
+    out = merged.to(raw.dtype)
+    if not all_finite(out):
+        _check_inputs(srcs, site.name, (raw, b, i))  # names the broken input, if one is
+        raise FloatingPointError(f"{site.name}: merged weight has non-finite values")
+    return out
+
+
 def write_merged_model(
     lrm: ModelSource,
     base: ModelSource,
@@ -78,21 +111,23 @@ def write_merged_model(
     max_shard_size: str = "5GB",
     progress: bool = True,
     extra_files: dict[str, Any] | None = None,
+    inputs_scanned: bool = False,
 ) -> Path:
-    """Write LRM-with-merged-sites to `output` (temp folder + rename); returns the final path."""
+    """Write LRM-with-merged-sites to `output` (temp folder + rename); returns the final path.
+    `inputs_scanned`: safety.preflight(scan_finite=True) already read every LRM tensor and the merged
+    tensors of base and ITM, so only the merged outputs are checked here."""
     layout = {n: (lrm.shape(n), lrm.dtype_str(n)) for n in lrm.names()}
     reader = _Prefetcher(lrm, base, itm, sites)
+    srcs = (lrm, base, itm)
 
     def produce(name: str) -> torch.Tensor:
         raw, b, i = reader.take(name)
         site = sites.get(name)
         if site is None:
+            if not inputs_scanned:
+                check_finite(raw, name, lrm.role, lrm.file_of(name))
             return raw
-        acc = _acc_dtype(raw.dtype)
-        merged = method.merge(site, raw.to(acc), b.to(acc), i.to(acc))
-        if not torch.isfinite(merged).all():
-            raise FloatingPointError(f"{name}: merged weight has non-finite values")
-        return merged.to(raw.dtype)
+        return merge_one(method, site, srcs, raw, b, i, inputs_scanned)
 
     t0 = time.time()
     with AtomicDir(output, overwrite) as tmp:

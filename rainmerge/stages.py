@@ -98,7 +98,12 @@ def stage1_projectors(ctx: MergeContext, feats: Features, s1: ProjectionConfig) 
 @torch.no_grad()
 def apply_probe_merge(ctx: MergeContext, model: torch.nn.Module, bases: Bases, strength: float) -> torch.nn.Module:
     """Turn `model` (the LRM) into the alpha=1 probe merge in place, where Stage 2 scores the heads.
-    In place on purpose: a second copy of a 7B model would not fit beside the first."""
+    In place on purpose: a second copy of a 7B model would not fit beside the first.
+
+    P(tau) is recomputed in Stage 3, not kept from here: Stage 3 projects alpha (.) tau, and o_proj's
+    per-head alpha scales input columns, which does not commute with the right-side projector, so the
+    probe's P(tau) is not reusable there; for the other modules keeping P(tau) would hold a float32 copy
+    of every merged weight (~26 GB host for 7B) to save two thin GEMMs per tensor."""
     probe = Rain(ctx.arch, bases, uniform_coefficients(list(ctx.layers), ctx.arch), strength, ctx.device)
     for site in ctx.sites.values():
         tau = ctx.instruct.get(site.name, torch.float32) - ctx.base.get(site.name, torch.float32)
@@ -159,7 +164,7 @@ def check_plan(cfg: RainConfig) -> dict[str, Any]:
 def run_merge(cfg: RainConfig, progress: bool = True) -> Path:
     """Validate, run the stages the method needs, write the merged folder; returns its path.
     One writer per output: the lock is taken before any work and held until the rename."""
-    if not progress:
+    if not progress and METHODS[cfg.method].needs_stages:  # baselines never load transformers
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
@@ -211,7 +216,7 @@ def _run_merge_locked(cfg: RainConfig, progress: bool) -> Path:
     prov["warnings"] += warnings + list((extra.get("rain_alpha.json") or {}).get("warnings") or [])
     prov["plan"] = plan  # incl. the LRM's declared base when it differs from the configured one
     out = write_merged_model(ctx.reasoning, ctx.base, ctx.instruct, ctx.sites, method, out_dir, prov,
-                             cfg.overwrite, cfg.max_shard_size, progress, extra)
+                             cfg.overwrite, cfg.max_shard_size, progress, extra, inputs_scanned=rain)
     ctx.close()
     if hasattr(method, "summary"):
         log.info(method.summary())
