@@ -99,8 +99,9 @@ class Rain:
 
     def merge(self, site: Site, lrm: torch.Tensor, base: torch.Tensor, itm: torch.Tensor) -> torch.Tensor:
         d = self.delta(site, itm - base)
-        # accumulate in the solver dtype; Stage 3 casts once to the LRM storage dtype
-        return (lrm.to(d.device, d.dtype) + d).cpu()
+        # accumulate in the solver dtype on the solver's device; Stage 3 casts there, once, to the LRM's
+        # storage dtype and only then moves it to the host (2 bytes per parameter for bf16, not 4 or 8)
+        return lrm.to(d.device, d.dtype) + d
 
     def stats(self) -> dict[str, dict[str, Any]]:
         return self._stats

@@ -10,6 +10,7 @@ from typing import Any, TextIO
 
 from ..config import RainConfig
 from ..errors import RainMergeError
+from ..methods import METHODS
 from .checks import (_arch_checks, _calibration, _lineage, _load_tokenizer, _resources, _rows_vs_width,
                      _shape_checks, _template_check, _think_tokens)
 from .report import PlanReport, Problem, TemplateReport, format_plan
@@ -32,7 +33,7 @@ def build_plan(cfg: RainConfig, api: Any = None, *, hash_weights: bool | None = 
     rep = PlanReport(ok=False, method=cfg.method, modules=list(cfg.modules))
     with tempfile.TemporaryDirectory(prefix="rainmerge-plan-") as tmp:
         metas = {role: _inspect(role, getattr(cfg, role), api, problems, fetched, Path(tmp), hash_weights,
-                                want_tokenizer=role == "reasoning")
+                                want_tokenizer=role == "reasoning" and METHODS[cfg.method].needs_stages)
                  for role in ("base", "instruct", "reasoning")}
         rep.inputs = {r: m.report for r, m in metas.items()}
         specs = _arch_checks(metas, problems, warnings)
@@ -55,8 +56,10 @@ def build_plan(cfg: RainConfig, api: Any = None, *, hash_weights: bool | None = 
                          + " (allowed: embeddings and lm_head are copied from the LRM, never merged)")
         # tokenizer, think tokens, template
         lrm = metas["reasoning"]
-        tok, why = _load_tokenizer(lrm.small_dir) if lrm.config is not None else (None, "LRM unreadable")
-        need_tags = cfg.method == "rain"
+        need_tags = METHODS[cfg.method].needs_stages
+        # a baseline reads no text: its plan skips the tokenizer (2 s of transformers import per run)
+        tok, why = (_load_tokenizer(lrm.small_dir) if lrm.config is not None and need_tags
+                    else (None, "LRM unreadable" if need_tags else "not needed"))
         tpl = None
         rows_embed = (lrm.report.embed_shape or [None])[0]
         if tok is None:
