@@ -22,7 +22,7 @@ def _merge_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reasoning-calibration", help="reasoning calibration JSON (Stage 1)")
     p.add_argument("--instruction-calibration", help="instruction calibration JSONL (Stage 2)")
     p.add_argument("--output", help="output model directory (written atomically)")
-    p.add_argument("--method", choices=METHOD_NAMES)
+    p.add_argument("--method", choices=METHOD_NAMES, help="merge method (default: rain)")
     p.add_argument("--strength", type=float, help="global lambda")
     p.add_argument("--density", type=float, help="TIES/DARE density")
     p.add_argument("--layers", help="comma-separated layer indices (default: all)")
