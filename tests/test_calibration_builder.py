@@ -15,12 +15,11 @@ needs_toy = pytest.mark.skipif(not (LRM / "config.json").is_file(), reason="toy 
 
 PROBLEMS = ["Add the numbers a=7 b=1 c=5 d=9.", "Add the numbers a=2 b=8 c=3.", "Add the numbers a=4 b=9 c=3 d=5 e=3.",
             "Add the numbers a=6 b=6 c=1 d=2."]
-NOTE = "Write a short note about the river."
 
 
 def _prompts(tmp_path: Path) -> Path:
     rows = [{"prompt": p, "id": f"p{i}"} for i, p in enumerate(PROBLEMS)]
-    rows += [{"prompt": NOTE}, {"prompt": ""}, {"prompt": PROBLEMS[0]}]  # +1 empty, +1 duplicate
+    rows += [{"prompt": ""}, {"prompt": PROBLEMS[0]}]  # +1 empty, +1 duplicate
     f = tmp_path / "prompts.jsonl"
     f.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return f
@@ -32,17 +31,17 @@ def test_builds_loadable_calibration_with_counts(tmp_path):
     assert main(["--model", str(LRM), "--prompts", str(_prompts(tmp_path)), "--out", str(out),
                  "--max-new-tokens", "96", "--quiet"]) == 0
     report = json.loads(out.with_suffix(".report.json").read_text())
-    assert report["n_prompts"] == 7 and report["generated"] == 5 and report["kept"] == 5
+    assert report["n_prompts"] == 6 and report["generated"] == 4 and report["kept"] == 4
     assert report["dropped"] == {"empty_prompt": 1, "duplicate_prompt": 1} and report["n_dropped"] == 2
     recs = load_reasoning(out)
-    assert [r.sample_id for r in recs[:4]] == ["p0", "p1", "p2", "p3"] and recs[4].prompt == NOTE
+    assert [r.sample_id for r in recs] == ["p0", "p1", "p2", "p3"]
     assert all(r.reasoning and r.response and "<think>" not in r.reasoning for r in recs)
     assert recs[0].response == "The answer is 22."  # 7+1+5+9, the LRM's own greedy answer
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(LRM))
     samples, rep = encode_reasoning(recs, Template(tok), "tags", 0, 8192)
-    assert rep.kept == 5 and not rep.skipped
+    assert rep.kept == 4 and not rep.skipped
     ids_open, ids_close = tok.convert_tokens_to_ids(["<think>", "</think>"])
     for s in samples:
         assert s.input_ids[s.think_open] == ids_open and s.input_ids[s.think_close] == ids_close
@@ -56,7 +55,7 @@ def test_budget_too_small_drops_everything_as_truncated(tmp_path):
                "--max-new-tokens", "4", "--quiet"])
     assert rc == 1 and not out.exists()
     report = json.loads(out.with_suffix(".report.json").read_text())
-    assert report["kept"] == 0 and report["dropped"]["truncated"] == 5
+    assert report["kept"] == 0 and report["dropped"]["truncated"] == 4
     assert report["drop_examples"]["truncated"][0]["completion"]
 
 

@@ -1,7 +1,10 @@
-"""Build the toy trio (v2, docs/toy-v2.md): tokenizer, base (pretrained, incl. raw "request + obeying note"
-documents), LRM (thinks on every prompt, partial instruction following from a small think-mode share), ITM
-(obeys formats, answers after an empty think block in the R1 template), calibration sets in the reference
-schemas, and held-out evaluation sets. Deterministic on CPU for a given spec."""
+"""Build the toy trio: tokenizer, base (pretrained), LRM (thinks), ITM (obeys formats), calibration sets in the
+reference schemas, and held-out evaluation sets. Deterministic on CPU for a given spec.
+
+Recipes: ToySpec() = v1, the committed trio (LRM answers format requests with the plain note, ITM without
+think); ToySpec.v2() = the issue-15 recipe (paired "request + obeying note" documents in pre-training, LRM that
+thinks through distractor notes and obeys formats on a 10% share, ITM answering after an empty think block,
+note traces in the reasoning calibration). Results of both: docs/toy-v2.md."""
 
 from __future__ import annotations
 
@@ -33,25 +36,37 @@ class ToySpec:
     vocab: int = 600
     seed: int = 0  # training seed: initialisation and data order (the data split uses data_seed)
     data_seed: int = 0  # prompts of every set; fixed so that seeds share their held-out sets
-    base_tokens: int = 2_000_000
-    lrm_tokens: int = 400_000
-    itm_tokens: int = 300_000
+    # defaults: recipe v1, the committed trio; ToySpec.v2() is the issue-15 recipe (docs/toy-v2.md)
+    base_tokens: int = 1_700_000
+    lrm_tokens: int = 1_000_000
+    itm_tokens: int = 800_000
     finetune_lr: float = 1e-3
     seq_len: int = 128
     batch: int = 32
     n_train_problems: int = 6000
     n_train_instructions: int = 6000
-    n_base_paired_format: int = 6000  # base corpus: "<request with formats>\n<obeying note>"
-    n_base_paired_plain: int = 2000  # base corpus: "<plain request>\n<plain note>"
-    n_lrm_notes: int = 3000  # LRM: plain/distractor note requests, think + plain note
-    lrm_if_share: float = 0.10  # LRM: think-mode format-obeying examples, share of problems + notes
-    itm_empty_think: bool = True  # ITM: R1 template, answers after an empty think block
-    n_calib_notes: int = 32  # reasoning calibration: LRM-style traces on note requests (besides problems)
+    n_base_paired_format: int = 0  # base corpus: "<request with formats>\n<obeying note>"
+    n_base_paired_plain: int = 0  # base corpus: "<plain request>\n<plain note>"
+    n_lrm_plain_format: int = 3000  # LRM: format requests answered with think + the plain note (v1)
+    n_lrm_notes: int = 0  # LRM: plain/distractor note requests, think + plain note
+    lrm_if_share: float = 0.0  # LRM: think-mode format-obeying examples, share of problems + notes
+    itm_empty_think: bool = False  # ITM: R1 template, answers after an empty think block
+    n_calib_notes: int = 0  # reasoning calibration: LRM-style traces on note requests (besides problems)
     n_calib_reasoning: int = 64
     n_calib_instruction: int = 64
     n_eval_problems: int = 200
     n_eval_instructions: int = 200
     n_eval_reasoning_kl: int = 50
+
+    @classmethod
+    def v2(cls, **kw: Any) -> "ToySpec":
+        """Issue-15 recipe (the toy study's R2 + R4-10% + R6, docs/toy-v2.md): paired format documents in
+        pre-training, an LRM that thinks through distractor notes and obeys formats on a 10% share, an ITM that
+        answers after an empty think block, note traces in the reasoning calibration."""
+        v2 = dict(base_tokens=2_000_000, lrm_tokens=400_000, itm_tokens=300_000, n_base_paired_format=6000,
+                  n_base_paired_plain=2000, n_lrm_plain_format=0, n_lrm_notes=3000, lrm_if_share=0.10,
+                  itm_empty_think=True, n_calib_notes=32)
+        return cls(**{**v2, **kw})
 
 
 def _tokenizer(corpus: list[str], spec: ToySpec):
@@ -184,6 +199,8 @@ def build(out: str | Path, spec: ToySpec | None = None, progress: bool = True, o
     # LRM: thinks on every prompt (problems, note requests with distractors), and obeys formats in think
     # mode on a small share of its data -- partial instruction following, like a distilled reasoner.
     lrm_ex = [_chat_example(tok, p.prompt, lrm_completion(p.reasoning, p.response), True) for p in tr_p]
+    lrm_ex += [_chat_example(tok, t.prompt, lrm_completion(T.think_for_instruction(t), t.plain), True)
+               for t in tr_i[:spec.n_lrm_plain_format]]
     notes = tr_n[:spec.n_lrm_notes]
     lrm_ex += [_chat_example(tok, t.prompt, lrm_completion(T.think_for_instruction(t), t.plain), True) for t in notes]
     n_if = round(spec.lrm_if_share * (len(tr_p) + len(notes)))
