@@ -63,7 +63,8 @@ def test_held_out_sets_are_disjoint_from_training_and_calibration():
     assert [x["prompt"] for x in _jsonl("eval_problems.jsonl")] == prompts["eval_problems"]
     assert [x["prompt"] for x in _jsonl("instruction_calibration.jsonl")] == prompts["calib_instructions"]
     cal_r = [r["prompt"] for r in json.loads((DATA / "reasoning_calibration.json").read_text())]
-    assert cal_r == prompts["calib_problems"] + prompts["calib_notes"]
+    traces_on_instr = prompts["calib_instructions"] if spec.calib_instruction_traces else []
+    assert cal_r == prompts["calib_problems"] + prompts["calib_notes"] + traces_on_instr
     kl = [r["prompt"] for r in json.loads((DATA / "eval_reasoning_heldout.json").read_text())]
     assert kl == prompts["eval_reasoning_kl"]
     held_out = set(prompts["eval_instructions"]) | set(prompts["eval_problems"]) | set(kl)

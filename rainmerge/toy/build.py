@@ -52,6 +52,9 @@ class ToySpec:
     lrm_if_share: float = 0.0  # LRM: think-mode format-obeying examples, share of problems + notes
     itm_empty_think: bool = False  # ITM: R1 template, answers after an empty think block
     n_calib_notes: int = 0  # reasoning calibration: LRM-style traces on note requests (besides problems)
+    # reasoning calibration: the LRM's think + plain-note traces on the instruction-calibration prompts, so
+    # Stage 1 protects the think format on format requests too (v1: RAIN well-formed 81% -> 100%, docs/toy-v2.md)
+    calib_instruction_traces: bool = True
     n_calib_reasoning: int = 64
     n_calib_instruction: int = 64
     n_eval_problems: int = 200
@@ -65,7 +68,7 @@ class ToySpec:
         answers after an empty think block, note traces in the reasoning calibration."""
         v2 = dict(base_tokens=2_000_000, lrm_tokens=400_000, itm_tokens=300_000, n_base_paired_format=6000,
                   n_base_paired_plain=2000, n_lrm_plain_format=0, n_lrm_notes=3000, lrm_if_share=0.10,
-                  itm_empty_think=True, n_calib_notes=32)
+                  itm_empty_think=True, n_calib_notes=32, calib_instruction_traces=False)
         return cls(**{**v2, **kw})
 
 
@@ -233,7 +236,8 @@ def build(out: str | Path, spec: ToySpec | None = None, progress: bool = True, o
             tok.save_pretrained(tmp / role)
         data = tmp / "data"
         data.mkdir()
-        _write_sets(data, cal_p, cal_i, ev_p, ev_i, ev_kl, cal_n)
+        _write_sets(data, cal_p, cal_i, ev_p, ev_i, ev_kl,
+                    [*cal_n, *(cal_i if spec.calib_instruction_traces else [])])
         manifest: dict[str, Any] = {
             "spec": asdict(spec), "build_seconds": round(time.time() - t0, 1), "final_loss": losses,
             "params_per_model": sum(p.numel() for p in base.parameters()),
@@ -256,7 +260,8 @@ def _write_sets(data: Path, cal_p, cal_i, ev_p, ev_i, ev_kl, cal_n=()) -> None:
         [{"prompt": p.prompt, "reasoning": p.reasoning, "response": p.response, "sample_id": p.uid,
           "source": "toy/keyed-sum"} for p in cal_p]
         + [{"prompt": t.prompt, "reasoning": T.think_for_instruction(t), "response": t.plain, "sample_id": t.uid,
-            "source": "toy/note-request"} for t in cal_n], indent=1))
+            "source": "toy/note-request" if not t.instruction_id_list else "toy/format-request"} for t in cal_n],
+        indent=1))
     rows = []
     for t in cal_i:
         per_inst, unrelated = T.response_spans(t)
