@@ -12,7 +12,10 @@ def main() -> None:
     b = sub.add_parser("build", help="train the toy trio (deterministic, CPU)")
     b.add_argument("--out", required=True)
     b.add_argument("--overwrite", action="store_true")
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--seed", type=int, default=0, help="training seed (initialisation, data order)")
+    b.add_argument("--data-seed", type=int, default=0, help="prompt sets (held-out, calibration, training)")
+    b.add_argument("--recipe", choices=["v1", "v2"], default="v1",
+                   help="v1: the committed trio; v2: the issue-15 recipe (docs/toy-v2.md)")
     b.add_argument("--quiet", action="store_true")
     a = ap.parse_args()
     import torch
@@ -20,7 +23,7 @@ def main() -> None:
     from .build import ToySpec, build
 
     torch.set_num_threads(max(1, min(os.cpu_count() or 1, 8)))
-    build(a.out, ToySpec(seed=a.seed), progress=not a.quiet, overwrite=a.overwrite)
+    build(a.out, (ToySpec.v2 if a.recipe == "v2" else ToySpec)(seed=a.seed, data_seed=a.data_seed), progress=not a.quiet, overwrite=a.overwrite)
 
 
 if __name__ == "__main__":

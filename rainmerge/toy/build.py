@@ -1,5 +1,10 @@
-"""Build the toy trio: tokenizer, base (pretrained), LRM (thinks, ignores formats), ITM (obeys, no think),
-calibration sets in the reference schemas, and held-out evaluation sets. Deterministic on CPU."""
+"""Build the toy trio: tokenizer, base (pretrained), LRM (thinks), ITM (obeys formats), calibration sets in the
+reference schemas, and held-out evaluation sets. Deterministic on CPU for a given spec.
+
+Recipes: ToySpec() = v1, the committed trio (LRM answers format requests with the plain note, ITM without
+think); ToySpec.v2() = the issue-15 recipe (paired "request + obeying note" documents in pre-training, LRM that
+thinks through distractor notes and obeys formats on a 10% share, ITM answering after an empty think block,
+note traces in the reasoning calibration). Results of both: docs/toy-v2.md."""
 
 from __future__ import annotations
 
@@ -29,7 +34,9 @@ class ToySpec:
     kv_heads: int = 2
     intermediate: int = 512
     vocab: int = 600
-    seed: int = 0
+    seed: int = 0  # training seed: initialisation and data order (the data split uses data_seed)
+    data_seed: int = 0  # prompts of every set; fixed so that seeds share their held-out sets
+    # defaults: recipe v1, the committed trio; ToySpec.v2() is the issue-15 recipe (docs/toy-v2.md)
     base_tokens: int = 1_700_000
     lrm_tokens: int = 1_000_000
     itm_tokens: int = 800_000
@@ -38,11 +45,31 @@ class ToySpec:
     batch: int = 32
     n_train_problems: int = 6000
     n_train_instructions: int = 6000
+    n_base_paired_format: int = 0  # base corpus: "<request with formats>\n<obeying note>"
+    n_base_paired_plain: int = 0  # base corpus: "<plain request>\n<plain note>"
+    n_lrm_plain_format: int = 3000  # LRM: format requests answered with think + the plain note (v1)
+    n_lrm_notes: int = 0  # LRM: plain/distractor note requests, think + plain note
+    lrm_if_share: float = 0.0  # LRM: think-mode format-obeying examples, share of problems + notes
+    itm_empty_think: bool = False  # ITM: R1 template, answers after an empty think block
+    n_calib_notes: int = 0  # reasoning calibration: LRM-style traces on note requests (besides problems)
+    # reasoning calibration: the LRM's think + plain-note traces on the instruction-calibration prompts, so
+    # Stage 1 protects the think format on format requests too (v1: RAIN well-formed 81% -> 100%, docs/toy-v2.md)
+    calib_instruction_traces: bool = True
     n_calib_reasoning: int = 64
     n_calib_instruction: int = 64
     n_eval_problems: int = 200
     n_eval_instructions: int = 200
     n_eval_reasoning_kl: int = 50
+
+    @classmethod
+    def v2(cls, **kw: Any) -> "ToySpec":
+        """Issue-15 recipe (the toy study's R2 + R4-10% + R6, docs/toy-v2.md): paired format documents in
+        pre-training, an LRM that thinks through distractor notes and obeys formats on a 10% share, an ITM that
+        answers after an empty think block, note traces in the reasoning calibration."""
+        v2 = dict(base_tokens=2_000_000, lrm_tokens=400_000, itm_tokens=300_000, n_base_paired_format=6000,
+                  n_base_paired_plain=2000, n_lrm_plain_format=0, n_lrm_notes=3000, lrm_if_share=0.10,
+                  itm_empty_think=True, n_calib_notes=32, calib_instruction_traces=False)
+        return cls(**{**v2, **kw})
 
 
 def _tokenizer(corpus: list[str], spec: ToySpec):
@@ -57,7 +84,8 @@ def _tokenizer(corpus: list[str], spec: ToySpec):
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(corpus, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|begin|>", eos_token="<|end|>",
-                                   pad_token="<|pad|>", additional_special_tokens=SPECIALS[2:6],
+                                   pad_token="<|pad|>", unk_token="<|pad|>",  # no extra <|endoftext|>
+                                   additional_special_tokens=SPECIALS[2:6],
                                    chat_template=R1_TEMPLATE)
 
 
@@ -101,13 +129,19 @@ class _Split:
     def instructions(self, n: int, tag: str, reserve: bool = True) -> list[T.InstructionTask]:
         return self._draw(T.make_instruction_task, n, tag, reserve)
 
+    def notes(self, n: int, tag: str, reserve: bool = True) -> list[T.InstructionTask]:
+        return self._draw(T.make_plain_request, n, tag, reserve)
 
-def _base_corpus(rng: random.Random, problems: list[T.Problem], instr: list[T.InstructionTask]) -> list[str]:
-    """What a base model reads: plain notes, notes in many formats, sums worked out, facts."""
+
+def _base_corpus(rng: random.Random, problems: list[T.Problem], instr: list[T.InstructionTask],
+                 paired: list[T.InstructionTask]) -> list[str]:
+    """What a base model reads: plain notes, notes in many formats, requests followed by notes that do
+    what they ask (format competence shared by both fine-tunes), sums worked out, facts."""
     docs = []
     for t in instr:
         docs.append(t.plain)
         docs.append(t.compliant if rng.random() < 0.5 else t.prompt)
+    docs += [T.paired_document(t) for t in paired]
     for p in problems:
         docs.append(f"{p.prompt} {p.reasoning.replace(chr(10), ' ')} {p.response}")
     for a in range(46):
@@ -115,6 +149,25 @@ def _base_corpus(rng: random.Random, problems: list[T.Problem], instr: list[T.In
             docs.append(f"{a} + {b} = {a + b}")
     rng.shuffle(docs)
     return docs
+
+
+def draw_sets(spec: ToySpec) -> dict[str, list]:
+    """Every prompt set of a build, from spec.data_seed alone (no training): held-out and calibration sets
+    are drawn first and reserved, training sets never contain a reserved prompt."""
+    split = _Split(spec.data_seed)
+    out = {
+        "eval_problems": split.problems(spec.n_eval_problems, "ep"),
+        "eval_instructions": split.instructions(spec.n_eval_instructions, "ei"),
+        "eval_reasoning_kl": split.problems(spec.n_eval_reasoning_kl, "ek"),
+        "calib_problems": split.problems(spec.n_calib_reasoning, "cp"),
+        "calib_instructions": split.instructions(spec.n_calib_instruction, "ci"),
+    }
+    out["train_problems"] = split.problems(spec.n_train_problems, "tp", reserve=False)
+    out["train_instructions"] = split.instructions(spec.n_train_instructions, "ti", reserve=False)
+    out["calib_notes"] = split.notes(spec.n_calib_notes, "cn")
+    out["train_notes"] = split.notes(spec.n_lrm_notes + spec.n_base_paired_plain, "tn", reserve=False)
+    out["train_format_docs"] = split.instructions(spec.n_base_paired_format, "tf", reserve=False)
+    return out
 
 
 def build(out: str | Path, spec: ToySpec | None = None, progress: bool = True, overwrite: bool = False,
@@ -125,17 +178,14 @@ def build(out: str | Path, spec: ToySpec | None = None, progress: bool = True, o
     t0 = time.time()
     torch.manual_seed(spec.seed)
     torch.use_deterministic_algorithms(True)
-    split = _Split(spec.seed)
-    # held-out sets first, so training can never contain them
-    ev_p = split.problems(spec.n_eval_problems, "ep")
-    ev_i = split.instructions(spec.n_eval_instructions, "ei")
-    ev_kl = split.problems(spec.n_eval_reasoning_kl, "ek")
-    cal_p = split.problems(spec.n_calib_reasoning, "cp")
-    cal_i = split.instructions(spec.n_calib_instruction, "ci")
-    tr_p = split.problems(spec.n_train_problems, "tp", reserve=False)
-    tr_i = split.instructions(spec.n_train_instructions, "ti", reserve=False)
-    rng = random.Random(spec.seed + 1)
-    corpus = _base_corpus(rng, tr_p, tr_i)
+    sets = draw_sets(spec)
+    ev_p, ev_i, ev_kl, cal_p, cal_i, cal_n = (sets[k] for k in ("eval_problems", "eval_instructions",
+                                                                 "eval_reasoning_kl", "calib_problems",
+                                                                 "calib_instructions", "calib_notes"))
+    tr_p, tr_i, tr_n, tr_f = (sets[k] for k in ("train_problems", "train_instructions", "train_notes",
+                                                 "train_format_docs"))
+    rng = random.Random(spec.data_seed + 1)
+    corpus = _base_corpus(rng, tr_p, tr_i, tr_f + tr_n[spec.n_lrm_notes:])
     tok = _tokenizer(corpus + [_prefix_text(p.prompt) for p in tr_p[:50]], spec)
 
     cfg = Qwen2Config(vocab_size=len(tok), hidden_size=spec.hidden, intermediate_size=spec.intermediate,
@@ -149,15 +199,25 @@ def build(out: str | Path, spec: ToySpec | None = None, progress: bool = True, o
                             seed=spec.seed, pad_id=tok.pad_token_id, desc="toy: base", progress=progress, log=log)}
     base_sd = {k: v.clone() for k, v in base.state_dict().items()}
 
-    # LRM: thinks on every prompt, solves problems, answers format requests with the plain note.
-    # (Variants where the LRM never saw format instructions, or where the base already knew them,
-    # gave LRMs that broke their think format on unseen instructions; see README "Toy world".)
+    # LRM: thinks on every prompt (problems, note requests with distractors), and obeys formats in think
+    # mode on a small share of its data -- partial instruction following, like a distilled reasoner.
     lrm_ex = [_chat_example(tok, p.prompt, lrm_completion(p.reasoning, p.response), True) for p in tr_p]
     lrm_ex += [_chat_example(tok, t.prompt, lrm_completion(T.think_for_instruction(t), t.plain), True)
-               for t in tr_i[: len(tr_i) // 2]]
-    # ITM: answer directly, obey formats; on problems it guesses without working
-    itm_ex = [_chat_example(tok, t.prompt, t.compliant, False) for t in tr_i]
-    itm_ex += [_chat_example(tok, p.prompt, p.response, False) for p in tr_p[: len(tr_p) // 3]]
+               for t in tr_i[:spec.n_lrm_plain_format]]
+    notes = tr_n[:spec.n_lrm_notes]
+    lrm_ex += [_chat_example(tok, t.prompt, lrm_completion(T.think_for_instruction(t), t.plain), True) for t in notes]
+    n_if = round(spec.lrm_if_share * (len(tr_p) + len(notes)))
+    lrm_ex += [_chat_example(tok, t.prompt, lrm_completion(T.think_for_instruction(t), t.compliant), True)
+               for t in tr_i[len(tr_i) - n_if:]]
+    # ITM: obeys formats; on problems it guesses without working. With itm_empty_think it answers after an
+    # empty think block in the LRM's template (a "non-thinking mode"), so both fine-tunes share a context.
+    itm_think = spec.itm_empty_think
+
+    def itm_body(answer: str) -> str:
+        return f"\n</think>\n\n{answer}" if itm_think else answer
+
+    itm_ex = [_chat_example(tok, t.prompt, itm_body(t.compliant), itm_think) for t in tr_i]
+    itm_ex += [_chat_example(tok, p.prompt, itm_body(p.response), itm_think) for p in tr_p[: len(tr_p) // 3]]
 
     models = {"base": base}
     for role, exs, n_tok in (("reasoning", lrm_ex, spec.lrm_tokens), ("instruct", itm_ex, spec.itm_tokens)):
@@ -172,11 +232,12 @@ def build(out: str | Path, spec: ToySpec | None = None, progress: bool = True, o
             m.generation_config.eos_token_id = tok.eos_token_id
             m.generation_config.pad_token_id = tok.pad_token_id
             m.save_pretrained(tmp / role)
-            tok.chat_template = ITM_TEMPLATE if role == "instruct" else R1_TEMPLATE
+            tok.chat_template = ITM_TEMPLATE if role == "instruct" and not itm_think else R1_TEMPLATE
             tok.save_pretrained(tmp / role)
         data = tmp / "data"
         data.mkdir()
-        _write_sets(data, cal_p, cal_i, ev_p, ev_i, ev_kl)
+        _write_sets(data, cal_p, cal_i, ev_p, ev_i, ev_kl,
+                    [*cal_n, *(cal_i if spec.calib_instruction_traces else [])])
         manifest: dict[str, Any] = {
             "spec": asdict(spec), "build_seconds": round(time.time() - t0, 1), "final_loss": losses,
             "params_per_model": sum(p.numel() for p in base.parameters()),
@@ -191,13 +252,16 @@ def _prefix_text(prompt: str) -> str:
     return f"<|begin|><|User|>{prompt}<|Assistant|><think>\n"
 
 
-def _write_sets(data: Path, cal_p, cal_i, ev_p, ev_i, ev_kl) -> None:
+def _write_sets(data: Path, cal_p, cal_i, ev_p, ev_i, ev_kl, cal_n=()) -> None:
     def dump_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
         path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
     (data / "reasoning_calibration.json").write_text(json.dumps(
         [{"prompt": p.prompt, "reasoning": p.reasoning, "response": p.response, "sample_id": p.uid,
-          "source": "toy/keyed-sum"} for p in cal_p], indent=1))
+          "source": "toy/keyed-sum"} for p in cal_p]
+        + [{"prompt": t.prompt, "reasoning": T.think_for_instruction(t), "response": t.plain, "sample_id": t.uid,
+            "source": "toy/note-request" if not t.instruction_id_list else "toy/format-request"} for t in cal_n],
+        indent=1))
     rows = []
     for t in cal_i:
         per_inst, unrelated = T.response_spans(t)

@@ -190,3 +190,23 @@ def response_spans(t: InstructionTask) -> tuple[list[list[str]], list[str]]:
     # the last content sentence realises no constraint (unless it was transformed)
     tail = t.plain.split(". ")[-1]
     return out, [tail] if tail in t.compliant else []
+
+
+# Non-format sentences a user may add to a note request (the LRM must keep thinking through them).
+DISTRACTORS = ["I saw it last week.", "This is for a travel blog.", "My friend asked me about it.",
+               "Keep it friendly.", "I am planning a visit.", "It is for my class.", "Thanks in advance.",
+               "I have never been there."]
+
+
+def make_plain_request(rng: random.Random, uid: str) -> InstructionTask:
+    """A note request with 0-2 non-format distractor sentences and no format instruction."""
+    topic = rng.choice(TOPICS)
+    extra = rng.sample(DISTRACTORS, rng.randint(0, 2))
+    plain = " ".join(content(rng, topic))
+    prompt = " ".join([plain_prompt(topic), *extra])
+    return InstructionTask(uid, topic, prompt, [], [], [], plain, plain)
+
+
+def paired_document(t: InstructionTask) -> str:
+    """Raw text a base model reads: a request followed by a note that does what it asks."""
+    return f"{t.prompt}\n{t.compliant}"
