@@ -71,6 +71,13 @@ def _plan_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
 
 
+def _calibrate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("calibrate", add_help=False, help="build a reasoning calibration set from your own prompts "
+                       "and the LRM's own greedy traces (well-formed ones kept, drops counted); "
+                       "`rainmerge calibrate --help` for its flags")
+    p.add_argument("args", nargs=argparse.REMAINDER)
+
+
 def _sets(items: list[str]) -> dict[str, Any]:
     out = {}
     for item in items:
@@ -102,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     _merge_parser(sub)
     _plan_parser(sub)
+    _calibrate_parser(sub)
     try:  # the product layer (pipeline, registry) is an optional extra: `pip install rainmerge[pipeline]`
         from .product import cli as product_cli
     except ImportError:
@@ -121,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
             out = run_merge(cfg, progress=not a.quiet)
             print(out)
             return 0
+        if a.cmd == "calibrate":
+            from .calibration_builder import main as calibrate
+
+            return calibrate(a.args)
         if a.cmd == "plan":
             from .config import load_config
             from .preflight import build_plan, run_plan
