@@ -105,6 +105,11 @@ def _overrides(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["calibrate"]:  # its own flags (argparse's REMAINDER would swallow none that start with -)
+        from .calibration_builder import main as calibrate
+
+        return calibrate(argv[1:])
     parser = argparse.ArgumentParser(prog="rainmerge", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
     _merge_parser(sub)
@@ -129,10 +134,6 @@ def main(argv: list[str] | None = None) -> int:
             out = run_merge(cfg, progress=not a.quiet)
             print(out)
             return 0
-        if a.cmd == "calibrate":
-            from .calibration_builder import main as calibrate
-
-            return calibrate(a.args)
         if a.cmd == "plan":
             from .config import load_config
             from .preflight import build_plan, run_plan
