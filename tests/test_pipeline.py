@@ -157,7 +157,8 @@ def test_strength_sweep_shares_stage1_2_and_the_gates_pick_a_strength():
     d = run_pipeline(_cfg("t-sweep", **{"sweep.strengths": [0.25, 1.0], "sweep.baselines": ["task_arithmetic"],
                                         **loose}))
     run, st = _statuses()
-    assert all(s == "completed" for s in st.values()), st
+    # earlier tests of this session may have cached shared steps (same inputs): done either way
+    assert all(s in ("completed", "cached") for s in st.values()), st
     assert {"merge_0", "merge_1", "merge_task_arithmetic_0", "merge_task_arithmetic_1", "select_candidate"} <= set(st)
     assert sum(n.startswith("score_attention_heads") for n in st) == 1  # Stage 2 once for every candidate
     sel = step_output(run, "select_candidate", "selection")
