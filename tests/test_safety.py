@@ -194,11 +194,11 @@ def test_second_writer_fails_fast_while_the_first_holds_the_lock(trio_factory, c
 
 _RACER = textwrap.dedent("""
     import pathlib, sys, time
-    import rainmerge.merge as m
+    import rainmerge.stages as st
     barrier, me = pathlib.Path(sys.argv[1]), sys.argv[2]
-    Orig = m.AtomicDir
+    Orig = st.OutputLock
 
-    class Racing(Orig):  # both writers get past the output checks together, then hold the write a while
+    class Racing(Orig):  # both writers reach the lock together (the merge takes it before any work)
         def __init__(self, *a, **k):
             (barrier / me).touch()
             t0 = time.time()
@@ -207,11 +207,11 @@ _RACER = textwrap.dedent("""
             super().__init__(*a, **k)
 
         def __enter__(self):
-            tmp = super().__enter__()
-            time.sleep(1.5)
-            return tmp
+            held = super().__enter__()
+            time.sleep(1.5)  # hold it while the other one tries
+            return held
 
-    m.AtomicDir = Racing
+    st.OutputLock = Racing
     from rainmerge.cli import main
     sys.exit(main(sys.argv[3:]))
 """)
