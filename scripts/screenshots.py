@@ -64,7 +64,7 @@ def run_toy(name: str) -> None:
     from rainmerge.product.config import load_pipeline_config
 
     cfg = load_pipeline_config(str(ROOT / "configs" / "toy.yaml"), {
-        "evaluation.limit": 6, "evaluation.device": "cpu", "device": "cpu", "stage1.positions": "tags",
+        "evaluation.limit": 40, "evaluation.device": "cpu", "device": "cpu",  # the shipped toy settings
         "tracking.registered_model": name, "tracking.zenml_model": name})
     print("decision:", run_pipeline(cfg))
 
