@@ -4,48 +4,30 @@ import json
 
 import pytest
 import torch
-from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rainmerge.config import load_config
 from rainmerge.merge import PROVENANCE_FILE
 from rainmerge.stages import run_merge
-from tests.tiny import reasoning_records
+from tests.tiny import MODS, linear_inputs_at, load_tensors, reasoning_records
 
-MODS = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
-        "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
-
-
-def _tensors(folder):
-    out = {}
-    for f in sorted(folder.glob("*.safetensors")):
-        with safe_open(f, "pt") as h:
-            out.update({k: h.get_tensor(k) for k in h.keys()})
-    return out
+def _records_text(tok, r):
+    return tok.apply_chat_template([{"role": "user", "content": r["prompt"]}], tokenize=False,
+                                   add_generation_prompt=True) + r["reasoning"] + "\n</think>\n\n" + r["response"]
 
 
 def _inputs_at_tags(model, tok, layer_count):
     """Inputs of every linear at the <think> / </think> tokens, from the model's own forward."""
     open_id, close_id = tok.convert_tokens_to_ids(["<think>", "</think>"])
-    got = {(l, m): [] for l in range(layer_count) for m in MODS}
-    hooks = []
-    for (l, m) in got:
-        mod = model.get_submodule(f"model.layers.{l}.{MODS[m]}")
-        hooks.append(mod.register_forward_pre_hook(lambda _m, a, key=(l, m): got[key].append(a[0][0])))
-    for r in reasoning_records():
-        text = tok.apply_chat_template([{"role": "user", "content": r["prompt"]}], tokenize=False,
-                                       add_generation_prompt=True) + r["reasoning"] + "\n</think>\n\n" + r["response"]
-        ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-        pos = ((ids[0] == open_id) | (ids[0] == close_id)).nonzero().flatten()
-        assert len(pos) == 2
-        n0 = {k: len(v) for k, v in got.items()}
-        with torch.no_grad():
-            model(input_ids=ids)
-        for k, v in got.items():
-            v[n0[k]] = v[n0[k]][pos]
-    for h in hooks:
-        h.remove()
-    return {k: torch.cat(v).double() for k, v in got.items()}
+
+    def seqs():
+        for r in reasoning_records():
+            ids = tok(_records_text(tok, r), add_special_tokens=False, return_tensors="pt")["input_ids"]
+            pos = ((ids[0] == open_id) | (ids[0] == close_id)).nonzero().flatten()
+            assert len(pos) == 2
+            yield ids, pos
+
+    return linear_inputs_at(model, seqs(), layer_count)
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "llama", "mistral", "qwen3"])
@@ -59,8 +41,8 @@ def test_rain_merge_keeps_protected_features_and_copies_the_rest(arch, trio_fact
                              "stage1.positions": "tags", "max_shard_size": "100KB"})
     run_merge(cfg, progress=False)
 
-    merged, lrm = _tensors(out), _tensors(trio["reasoning"])
-    base, itm = _tensors(trio["base"]), _tensors(trio["instruct"])
+    merged, lrm = load_tensors(out), load_tensors(trio["reasoning"])
+    base, itm = load_tensors(trio["base"]), load_tensors(trio["instruct"])
     assert merged.keys() == lrm.keys()
     assert json.loads((out / "model.safetensors.index.json").read_text())["weight_map"].keys() == merged.keys()
     merged_names = {f"model.layers.{l}.{p}.weight" for l in range(2) for p in MODS.values()}
@@ -96,24 +78,15 @@ WIDE = dict(hidden_size=192, num_attention_heads=6, num_key_value_heads=2, inter
 def _inputs_at_windows(model, tok, layer_count, records, radius):
     """Inputs of every linear at <think>..+r and </think>-r..</think>, from the model's own forward."""
     open_id, close_id = tok.convert_tokens_to_ids(["<think>", "</think>"])
-    got = {(l, m): [] for l in range(layer_count) for m in MODS}
-    hooks = [model.get_submodule(f"model.layers.{l}.{MODS[m]}").register_forward_pre_hook(
-        lambda _m, a, key=(l, m): got[key].append(a[0][0])) for (l, m) in got]
-    for r in records:
-        text = tok.apply_chat_template([{"role": "user", "content": r["prompt"]}], tokenize=False,
-                                       add_generation_prompt=True) + r["reasoning"] + "\n</think>\n\n" + r["response"]
-        ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-        t_open = int((ids[0] == open_id).nonzero()[0])
-        t_close = int((ids[0] == close_id).nonzero()[0])
-        pos = sorted(set(range(t_open, t_open + radius + 1)) | set(range(t_close - radius, t_close + 1)))
-        n0 = {k: len(v) for k, v in got.items()}
-        with torch.no_grad():
-            model(input_ids=ids)
-        for k, v in got.items():
-            v[n0[k]] = v[n0[k]][pos]
-    for h in hooks:
-        h.remove()
-    return {k: torch.cat(v).double() for k, v in got.items()}
+
+    def seqs():
+        for r in records:
+            ids = tok(_records_text(tok, r), add_special_tokens=False, return_tensors="pt")["input_ids"]
+            t_open = int((ids[0] == open_id).nonzero()[0])
+            t_close = int((ids[0] == close_id).nonzero()[0])
+            yield ids, sorted(set(range(t_open, t_open + radius + 1)) | set(range(t_close - radius, t_close + 1)))
+
+    return linear_inputs_at(model, seqs(), layer_count)
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "llama"])
@@ -132,8 +105,8 @@ def test_cli_merge_identity_on_every_module_when_rows_exceed_head_dim(arch, trio
                "--strength", str(strength), "--quiet", "--set", "stage1.positions=window", "--set", "stage1.radius=5",
                "--set", "stage1.ridge=1e-10", "--set", "stage2.normalize=mean", "--set", "max_shard_size=100KB"])
     assert rc == 0
-    merged, lrm = _tensors(out), _tensors(trio["reasoning"])
-    base, itm = _tensors(trio["base"]), _tensors(trio["instruct"])
+    merged, lrm = load_tensors(out), load_tensors(trio["reasoning"])
+    base, itm = load_tensors(trio["base"]), load_tensors(trio["instruct"])
     alpha = torch.tensor(json.loads((out / "rain_alpha.json").read_text())["alpha"], dtype=torch.float64)
     assert alpha.shape == (2, 6) and float(alpha.max() - alpha.min()) > 0.05, alpha  # per-head alpha spread
 

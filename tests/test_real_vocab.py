@@ -15,7 +15,7 @@ from rainmerge.preflight import build_plan  # noqa: E402
 from tests.conftest import SHARED  # noqa: E402
 from tests.real_vocab import (OLD_R1_TEMPLATE, QWEN2_PATTERN, VOCAB_ROWS_1_5B, build_real_vocab_trio,  # noqa: E402
                               ranks_path, real_tokenizer)
-from tests.tiny import reasoning_records, write_calibration  # noqa: E402
+from tests.tiny import MODS, linear_inputs_at, load_tensors, reasoning_records, write_calibration  # noqa: E402
 
 OPEN, CLOSE = 151648, 151649  # <think>, </think> in R1-Distill-Qwen
 needs_shared = pytest.mark.skipif(not (SHARED / "reasoning_calibration_set.json").is_file(),
@@ -179,16 +179,6 @@ def test_plan_flags_an_old_r1_snapshot(real_trio, small_calib, tmp_path):
     assert rep.template.rendered_tail.endswith("<｜Assistant｜>")
 
 
-def _tensors(folder):
-    from safetensors import safe_open
-
-    out = {}
-    for f in sorted(folder.glob("*.safetensors")):
-        with safe_open(f, "pt") as h:
-            out.update({k: h.get_tensor(k) for k in h.keys()})
-    return out
-
-
 def test_cli_merge_keeps_the_identity_at_the_real_tag_ids(real_trio, small_calib, tmp_path):
     """End to end through `rainmerge merge`: null-space identity at ids 151648/151649 of the real vocabulary."""
     from transformers import AutoModelForCausalLM
@@ -217,8 +207,8 @@ def test_cli_merge_keeps_the_identity_at_the_real_tag_ids(real_trio, small_calib
     assert plan.ok and plan.calibration[0].rows == 2 * n and not any(r.cap_binds for r in plan.rows_vs_width)
     assert main(argv) == 0
 
-    merged, lrm = _tensors(out), _tensors(real_trio["reasoning"])
-    base, itm = _tensors(real_trio["base"]), _tensors(real_trio["instruct"])
+    merged, lrm = load_tensors(out), load_tensors(real_trio["reasoning"])
+    base, itm = load_tensors(real_trio["base"]), load_tensors(real_trio["instruct"])
     assert merged.keys() == lrm.keys() and "lm_head.weight" in merged  # the LRM stays untied
     for k in ("lm_head.weight", "model.embed_tokens.weight", "model.norm.weight"):
         assert torch.equal(merged[k], lrm[k])
@@ -230,25 +220,16 @@ def test_cli_merge_keeps_the_identity_at_the_real_tag_ids(real_trio, small_calib
     recs = load_reasoning(r_cal, n)
     samples, _ = encode_reasoning(recs, Template(tok), "tags", 0, 4096)
     model = AutoModelForCausalLM.from_pretrained(real_trio["reasoning"], dtype=torch.float32)
-    mods = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
-            "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
-    got = {(l, m): [] for l in range(2) for m in mods}
-    hooks = [model.get_submodule(f"model.layers.{l}.{mods[m]}").register_forward_pre_hook(
-        lambda _m, a, key=(l, m): got[key].append(a[0][0])) for (l, m) in got]
-    for s in samples:
-        ids = torch.tensor([s.input_ids])
-        pos = ((ids[0] == OPEN) | (ids[0] == CLOSE)).nonzero().flatten()
-        assert pos.tolist() == [s.think_open, s.think_close]
-        n0 = {k: len(v) for k, v in got.items()}
-        with torch.no_grad():
-            model(input_ids=ids)
-        for k, v in got.items():
-            v[n0[k]] = v[n0[k]][pos]
-    for h in hooks:
-        h.remove()
-    for (l, m), xs in got.items():
-        x = torch.cat(xs).double()
-        name = f"model.layers.{l}.{mods[m]}.weight"
+    def seqs():
+        for smp in samples:
+            ids = torch.tensor([smp.input_ids])
+            pos = ((ids[0] == OPEN) | (ids[0] == CLOSE)).nonzero().flatten()
+            assert pos.tolist() == [smp.think_open, smp.think_close]
+            yield ids, pos
+
+    got = linear_inputs_at(model, seqs(), 2)
+    for (l, m), x in got.items():
+        name = f"model.layers.{l}.{MODS[m]}.weight"
         tau = (itm[name] - base[name]).double()
         change = (merged[name] - lrm[name]).double()
         assert torch.linalg.norm(change @ x.T) <= 1e-4 * torch.linalg.norm(tau @ x.T), name

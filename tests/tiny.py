@@ -105,3 +105,39 @@ def write_calibration(root: Path, n_reason: int = 4, n_instr: int = 3) -> tuple[
     r.write_text(json.dumps(reasoning_records(n_reason)))
     i.write_text("\n".join(json.dumps(x) for x in instruction_records(n_instr)) + "\n")
     return r, i
+
+
+# -- reading merged folders and the LRM's own features, shared by the identity tests -----------------
+
+MODS = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
+        "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
+
+
+def load_tensors(folder):
+    """Every tensor of a (possibly sharded) safetensors folder."""
+    from safetensors import safe_open
+
+    out = {}
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        with safe_open(f, "pt") as h:
+            out.update({k: h.get_tensor(k) for k in h.keys()})
+    return out
+
+
+def linear_inputs_at(model, sequences, layer_count):
+    """Inputs of every linear of the first `layer_count` layers at chosen positions, from the model's own
+    forward (hooks, no library code): `sequences` yields (input ids [1, T], positions); rows concatenated."""
+    got = {(l, m): [] for l in range(layer_count) for m in MODS}
+    hooks = [model.get_submodule(f"model.layers.{l}.{MODS[m]}").register_forward_pre_hook(
+        lambda _m, a, key=(l, m): got[key].append(a[0][0])) for (l, m) in got]
+    try:
+        for ids, pos in sequences:
+            n0 = {k: len(v) for k, v in got.items()}
+            with torch.no_grad():
+                model(input_ids=ids)
+            for k, v in got.items():
+                v[n0[k]] = v[n0[k]][pos]
+    finally:
+        for h in hooks:
+            h.remove()
+    return {k: torch.cat(v).double() for k, v in got.items()}
