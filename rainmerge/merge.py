@@ -31,20 +31,20 @@ class _Prefetcher:
     """Reads the next tensor (LRM, and base/ITM for merged sites) on a thread while the current one
     is merged, so disk reads overlap compute. At most one tensor triple is read ahead."""
 
-    def __init__(self, lrm: ModelSource, base: ModelSource, itm: ModelSource, sites: dict[str, Site]):
+    def __init__(self, reasoning: ModelSource, base: ModelSource, instruct: ModelSource, sites: dict[str, Site]):
         from concurrent.futures import ThreadPoolExecutor
 
-        self.srcs, self.sites = (lrm, base, itm), sites
+        self.srcs, self.sites = (reasoning, base, instruct), sites
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rainmerge-read")
         self.order: list[str] = []
         self.position: dict[str, int] = {}
         self.pending: dict[str, Any] = {}
 
     def _read(self, name: str):
-        lrm, base, itm = self.srcs  # finiteness is checked by the writer (see the module docstring)
+        reasoning, base, instruct = self.srcs  # finiteness is checked by the writer (see the module docstring)
         if name in self.sites:
-            return lrm.get(name, check=False), base.get(name, check=False), itm.get(name, check=False)
-        return lrm.get(name, check=False), None, None
+            return reasoning.get(name, check=False), base.get(name, check=False), instruct.get(name, check=False)
+        return reasoning.get(name, check=False), None, None
 
     def plan(self, names: list[str]) -> None:
         self.order = list(names)
@@ -100,9 +100,9 @@ def merge_one(method: MergeMethod, site: Site, srcs: tuple[ModelSource, ...], ra
 
 
 def write_merged_model(
-    lrm: ModelSource,
+    reasoning: ModelSource,
     base: ModelSource,
-    itm: ModelSource,
+    instruct: ModelSource,
     sites: dict[str, Site],
     method: MergeMethod,
     output: str | Path,
@@ -116,16 +116,16 @@ def write_merged_model(
     """Write LRM-with-merged-sites to `output` (temp folder + rename); returns the final path.
     `inputs_scanned`: safety.preflight(scan_finite=True) already read every LRM tensor and the merged
     tensors of base and ITM, so only the merged outputs are checked here."""
-    layout = {n: (lrm.shape(n), lrm.dtype_str(n)) for n in lrm.names()}
-    reader = _Prefetcher(lrm, base, itm, sites)
-    srcs = (lrm, base, itm)
+    layout = {n: (reasoning.shape(n), reasoning.dtype_str(n)) for n in reasoning.names()}
+    reader = _Prefetcher(reasoning, base, instruct, sites)
+    srcs = (reasoning, base, instruct)
 
     def produce(name: str) -> torch.Tensor:
         raw, b, i = reader.take(name)
         site = sites.get(name)
         if site is None:
             if not inputs_scanned:
-                check_finite(raw, name, lrm.role, lrm.file_of(name))
+                check_finite(raw, name, reasoning.role, reasoning.file_of(name))
             return raw
         return merge_one(method, site, srcs, raw, b, i, inputs_scanned)
 
@@ -136,7 +136,7 @@ def write_merged_model(
                           progress=progress, upcoming=reader.plan)
         finally:
             reader.close()
-        copied = copy_side_files(lrm.root, tmp)
+        copied = copy_side_files(reasoning.root, tmp)
         provenance = {**provenance, "copied_from_lrm": copied, "module_stats": method.stats(),
                       "warnings": provenance.get("warnings", []) + getattr(method, "warnings", []),
                       "merge_seconds": round(time.time() - t0, 3)}

@@ -36,15 +36,15 @@ def check_shards(source: ModelSource) -> None:
         read_header(f, source.role)
 
 
-def output_bytes(lrm: ModelSource) -> int:
+def output_bytes(reasoning: ModelSource) -> int:
     """Size of the merged weights: the LRM's tensors, same layout and dtypes."""
-    return lrm.tensor_bytes()
+    return reasoning.tensor_bytes()
 
 
-def side_file_bytes(lrm: ModelSource) -> int:
+def side_file_bytes(reasoning: ModelSource) -> int:
     """Config/tokenizer files copied next to the merged weights."""
     total = 0
-    for f in lrm.root.iterdir():
+    for f in reasoning.root.iterdir():
         if f.is_file() and f.suffix not in _WEIGHT_SUFFIXES and not f.name.startswith("."):
             total += f.stat().st_size
     return total
@@ -135,7 +135,7 @@ def preflight(sources: Mapping[str, ModelSource], merged_names: Iterable[str], o
       the LRM (the forward passes use all of them); reads those tensors, so not cheap.
     """
     names = list(merged_names)
-    lrm = sources.get("reasoning") or list(sources.values())[-1]
+    reasoning = sources.get("reasoning") or list(sources.values())[-1]
     prot: list[tuple[str, Path]] = [(f"{role} model folder", s.root) for role, s in sources.items()]
     if isinstance(protected, Mapping):
         prot += [(str(k), Path(v)) for k, v in protected.items()]
@@ -144,8 +144,8 @@ def preflight(sources: Mapping[str, ModelSource], merged_names: Iterable[str], o
     check_overlap(output, prot)
     for src in sources.values():
         check_shards(src)
-    weights = output_bytes(lrm) if expected_output_bytes is None else int(expected_output_bytes)
-    check_disk_space(output, weights, side_file_bytes(lrm))
+    weights = output_bytes(reasoning) if expected_output_bytes is None else int(expected_output_bytes)
+    check_disk_space(output, weights, side_file_bytes(reasoning))
     warnings = dtype_warnings(sources, names) if "base" in sources else []
     if scan_finite:
         for role, src in sources.items():

@@ -24,7 +24,7 @@ class Site:
 class MergeMethod(Protocol):
     name: str
 
-    def merge(self, site: Site, lrm: torch.Tensor, base: torch.Tensor, itm: torch.Tensor) -> torch.Tensor:
+    def merge(self, site: Site, reasoning: torch.Tensor, base: torch.Tensor, instruct: torch.Tensor) -> torch.Tensor:
         """All inputs float32 (or float64); returns the merged weight in the same dtype."""
         ...
 

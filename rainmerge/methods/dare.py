@@ -18,12 +18,12 @@ class Dare:
         self.strength, self.density, self.seed = strength, density, seed
         self._stats: dict[str, dict[str, float]] = {}
 
-    def merge(self, site: Site, lrm: torch.Tensor, base: torch.Tensor, itm: torch.Tensor) -> torch.Tensor:
-        w = torch.tensor([1.0, self.strength], dtype=lrm.dtype)
+    def merge(self, site: Site, reasoning: torch.Tensor, base: torch.Tensor, instruct: torch.Tensor) -> torch.Tensor:
+        w = torch.tensor([1.0, self.strength], dtype=reasoning.dtype)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed ^ zlib.crc32(site.name.encode()))
-            merged = base + dare_ties([lrm - base, itm - base], w, self.density)
-        self._stats[site.name] = {"delta_norm": float(torch.linalg.norm(merged - lrm))}
+            merged = base + dare_ties([reasoning - base, instruct - base], w, self.density)
+        self._stats[site.name] = {"delta_norm": float(torch.linalg.norm(merged - reasoning))}
         return merged
 
     def stats(self) -> dict[str, dict[str, float]]:

@@ -106,11 +106,11 @@ class Rain:
             self._stats[site.name] = st
         return self.strength * proj
 
-    def merge(self, site: Site, lrm: torch.Tensor, base: torch.Tensor, itm: torch.Tensor) -> torch.Tensor:
-        d = self.delta(site, itm - base)
+    def merge(self, site: Site, reasoning: torch.Tensor, base: torch.Tensor, instruct: torch.Tensor) -> torch.Tensor:
+        d = self.delta(site, instruct - base)
         # accumulate in the solver dtype on the solver's device; Stage 3 casts there, once, to the LRM's
         # storage dtype and only then moves it to the host (2 bytes per parameter for bf16, not 4 or 8)
-        return lrm.to(d.device, d.dtype) + d
+        return reasoning.to(d.device, d.dtype) + d
 
     def stats(self) -> dict[str, dict[str, Any]]:
         return self._stats

@@ -21,13 +21,13 @@ class TaskArithmetic:
         self.strength = strength
         self._stats: dict[str, dict[str, float]] = {}
 
-    def merge(self, site: Site, lrm: torch.Tensor, base: torch.Tensor, itm: torch.Tensor) -> torch.Tensor:
-        acc = acc_dtype(lrm, base, itm)
+    def merge(self, site: Site, reasoning: torch.Tensor, base: torch.Tensor, instruct: torch.Tensor) -> torch.Tensor:
+        acc = acc_dtype(reasoning, base, instruct)
         # every op on one dtype (vectorised; mixed-dtype in-place ops cost ~2x here); two new buffers
-        tau = itm.to(acc, copy=True)
+        tau = instruct.to(acc, copy=True)
         tau.sub_(base.to(acc))
         self._stats[site.name] = {"delta_norm": float(torch.linalg.vector_norm(tau)) * abs(self.strength)}
-        return lrm.to(acc, copy=True).add_(tau, alpha=self.strength)
+        return reasoning.to(acc, copy=True).add_(tau, alpha=self.strength)
 
     def stats(self) -> dict[str, dict[str, float]]:
         return self._stats

@@ -109,15 +109,15 @@ class Ties:
         self.strength, self.density = strength, density
         self._stats: dict[str, dict[str, float]] = {}
 
-    def merge(self, site: Site, lrm: torch.Tensor, base: torch.Tensor, itm: torch.Tensor) -> torch.Tensor:
-        acc = acc_dtype(lrm, base, itm)
+    def merge(self, site: Site, reasoning: torch.Tensor, base: torch.Tensor, instruct: torch.Tensor) -> torch.Tensor:
+        acc = acc_dtype(reasoning, base, instruct)
         b = base.to(acc)
-        tau_r = lrm.to(acc, copy=True).sub_(b)
-        tau_i = itm.to(acc, copy=True).sub_(b)
+        tau_r = reasoning.to(acc, copy=True).sub_(b)
+        tau_i = instruct.to(acc, copy=True).sub_(b)
         # peft multiplies by a weights tensor of the task vectors' dtype: round the weights the same way
         w = [float(torch.tensor(x, dtype=acc)) for x in (1.0, self.strength)]
         merged = ties_merge([tau_r, tau_i], w, self.density, inplace=True).add_(b)
-        self._stats[site.name] = {"delta_norm": float(torch.linalg.vector_norm(merged - lrm.to(acc)))}
+        self._stats[site.name] = {"delta_norm": float(torch.linalg.vector_norm(merged - reasoning.to(acc)))}
         return merged
 
     def stats(self) -> dict[str, dict[str, float]]:

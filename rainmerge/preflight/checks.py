@@ -275,7 +275,7 @@ def _fwd_bytes(cfg: RainConfig, device: str) -> tuple[str, int]:
 
 def _resources(cfg: RainConfig, arch: ArchSpec | None, metas: dict[str, _Meta], rows: int, layers: list[int],
                modules: list[str], t_reason: int, t_instr: int) -> Resources:
-    lrm = metas["reasoning"].report
+    reasoning = metas["reasoning"].report
     device = cfg.device if cfg.device != "auto" else "cuda (auto; cpu when none)"
     fdt, fb = _fwd_bytes(cfg, "cpu" if cfg.device == "cpu" else "cuda")
     by_role = {r: m.report.download_bytes for r, m in metas.items()}
@@ -283,7 +283,7 @@ def _resources(cfg: RainConfig, arch: ArchSpec | None, metas: dict[str, _Meta], 
     gpu: dict[str, int] = {}
     host = 2 << 30  # interpreter, torch, transformers, tokenizer
     feats = bases = disk_tmp = 0
-    out_bytes = lrm.weight_bytes
+    out_bytes = reasoning.weight_bytes
     if arch is not None and cfg.method == "rain":
         groups = {FEATURE_GROUP[m] for m in modules}
         width = {"attn_in": arch.hidden, "o_in": arch.num_heads * arch.head_dim, "mlp_in": arch.hidden,
@@ -303,7 +303,7 @@ def _resources(cfg: RainConfig, arch: ArchSpec | None, metas: dict[str, _Meta], 
     biggest = 0
     if arch is not None:
         biggest = max((math.prod(arch.weight_shape(m)) for m in modules), default=0)
-    weights_fwd = lrm.params * fb
+    weights_fwd = reasoning.params * fb
     if arch is not None:
         q, kv = arch.num_heads * arch.head_dim, arch.num_kv_heads * arch.head_dim
         per_tok = (4 * arch.hidden + q + 2 * kv + 3 * arch.intermediate) * fb * 2
@@ -313,7 +313,7 @@ def _resources(cfg: RainConfig, arch: ArchSpec | None, metas: dict[str, _Meta], 
     else:
         def act(t: int) -> int:
             return 0
-    shard = min(_parse_size(cfg.max_shard_size), lrm.weight_bytes)
+    shard = min(_parse_size(cfg.max_shard_size), reasoning.weight_bytes)
     merge_work = 4 * biggest * 8 + 6 * biggest * 4  # fp64 projection buffers + prefetched fp32 triples
     if cfg.method == "rain" and arch is not None:
         widest = max((rows * w for w in (arch.hidden, arch.intermediate)), default=0)
@@ -363,10 +363,10 @@ def _lineage(metas: dict[str, _Meta], warnings: list[str], notes: list[str]) -> 
                                  "commit": r.commit, "config_sha256": r.config_sha256,
                                  "weights_sha256": {w.name: w.sha256 for w in r.weight_files}}
         inputs[role] = entry
-    lrm, base = metas["reasoning"].report, metas["base"].report
-    declared, source = list(lrm.declared_base), "model card base_model" if lrm.declared_base else None
+    reasoning, base = metas["reasoning"].report, metas["base"].report
+    declared, source = list(reasoning.declared_base), "model card base_model" if reasoning.declared_base else None
     if not declared:
-        known = KNOWN_LINEAGE.get(_norm(lrm.name)) or KNOWN_LINEAGE.get(_norm(lrm.path))
+        known = KNOWN_LINEAGE.get(_norm(reasoning.name)) or KNOWN_LINEAGE.get(_norm(reasoning.path))
         if known:
             declared, source = [known], "published distillation source (DeepSeek-R1 model card)"
     lin = Lineage(inputs=inputs, lrm_declared_base=declared, lrm_declared_from=source, configured_base=base.name)

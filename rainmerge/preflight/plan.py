@@ -55,15 +55,15 @@ def build_plan(cfg: RainConfig, api: Any = None, *, hash_weights: bool | None = 
             notes.append("embeddings: " + ", ".join(f"{r} {'tied' if t else 'untied'}" for r, t in ties.items())
                          + " (allowed: embeddings and lm_head are copied from the LRM, never merged)")
         # tokenizer, think tokens, template
-        lrm = metas["reasoning"]
+        reasoning = metas["reasoning"]
         need_tags = METHODS[cfg.method].needs_stages
         # a baseline reads no text: its plan skips the tokenizer (2 s of transformers import per run)
-        tok, why = (_load_tokenizer(lrm.small_dir) if lrm.config is not None and need_tags
+        tok, why = (_load_tokenizer(reasoning.small_dir) if reasoning.config is not None and need_tags
                     else (None, "LRM unreadable" if need_tags else "not needed"))
         tpl = None
-        rows_embed = (lrm.report.embed_shape or [None])[0]
+        rows_embed = (reasoning.report.embed_shape or [None])[0]
         if tok is None:
-            if need_tags and lrm.config is not None:
+            if need_tags and reasoning.config is not None:
                 problems.append(Problem(code="tokenizer", role="reasoning",
                                         message=f"reasoning model {cfg.reasoning.path}: {why}"))
         else:
