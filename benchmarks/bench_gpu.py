@@ -22,7 +22,6 @@ import os
 import shutil
 import sys
 import time
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -36,47 +35,7 @@ import torch  # noqa: E402
 
 from bench_merge import Peak, gb, model_bytes, rss_bytes  # noqa: E402
 
-
-def write_gpu_trio(root: Path, shape: str, device: str, link_base: bool, seed: int = 0) -> dict[str, Path]:
-    """Like rainmerge.synthetic.write_random_trio, but every tensor is drawn on `device` (fast for 7B)."""
-    from transformers import AutoModelForCausalLM
-
-    from rainmerge.io.writer import write_sharded
-    from rainmerge.synthetic import SHAPES, _config, build_tokenizer
-
-    cfg = _config(SHAPES[shape], None)
-    with torch.device("meta"):
-        meta = AutoModelForCausalLM.from_config(cfg)
-    cfg.architectures = [type(meta).__name__]
-    layout = {n: (tuple(p.shape), "BF16") for n, p in meta.state_dict().items()}
-    if cfg.tie_word_embeddings:
-        layout.pop("lm_head.weight", None)
-    tok = build_tokenizer(None)
-    out = {}
-    for role, role_i in (("instruct", 1), ("reasoning", 2), ("base", 0)):
-        d = root / role
-        d.mkdir(parents=True, exist_ok=True)
-        if role == "base" and link_base:
-            for f in (root / "instruct").iterdir():
-                if f.suffix == ".safetensors" or f.name == "model.safetensors.index.json":
-                    os.link(f, d / f.name)
-        else:
-            def produce(name: str, role_i: int = role_i) -> torch.Tensor:
-                shape_ = layout[name][0]
-                if name.endswith("norm.weight"):
-                    return torch.ones(shape_, dtype=torch.bfloat16)
-                g = torch.Generator(device=device).manual_seed(seed + zlib.crc32(name.encode()))
-                t = torch.randn(shape_, generator=g, device=device) * 0.02
-                if role_i:
-                    g2 = torch.Generator(device=device).manual_seed(seed + role_i * 7919 + zlib.crc32(name.encode()))
-                    t += torch.randn(shape_, generator=g2, device=device) * 0.02 * 0.02
-                return t.to(torch.bfloat16).cpu()
-
-            write_sharded(d, layout, produce, "5GB", desc=f"generating {role} ({shape})", progress=False)
-        cfg.save_pretrained(d)
-        tok.save_pretrained(d)
-        out[role] = d
-    return out
+from rainmerge.synthetic import write_random_trio  # noqa: E402
 
 
 class Run:
@@ -128,7 +87,8 @@ def bench_shape(run: Run, shape: str, a: argparse.Namespace) -> None:
 
     work = Path(a.work) / shape
     shutil.rmtree(Path(a.work), ignore_errors=True)  # one trio on disk at a time
-    trio = run.stage(shape, "generate_trio", lambda: write_gpu_trio(work, shape, "cuda", link_base="7b" in shape))
+    trio = run.stage(shape, "generate_trio", lambda: write_random_trio(work, shape, link_base="7b" in shape,
+                                                                            device="cuda", max_shard_size="5GB"))
     r_cal, i_cal = write_calibration_of_length(work / "calib", a.reasoning_samples, a.instruction_samples, a.words)
     run.data["shapes"][shape]["one_model_gb"] = gb(model_bytes(trio["reasoning"]))
     cfg = load_config(None, {"base": str(trio["base"]), "instruct": str(trio["instruct"]),

@@ -65,11 +65,12 @@ def _config(shape: dict[str, Any], layers: int | None):
 
 def write_random_trio(root: Path, shape: str | dict[str, Any], layers: int | None = None,
                       dtype: torch.dtype = torch.bfloat16, seed: int = 0, noise: float = 0.02,
-                      max_shard_size: str = "2GB", link_base: bool = False) -> dict[str, Path]:
+                      max_shard_size: str = "2GB", link_base: bool = False, device: str = "cpu") -> dict[str, Path]:
     """base ~ N(0, 0.02); ITM and LRM = base + independent N(0, noise*0.02); one tensor in memory at a time.
 
     link_base hard-links the base's weights to the ITM's (tau = 0, same work and I/O): a 7B trio then
-    needs 30 GB of disk instead of 45 GB."""
+    needs 30 GB of disk instead of 45 GB. device="cuda" draws every tensor on the GPU (seconds for 7B;
+    other random numbers than on the CPU, same distribution)."""
     from transformers import AutoModelForCausalLM
 
     cfg = _config(SHAPES[shape] if isinstance(shape, str) else shape, layers)
@@ -82,8 +83,7 @@ def write_random_trio(root: Path, shape: str | dict[str, Any], layers: int | Non
         layout.pop("lm_head.weight", None)
     tok = build_tokenizer(None)
     out = {}
-    for i, role in enumerate(("instruct", "reasoning", "base")):
-        i = {"base": 0, "instruct": 1, "reasoning": 2}[role]
+    for role, role_i in (("instruct", 1), ("reasoning", 2), ("base", 0)):
         d = root / role
         d.mkdir(parents=True, exist_ok=True)
         if role == "base" and link_base:
@@ -95,16 +95,16 @@ def write_random_trio(root: Path, shape: str | dict[str, Any], layers: int | Non
             out[role] = d
             continue
 
-        def produce(name: str, role_i: int = i) -> torch.Tensor:
+        def produce(name: str, role_i: int = role_i) -> torch.Tensor:
             shape_ = layout[name][0]
-            g = torch.Generator().manual_seed(seed + zlib.crc32(name.encode()))
-            t = torch.randn(shape_, generator=g) * 0.02
             if name.endswith("norm.weight"):
-                t = torch.ones(shape_)
-            elif role_i:
-                g2 = torch.Generator().manual_seed(seed + role_i * 7919 + zlib.crc32(name.encode()))
-                t += torch.randn(shape_, generator=g2) * 0.02 * noise
-            return t.to(dtype)
+                return torch.ones(shape_, dtype=dtype)
+            g = torch.Generator(device=device).manual_seed(seed + zlib.crc32(name.encode()))
+            t = torch.randn(shape_, generator=g, device=device) * 0.02
+            if role_i:
+                g2 = torch.Generator(device=device).manual_seed(seed + role_i * 7919 + zlib.crc32(name.encode()))
+                t += torch.randn(shape_, generator=g2, device=device) * 0.02 * noise
+            return t.to(dtype).cpu()
 
         write_sharded(d, layout, produce, max_shard_size, desc=f"generating {role}")
         cfg.save_pretrained(d)
