@@ -9,15 +9,7 @@ import torch
 from rainmerge.config import load_config
 from rainmerge.errors import CalibrationError, ConfigError
 from rainmerge.stages import run_merge
-
-
-def _cfg(trio, calib, out, **over):
-    r, i = calib
-    base = {"base": str(trio["base"]), "instruct": str(trio["instruct"]), "reasoning": str(trio["reasoning"]),
-            "reasoning_calibration": str(r), "instruction_calibration": str(i), "output": str(out),
-            "device": "cpu", "stage1.positions": "tags"}
-    base.update(over)
-    return load_config(None, base)
+from tests.tiny import trio_config
 
 
 def _fails(cfg, exc, match, out):
@@ -42,14 +34,14 @@ def test_bad_config_values():
 
 def test_missing_model_dir(trio_factory, calib, tmp_path):
     out = tmp_path / "o"
-    _fails(_cfg(trio_factory(), calib, out, base=str(tmp_path / "nowhere")), ConfigError, "neither", out)
+    _fails(trio_config(trio_factory(), calib, out, base=str(tmp_path / "nowhere")), ConfigError, "neither", out)
 
 
 def test_shape_and_family_mismatch(trio_factory, calib, tmp_path):
     out = tmp_path / "o"
     other = trio_factory("qwen2", intermediate_size=80)
-    _fails(_cfg(trio_factory(), calib, out, instruct=str(other["instruct"])), ConfigError, "intermediate", out)
-    _fails(_cfg(trio_factory(), calib, out, instruct=str(trio_factory("llama")["instruct"])),
+    _fails(trio_config(trio_factory(), calib, out, instruct=str(other["instruct"])), ConfigError, "intermediate", out)
+    _fails(trio_config(trio_factory(), calib, out, instruct=str(trio_factory("llama")["instruct"])),
            ConfigError, "family", out)
 
 
@@ -63,7 +55,7 @@ def test_missing_merged_tensor(trio_factory, calib, tmp_path):
     sd.pop("model.layers.1.mlp.down_proj.weight")
     save_file(sd, broken / "model.safetensors")
     out = tmp_path / "o"
-    _fails(_cfg(trio_factory(), calib, out, instruct=str(broken)), ConfigError, "down_proj.weight is missing", out)
+    _fails(trio_config(trio_factory(), calib, out, instruct=str(broken)), ConfigError, "down_proj.weight is missing", out)
 
 
 def test_pickle_only_weights_are_refused(trio_factory, calib, tmp_path):
@@ -71,7 +63,7 @@ def test_pickle_only_weights_are_refused(trio_factory, calib, tmp_path):
     shutil.copytree(trio_factory()["base"], d)
     (d / "model.safetensors").rename(d / "pytorch_model.bin")
     out = tmp_path / "o"
-    _fails(_cfg(trio_factory(), calib, out, base=str(d)), ConfigError, "pickle", out)
+    _fails(trio_config(trio_factory(), calib, out, base=str(d)), ConfigError, "pickle", out)
 
 
 def test_tokenizer_without_think_token(trio_factory, calib, tmp_path):
@@ -83,7 +75,7 @@ def test_tokenizer_without_think_token(trio_factory, calib, tmp_path):
         f.unlink()
     build_tokenizer(d, specials=[s for s in SPECIALS if s != "</think>"])
     out = tmp_path / "o"
-    _fails(_cfg(trio_factory(), calib, out, reasoning=str(d)), ConfigError, "not a single token", out)
+    _fails(trio_config(trio_factory(), calib, out, reasoning=str(d)), ConfigError, "not a single token", out)
 
 
 def test_existing_output_layers_device(trio_factory, calib, tmp_path):
@@ -91,12 +83,12 @@ def test_existing_output_layers_device(trio_factory, calib, tmp_path):
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     with pytest.raises(ConfigError, match="already exists"):
-        run_merge(_cfg(trio_factory(), calib, out), progress=False)
+        run_merge(trio_config(trio_factory(), calib, out), progress=False)
     assert (out / "keep.txt").read_text() == "mine"
     out2 = tmp_path / "o2"
-    _fails(_cfg(trio_factory(), calib, out2, layers=[0, 7]), ConfigError, "out of range", out2)
+    _fails(trio_config(trio_factory(), calib, out2, layers=[0, 7]), ConfigError, "out of range", out2)
     if not torch.cuda.is_available():
-        _fails(_cfg(trio_factory(), calib, out2, device="cuda"), ConfigError, "CUDA is not available", out2)
+        _fails(trio_config(trio_factory(), calib, out2, device="cuda"), ConfigError, "CUDA is not available", out2)
 
 
 def test_unlocatable_calibration_records(trio_factory, calib, tmp_path):
@@ -107,7 +99,7 @@ def test_unlocatable_calibration_records(trio_factory, calib, tmp_path):
             rel["prompt_spans"] = ["text that is nowhere in the prompt"]
     bad.write_text("\n".join(json.dumps(r) for r in rows))
     out = tmp_path / "o"
-    _fails(_cfg(trio_factory(), (calib[0], bad), out), CalibrationError, "could not be used", out)
+    _fails(trio_config(trio_factory(), (calib[0], bad), out), CalibrationError, "could not be used", out)
 
 
 def test_failure_during_write_leaves_no_partial_output(trio_factory, calib, tmp_path, monkeypatch):
@@ -120,5 +112,5 @@ def test_failure_during_write_leaves_no_partial_output(trio_factory, calib, tmp_
 
     monkeypatch.setattr(task_arithmetic.TaskArithmetic, "merge", boom)
     out = tmp_path / "o"
-    _fails(_cfg(trio_factory(), calib, out, method="task_arithmetic", max_shard_size="50KB"),
+    _fails(trio_config(trio_factory(), calib, out, method="task_arithmetic", max_shard_size="50KB"),
            RuntimeError, "injected", out)

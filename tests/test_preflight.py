@@ -13,20 +13,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from rainmerge.config import load_config
 from rainmerge.errors import CorruptInputError
 from rainmerge.io.lazy import read_header
 from rainmerge.preflight import build_plan, run_plan
-from tests.tiny import OLD_TEMPLATE, build_tokenizer
-
-
-def _cfg(trio, calib, out, **over):
-    r, i = calib
-    base = {"base": str(trio["base"]), "instruct": str(trio["instruct"]), "reasoning": str(trio["reasoning"]),
-            "reasoning_calibration": str(r), "instruction_calibration": str(i), "output": str(out),
-            "device": "cpu", "stage1.positions": "tags"}
-    base.update(over)
-    return load_config(None, base)
+from tests.tiny import OLD_TEMPLATE, build_tokenizer, trio_config
 
 
 def _plan(cfg, api=None):
@@ -37,7 +27,7 @@ def _plan(cfg, api=None):
 
 def test_plan_on_a_local_trio_reports_everything_and_exits_0(trio_factory, calib, tmp_path):
     trio = trio_factory()
-    cfg = _cfg(trio, calib, tmp_path / "merged")
+    cfg = trio_config(trio, calib, tmp_path / "merged")
     code, text = _plan(cfg)
     assert code == 0, text
     rep = build_plan(cfg)
@@ -87,7 +77,7 @@ def test_plan_on_a_local_trio_reports_everything_and_exits_0(trio_factory, calib
 
 def test_window_rows_that_reach_the_width_are_flagged(trio_factory, calib, tmp_path):
     # the per-head o_proj option projects each head's 16-wide slice: 48 rows bind its cap
-    cfg = _cfg(trio_factory(), calib, tmp_path / "m", **{"stage1.positions": "window", "stage1.radius": 5,
+    cfg = trio_config(trio_factory(), calib, tmp_path / "m", **{"stage1.positions": "window", "stage1.radius": 5,
                                                          "stage1.o_proj": "per_head"})
     rep = build_plan(cfg)
     assert rep.ok  # a warning, not a failure
@@ -98,7 +88,7 @@ def test_window_rows_that_reach_the_width_are_flagged(trio_factory, calib, tmp_p
     assert not rw["down_in"].cap_binds
     assert any("rank cap binds: identity not exact for o_in" in w for w in rep.warnings)
     # the default (full-width o_proj) keeps the identity exact with the same rows
-    rep = build_plan(_cfg(trio_factory(), calib, tmp_path / "m2", **{"stage1.positions": "window",
+    rep = build_plan(trio_config(trio_factory(), calib, tmp_path / "m2", **{"stage1.positions": "window",
                                                                       "stage1.radius": 5}))
     assert not any(r.cap_binds for r in rep.rows_vs_width)
 
@@ -129,7 +119,7 @@ def _broken_trio(trio, tmp_path):
 
 def test_plan_on_a_broken_trio_exits_2_naming_each_problem(trio_factory, calib, tmp_path):
     broken = _broken_trio(trio_factory(), tmp_path)
-    cfg = _cfg(broken, calib, tmp_path / "merged")
+    cfg = trio_config(broken, calib, tmp_path / "merged")
     code, text = _plan(cfg)
     assert code == 2
     rep = build_plan(cfg)
@@ -151,7 +141,7 @@ def test_old_template_is_accepted_with_append_think_prefix(trio_factory, calib, 
     lrm = tmp_path / "lrm"
     shutil.copytree(trio["reasoning"], lrm)
     (lrm / "chat_template.jinja").write_text(OLD_TEMPLATE)
-    cfg = _cfg({**trio, "reasoning": lrm}, calib, tmp_path / "m")
+    cfg = trio_config({**trio, "reasoning": lrm}, calib, tmp_path / "m")
     rep = build_plan(cfg)
     assert [p.code for p in rep.problems] == ["template_no_prefill"]
     rep = build_plan(cfg.model_copy(update={"append_think_prefix": True}))
@@ -162,9 +152,9 @@ def test_output_and_layers_and_family_problems(trio_factory, calib, tmp_path):
     trio = trio_factory()
     out = tmp_path / "exists"
     out.mkdir()
-    rep = build_plan(_cfg(trio, calib, out, layers=[0, 5]))
+    rep = build_plan(trio_config(trio, calib, out, layers=[0, 5]))
     assert {p.code for p in rep.problems} == {"output", "layers_out_of_range"}
-    rep = build_plan(_cfg(trio, calib, tmp_path / "m", instruct=str(trio_factory("llama")["instruct"])))
+    rep = build_plan(trio_config(trio, calib, tmp_path / "m", instruct=str(trio_factory("llama")["instruct"])))
     assert any(p.code == "arch_mismatch" and "family" in p.message for p in rep.problems)
 
 
@@ -190,7 +180,7 @@ def test_lineage_caveat_from_the_lrm_card(trio_factory, calib, tmp_path):
     c["_name_or_path"] = "Qwen/Qwen2.5-7B"
     (root / "base" / "config.json").write_text(json.dumps(c))
     (root / "reasoning" / "README.md").write_text("---\nbase_model: Qwen/Qwen2.5-Math-7B\nlicense: mit\n---\n# LRM\n")
-    rep = build_plan(_cfg({"base": root / "base", "instruct": trio["instruct"], "reasoning": root / "reasoning"},
+    rep = build_plan(trio_config({"base": root / "base", "instruct": trio["instruct"], "reasoning": root / "reasoning"},
                           calib, tmp_path / "m"))
     assert rep.ok  # a warning, not a failure
     assert rep.lineage.lrm_declared_base == ["Qwen/Qwen2.5-Math-7B"] and rep.lineage.configured_base == "Qwen/Qwen2.5-7B"
@@ -251,7 +241,7 @@ def test_plan_on_hub_ids_reads_only_metadata(trio_factory, calib, tmp_path):
     trio = trio_factory()
     repos = {"acme/base": trio["base"], "acme/instruct": trio["instruct"], "acme/lrm": trio["reasoning"]}
     api = FakeHfApi(repos, tmp_path / "fetched", card={"acme/lrm": {"base_model": "acme/math-base"}})
-    cfg = _cfg({"base": "acme/base", "instruct": "acme/instruct", "reasoning": "acme/lrm"}, calib,
+    cfg = trio_config({"base": "acme/base", "instruct": "acme/instruct", "reasoning": "acme/lrm"}, calib,
                tmp_path / "merged")
     cfg = cfg.model_copy(update={"base": cfg.base.model_copy(update={"revision": "main"})})
     code, text = _plan(cfg, api)
@@ -280,7 +270,7 @@ def test_plan_on_hub_ids_with_a_corrupt_header_exits_2(trio_factory, calib, tmp_
     trio = trio_factory()
     repos = {"acme/base": trio["base"], "acme/instruct": trio["instruct"], "acme/lrm": trio["reasoning"]}
     api = FakeHfApi(repos, tmp_path / "fetched", corrupt={"acme/instruct"})
-    cfg = _cfg({"base": "acme/base", "instruct": "acme/instruct", "reasoning": "acme/lrm"}, calib, tmp_path / "m")
+    cfg = trio_config({"base": "acme/base", "instruct": "acme/instruct", "reasoning": "acme/lrm"}, calib, tmp_path / "m")
     code, text = _plan(cfg, api)
     assert code == 2 and "corrupt_header" in text and "Failed to parse safetensors header" in text
     assert not [c for c in api.calls if c[0] == "hf_hub_download" and c[2].endswith(".safetensors")]
@@ -297,10 +287,10 @@ def test_offline_hub_id_uses_the_cache_or_fails_clearly(trio_factory, calib, tmp
     monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     trio = trio_factory()
-    rep = build_plan(_cfg({**trio, "reasoning": "acme/tiny-lrm"}, calib, tmp_path / "m"))
+    rep = build_plan(trio_config({**trio, "reasoning": "acme/tiny-lrm"}, calib, tmp_path / "m"))
     assert rep.ok, rep.problems
     assert rep.inputs["reasoning"].source == "hub-cache" and rep.inputs["reasoning"].commit == sha
-    rep = build_plan(_cfg({**trio, "base": "acme/not-cached"}, calib, tmp_path / "m"))
+    rep = build_plan(trio_config({**trio, "base": "acme/not-cached"}, calib, tmp_path / "m"))
     assert [p.code for p in rep.problems] == ["hub_error"] and "not in the local HF cache" in rep.problems[0].message
 
 

@@ -141,3 +141,15 @@ def linear_inputs_at(model, sequences, layer_count):
         for h in hooks:
             h.remove()
     return {k: torch.cat(v).double() for k, v in got.items()}
+
+
+def trio_config(trio, calib, out, **over):
+    """A merge config over a tiny trio and its calibration files (CPU, tags positions), dotted overrides."""
+    from rainmerge.config import load_config
+
+    r, i = calib
+    base = {"base": str(trio["base"]), "instruct": str(trio["instruct"]), "reasoning": str(trio["reasoning"]),
+            "reasoning_calibration": str(r), "instruction_calibration": str(i), "output": str(out),
+            "device": "cpu", "stage1.positions": "tags"}
+    base.update(over)
+    return load_config(None, base)
