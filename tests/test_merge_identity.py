@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from rainmerge.config import load_config
 from rainmerge.merge import PROVENANCE_FILE
 from rainmerge.stages import run_merge
-from tests.tiny import MODS, linear_inputs_at, load_tensors, reasoning_records
+from tests.tiny import MODS, assert_null_space_identity, linear_inputs_at, load_tensors, reasoning_records
 
 def _records_text(tok, r):
     return tok.apply_chat_template([{"role": "user", "content": r["prompt"]}], tokenize=False,
@@ -54,13 +54,7 @@ def test_rain_merge_keeps_protected_features_and_copies_the_rest(arch, trio_fact
 
     model = AutoModelForCausalLM.from_pretrained(trio["reasoning"], dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(trio["reasoning"])
-    X = _inputs_at_tags(model, tok, 2)
-    for (l, m), x in X.items():
-        name = f"model.layers.{l}.{MODS[m]}.weight"
-        tau = (itm[name] - base[name]).double()
-        change = (merged[name] - lrm[name]).double()
-        assert torch.linalg.norm(change @ x.T) <= 1e-4 * torch.linalg.norm(tau @ x.T), name
-        assert torch.linalg.norm(change) > 0.2 * torch.linalg.norm(tau), f"{name}: delta mostly erased"
+    assert_null_space_identity(_inputs_at_tags(model, tok, 2), merged, lrm, base, itm, min_kept=0.2)
 
     prov = json.loads((out / PROVENANCE_FILE).read_text())
     assert prov["inputs"]["reasoning"]["weights_sha256"] and prov["calibration"]["reasoning"]["used"] == 4
@@ -114,23 +108,20 @@ def test_cli_merge_identity_on_every_module_when_rows_exceed_head_dim(arch, trio
     tok = AutoTokenizer.from_pretrained(trio["reasoning"])
     X = _inputs_at_windows(model, tok, 2, reasoning_records(12), radius=5)
     assert X[(0, "o")].shape[0] >= 120 and X[(0, "o")].shape[1] == 192
-    for (l, m), x in X.items():
-        name = f"model.layers.{l}.{MODS[m]}.weight"
-        tau = (itm[name] - base[name]).double()
-        change = (merged[name] - lrm[name]).double()
-        assert torch.linalg.norm(change @ x.T) <= 1e-4 * torch.linalg.norm(tau @ x.T), name
-        assert torch.linalg.norm(change) > 0.1 * torch.linalg.norm(tau), f"{name}: delta mostly erased"
-        if m == "o":  # Delta_o = lambda * tau_O diag(alpha per head over its head_dim columns) P_perp
-            # paper Eq. 4 closed form with the configured ridge (lam = ridge * ||X||_F^2 / m): independent of
-            # the basis code; the ridge matters on this layer-0 o_in (smallest s/s_max ~ 2e-6)
-            lam = 1e-10 * float((x**2).sum()) / x.shape[0]
-            eye = torch.eye(x.shape[0], dtype=torch.float64)
-            P_perp = torch.eye(x.shape[1], dtype=torch.float64) - x.T @ torch.linalg.solve(x @ x.T + lam * eye, x)
-            want = strength * (tau * alpha[l].repeat_interleave(32)[None, :]) @ P_perp
-            assert torch.linalg.norm(change - want) <= 1e-4 * torch.linalg.norm(want), name
-            # the spread matters: projecting per full width first and scaling after would break the identity
-            wrong = strength * (tau @ P_perp) * alpha[l].repeat_interleave(32)[None, :]
-            assert torch.linalg.norm(wrong @ x.T) > 1e-3 * torch.linalg.norm(tau @ x.T), name
+    assert_null_space_identity(X, merged, lrm, base, itm, min_kept=0.1)
+    for l in range(2):  # Delta_o = lambda * tau_O diag(alpha per head over its head_dim columns) P_perp
+        x, name = X[(l, "o")], f"model.layers.{l}.{MODS['o']}.weight"
+        tau, change = (itm[name] - base[name]).double(), (merged[name] - lrm[name]).double()
+        # paper Eq. 4 closed form with the configured ridge (lam = ridge * ||X||_F^2 / m): independent of
+        # the basis code; the ridge matters on this layer-0 o_in (smallest s/s_max ~ 2e-6)
+        lam = 1e-10 * float((x**2).sum()) / x.shape[0]
+        eye = torch.eye(x.shape[0], dtype=torch.float64)
+        P_perp = torch.eye(x.shape[1], dtype=torch.float64) - x.T @ torch.linalg.solve(x @ x.T + lam * eye, x)
+        want = strength * (tau * alpha[l].repeat_interleave(32)[None, :]) @ P_perp
+        assert torch.linalg.norm(change - want) <= 1e-4 * torch.linalg.norm(want), name
+        # the spread matters: projecting per full width first and scaling after would break the identity
+        wrong = strength * (tau @ P_perp) * alpha[l].repeat_interleave(32)[None, :]
+        assert torch.linalg.norm(wrong @ x.T) > 1e-3 * torch.linalg.norm(tau @ x.T), name
 
     from rainmerge.projection import projection_summary
 

@@ -153,3 +153,14 @@ def trio_config(trio, calib, out, **over):
             "device": "cpu", "stage1.positions": "tags"}
     base.update(over)
     return load_config(None, base)
+
+
+def assert_null_space_identity(inputs, merged, reasoning, base, instruct, min_kept: float, tol: float = 1e-4):
+    """For every linear: the merged change leaves the LRM's protected inputs alone,
+    ||(W_merged - W_LRM) x|| <= tol * ||tau x||, and keeps at least `min_kept` of the task vector's norm."""
+    for (l, m), x in inputs.items():
+        name = f"model.layers.{l}.{MODS[m]}.weight"
+        tau = (instruct[name] - base[name]).double()
+        change = (merged[name] - reasoning[name]).double()
+        assert torch.linalg.norm(change @ x.T) <= tol * torch.linalg.norm(tau @ x.T), name
+        assert torch.linalg.norm(change) > min_kept * torch.linalg.norm(tau), f"{name}: delta mostly erased"
