@@ -43,8 +43,12 @@ class Run:
 
     def __init__(self, path: Path, deadline: float, args: dict[str, Any]):
         self.path, self.deadline = path, deadline
-        self.data: dict[str, Any] = {"args": args, "gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
-                                     "cuda": torch.version.cuda, "no_time_left": [], "shapes": {}}
+        self.cuda = args["device"] == "cuda"
+        self.data: dict[str, Any] = {"args": args, "gpu": torch.cuda.get_device_name(0) if self.cuda else "none (cpu)",
+                                     "torch": torch.__version__, "cuda": torch.version.cuda, "no_time_left": [],
+                                     "shapes": {}}
+        self.baseline = 0  # host RSS after imports (model code included), set by main
+        self.one_model = 0  # bytes of the current shape's LRM as stored (bf16)
         self.peak = Peak()
         self.save()
 
@@ -60,13 +64,18 @@ class Run:
             self.save()
             raise TimeoutError(name)
         self.peak.stage()
-        torch.cuda.synchronize()
+        if self.cuda:
+            torch.cuda.synchronize()
         t0 = time.time()
         value = fn()
-        torch.cuda.synchronize()
+        if self.cuda:
+            torch.cuda.synchronize()
         dt = time.time() - t0
-        row = {"seconds": round(dt, 3), "peak_rss_gb": gb(self.peak.max),
-               "peak_gpu_gb": gb(torch.cuda.max_memory_allocated())}
+        row = {"seconds": round(dt, 3), "peak_rss_gb": gb(self.peak.max)}
+        if self.one_model:  # target <= 1.3: host RSS above imports over one bf16 model
+            row["rss_over_model"] = round((self.peak.max - self.baseline) / self.one_model, 3)
+        if self.cuda:
+            row["peak_gpu_gb"] = gb(torch.cuda.max_memory_allocated())
         n = tokens(value) if tokens else 0
         if n:
             row.update(tokens=n, tokens_per_s=round(n / dt, 1))
@@ -87,14 +96,16 @@ def bench_shape(run: Run, shape: str, a: argparse.Namespace) -> None:
 
     work = Path(a.work) / shape
     shutil.rmtree(Path(a.work), ignore_errors=True)  # one trio on disk at a time
-    trio = run.stage(shape, "generate_trio", lambda: write_random_trio(work, shape, link_base="7b" in shape,
-                                                                            device="cuda", max_shard_size="5GB"))
+    run.one_model = 0
+    trio = run.stage(shape, "generate_trio", lambda: write_random_trio(work, shape, a.layers, link_base="7b" in shape,
+                                                                            device=a.device, max_shard_size="5GB"))
     r_cal, i_cal = write_calibration_of_length(work / "calib", a.reasoning_samples, a.instruction_samples, a.words)
-    run.data["shapes"][shape]["one_model_gb"] = gb(model_bytes(trio["reasoning"]))
+    run.one_model = model_bytes(trio["reasoning"])
+    run.data["shapes"][shape]["one_model_gb"] = gb(run.one_model)
     cfg = load_config(None, {"base": str(trio["base"]), "instruct": str(trio["instruct"]),
                              "reasoning": str(trio["reasoning"]), "reasoning_calibration": str(r_cal),
                              "instruction_calibration": str(i_cal), "output": str(work / "out"),
-                             "overwrite": True, "method": "rain", "device": "cuda", "hash_inputs": False})
+                             "overwrite": True, "method": "rain", "device": a.device, "hash_inputs": False})
     ctx = open_models(cfg.models_spec(), cfg.runtime())
     cal = run.stage(shape, "encode_calibration", lambda: stages.encode_calibration(ctx, cfg.calibration_spec()))
     run.data["shapes"][shape]["samples"] = {"reasoning": len(cal.reasoning), "instruction": len(cal.instruction)}
@@ -107,8 +118,9 @@ def bench_shape(run: Run, shape: str, a: argparse.Namespace) -> None:
         ctx, model, bases, cal.instruction, cfg.stage2, cfg.strength, False),
         lambda _: sum(len(s.input_ids) for s in cal.instruction) * (2 if cfg.stage2.estimator == "two_pass" else 1))
     del model
-    torch.cuda.empty_cache()
-    method = build_method(cfg, arch=ctx.arch, bases=bases, coeffs=coeffs, device="cuda")
+    if run.cuda:
+        torch.cuda.empty_cache()
+    method = build_method(cfg, arch=ctx.arch, bases=bases, coeffs=coeffs, device=a.device)
     run.stage(shape, "stage3_merge", lambda: write_merged_model(
         ctx.reasoning, ctx.base, ctx.instruct, ctx.sites, method, work / "out",
         provenance(cfg, ctx, {}, cal.record, {}), overwrite=True, max_shard_size=cfg.max_shard_size,
@@ -125,12 +137,21 @@ def main() -> None:
     ap.add_argument("--words", type=int, default=900, help="approx words per trace (+-50%%): ~1-2k tokens")
     ap.add_argument("--time-limit", type=float, default=540.0, help="seconds for the whole run")
     ap.add_argument("--json", default="bench-gpu.json")
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
+                    help="cpu: a smoke run of this script (with --layers and few samples), no figures to keep")
+    ap.add_argument("--layers", type=int, default=None, help="truncate each shape to N layers (smoke runs)")
     a = ap.parse_args()
-    if not torch.cuda.is_available():
+    if a.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("bench_gpu.py needs a CUDA GPU (for CPU figures use bench_merge.py --device cpu)")
     start = time.time()
     run = Run(Path(a.json), start + a.time_limit, vars(a))
-    run.data["rss_after_imports_gb"] = gb(rss_bytes())
+    from rainmerge.synthetic import SHAPES, _config
+
+    from transformers import AutoModelForCausalLM
+    with torch.device("meta"):  # import the model code before the RSS baseline (see bench_merge.warm_model_code)
+        AutoModelForCausalLM.from_config(_config(SHAPES[a.shapes.split(",")[0]], 1))
+    run.baseline = rss_bytes()
+    run.data["rss_after_imports_gb"] = gb(run.baseline)
     for shape in a.shapes.split(","):
         try:
             bench_shape(run, shape, a)
@@ -138,7 +159,8 @@ def main() -> None:
             print(f"time limit reached before {shape}/{exc}; stopping", flush=True)
             break
         finally:
-            torch.cuda.empty_cache()
+            if run.cuda:
+                torch.cuda.empty_cache()
     run.data["total_seconds"] = round(time.time() - start, 1)
     run.save()
     print(f"wrote {a.json} ({run.data['gpu']}, {run.data['total_seconds']} s)")

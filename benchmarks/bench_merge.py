@@ -49,13 +49,22 @@ class Peak:
             time.sleep(0.02)
 
     def stage(self):
-        self.max = rss_bytes()
+        self.start = self.max = rss_bytes()
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
 
 
 def gb(x: float) -> float:
     return round(x / 2**30, 3)
+
+
+def warm_model_code(model_dir: Path) -> None:
+    """Import the architecture's modeling code (a meta-device model: no weights) before the RSS baseline,
+    so the per-stage ratios count weights and work, not ~0.15 GB of Python modules."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
 
 
 def model_bytes(d: Path) -> int:
@@ -74,6 +83,44 @@ def compare(a_path: str, b_path: str) -> None:
         print(f"{stage:<18}" + "".join(f"{x:>26.5f}" for x in per) + f"{per[1] / per[0]:>8.2f}")
 
 
+def stage3_rounds(a, work: Path, r_cal: Path, i_cal: Path, ctx, rain_parts: dict) -> dict:
+    """Stage 3 alone, alternating task arithmetic and RAIN in each round (same process, same inputs)."""
+    from statistics import median
+
+    from rainmerge.merge import write_merged_model
+    from rainmerge.methods import build_method
+    from rainmerge.provenance import provenance
+
+    from rainmerge.projection import Basis
+
+    # the same bases held in float64 (stage1.solve_dtype: float64): timing of the float64 path only
+    parts64 = {**rain_parts, "bases": {layer: {k: Basis(b.V.double(), b.s.double(), b.k, b.lam, b.capped, b.rows)
+                                               for k, b in layer_bases.items()}
+                                       for layer, layer_bases in rain_parts["bases"].items()}}
+    times: dict[str, list[float]] = {"task_arithmetic": [], "rain": [], "rain_float64": []}
+    for rnd in range(a.stage3_rounds):
+        order = list(times) if rnd % 2 == 0 else list(reversed(times))
+        for label in order:
+            method = "rain" if label.startswith("rain") else label
+            out = work / f"out3-{method}"
+            cfg = load_config(None, {"base": str(work / "base"), "instruct": str(work / "instruct"),
+                                     "reasoning": str(work / "reasoning"), "reasoning_calibration": str(r_cal),
+                                     "instruction_calibration": str(i_cal), "output": str(out), "overwrite": True,
+                                     "method": method, "device": a.device, "hash_inputs": False})
+            parts = {"rain": rain_parts, "rain_float64": parts64}.get(label, {})
+            t0 = time.time()
+            write_merged_model(ctx.reasoning, ctx.base, ctx.instruct, ctx.sites, build_method(cfg, **parts), out,
+                               provenance(cfg, ctx, {}, {}, {}), overwrite=True, max_shard_size=cfg.max_shard_size,
+                               progress=False)
+            times[label].append(round(time.time() - t0, 3))
+    row = {"rounds": a.stage3_rounds, **{f"{k}_s": v for k, v in times.items()},
+           "rain_over_task_arithmetic": round(median(times["rain"]) / median(times["task_arithmetic"]), 3),
+           "rain_float64_over_task_arithmetic": round(median(times["rain_float64"]) / median(times["task_arithmetic"]), 3),
+           "rain_float32_over_float64": round(median(times["rain"]) / median(times["rain_float64"]), 3)}
+    print(f"  stage 3 alone, {a.stage3_rounds} alternating rounds: {json.dumps(row)}", flush=True)
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", default="qwen2.5-0.5b", choices=list(SHAPES))
@@ -87,6 +134,9 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"),
                     help="print per-(layer x sample) stage costs of two earlier --json runs and their ratio")
+    ap.add_argument("--stage3-rounds", type=int, default=0,
+                    help="then N alternating rounds of the stage-3 merge alone, task arithmetic vs RAIN (float32 and float64 bases, "
+                         "coefficients of the run above): median times and their ratio (target <= 1.5)")
     ap.add_argument("--link-base", action="store_true",
                     help="hard-link base weights to the ITM's (same work; 1/3 less disk, e.g. for 7B on 64 GB)")
     a = ap.parse_args()
@@ -107,13 +157,19 @@ def main() -> None:
         print(f"generated trio in {time.time() - t:.1f}s under {work}")
     r_cal, i_cal = write_calibration_of_length(work / "calib", a.reasoning_samples, a.instruction_samples, a.words)
     one_model = model_bytes(work / "reasoning")
-    baseline = rss_bytes()  # interpreter + torch + transformers, before any model is touched
+    warm_model_code(work / "reasoning")
+    baseline = rss_bytes()  # interpreter + torch + transformers + the architecture's model code, no weights
     peak = Peak()
     results: dict[str, dict[str, float]] = {}
+    rain_parts: dict = {}
+
+    fwd_model: list[int] = []  # one model in the forward dtype (bytes), set once the trio is opened
 
     def record(name: str, t0: float, tokens: int = 0):
         dt = time.time() - t0
-        row = {"seconds": round(dt, 3), "peak_rss_gb": gb(peak.max)}
+        row = {"seconds": round(dt, 3), "start_rss_gb": gb(peak.start), "peak_rss_gb": gb(peak.max)}
+        if fwd_model:
+            row["rss_over_model"] = round((peak.max - baseline) / fwd_model[0], 3)
         if tokens:
             row["tokens_per_s"] = round(tokens / dt, 1)
         if torch.cuda.is_available():
@@ -131,6 +187,9 @@ def main() -> None:
         t_total = time.time()
         peak.stage(); t0 = time.time()
         ctx = open_models(cfg.models_spec(), cfg.runtime())
+        if not fwd_model:
+            fwd_model.append(sum(torch.Size(ctx.reasoning.shape(n)).numel() for n in ctx.reasoning.names())
+                             * ctx.forward_dtype.itemsize)
         cal = stages.encode_calibration(ctx, cfg.calibration_spec()) if method == "rain" else None
         record(f"{method}/prepare", t0)
         parts = {}
@@ -149,6 +208,7 @@ def main() -> None:
             record("rain/stage2", t0, sum(len(s.input_ids) for s in cal.instruction))
             del model
             parts = dict(arch=ctx.arch, bases=bases, coeffs=coeffs, device=ctx.device)
+            rain_parts = parts
         peak.stage(); t0 = time.time()
         write_merged_model(ctx.reasoning, ctx.base, ctx.instruct, ctx.sites, build_method(cfg, **parts), out,
                            provenance(cfg, ctx, {}, cal.record if cal else {}, {}), overwrite=True,
@@ -156,12 +216,16 @@ def main() -> None:
         record(f"{method}/merge", t0)
         results[f"{method}/total"] = {"seconds": round(time.time() - t_total, 3)}
         print(f"  {method + '/total':<28} {results[method + '/total']}")
-    top = max(r.get("peak_rss_gb", 0) for r in results.values())
-    print(f"one model on disk: {gb(one_model)} GB; RSS after imports: {gb(baseline)} GB; "
-          f"(peak RSS - imports) / one model: {(top - gb(baseline)) / max(gb(one_model), 1e-9):.2f}")
+    if a.stage3_rounds and rain_parts:
+        results["stage3_rounds"] = stage3_rounds(a, work, r_cal, i_cal, ctx, rain_parts)
+    top = max(r.get("peak_rss_gb", 0) for r in results.values() if isinstance(r, dict))
+    print(f"one model on disk: {gb(one_model)} GB, in the forward dtype: {gb(fwd_model[0])} GB; RSS after imports "
+          f"(model code included): {gb(baseline)} GB; rss_over_model = (stage peak RSS - imports) / one model in "
+          f"the forward dtype (target <= 1.3); over all stages: {(top - gb(baseline)) / gb(fwd_model[0]):.2f}")
     if a.json:
         layers = a.layers or SHAPES[a.shape]["num_hidden_layers"]
         Path(a.json).write_text(json.dumps({"args": vars(a), "layers": layers, "one_model_gb": gb(one_model),
+                                            "forward_dtype_model_gb": gb(fwd_model[0]),
                                             "rss_after_imports_gb": gb(baseline), "results": results},
                                            indent=2))
 

@@ -79,7 +79,9 @@ class ProjectionConfig(_Strict):
     rank_rtol: float = Field(default=1e-12, ge=0, description="singular values below rtol*max are numerical zero")
     min_kept_norm: float = Field(default=0.05, ge=0, le=1,
                                  description="the one-line summary becomes a warning when a module keeps less")
-    solve_dtype: Literal["float64", "float32"] = Field(default="float64", description="dtype of the factorisation and projection")
+    solve_dtype: Literal["float64", "float32"] = Field(
+        default="float32", description="dtype the bases are stored and applied in (the SVD is always float64); "
+        "float32 redoes in float64 any module whose residual misses the exactness tolerance")
     max_seq_len: int = Field(default=8192, ge=8, description="longer calibration records are skipped")
     max_skip_fraction: float = Field(default=0.2, ge=0, le=1, description="fail when more records than this share are skipped")
 

@@ -5,7 +5,6 @@ Only the rows at the protected positions are kept, so memory is O(samples x |Ome
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterable
 
 import torch
@@ -33,16 +32,26 @@ def collect_features(
 ) -> Features:
     """Inputs of each merged linear at Omega_think, from the LRM's own forward (float32 on CPU)."""
     device = next(model.parameters()).device
-    buf: dict[tuple[int, str], list[torch.Tensor]] = defaultdict(list)
+    layers, groups = list(layers), list(groups)
+    # every sample's rows go straight into one preallocated host buffer per (layer, group): small tensors
+    # kept between forwards would pin the freed activation memory in the allocator (~0.2 GB RSS on a
+    # 0.5B shape for 29 MB of features), and a final cat would hold the features twice
+    total = sum(len(s.positions) for s in samples)
+    width = {g: _group_width(model, arch, layers[0], g) for g in groups} if layers else {}
+    out = {layer: {g: torch.empty(total, width[g], dtype=torch.float32) for g in groups} for layer in layers}
     rows: dict[str, torch.Tensor] = {}
+    at = [0, 0]  # [first row, row count] of the current sample in the buffers
     handles = []
 
     sample: dict[tuple[int, str], torch.Tensor] = {}  # this sample's rows, still on the device
 
     def hook(key: tuple[int, str]):
         def fn(_mod, args):
-            x = args[0]
-            sample[key] = x[0].index_select(0, rows["idx"]).float()
+            x = args[0][0].index_select(0, rows["idx"])
+            if device.type == "cpu":
+                out[key[0]][key[1]][at[0]:at[0] + at[1]].copy_(x)
+            else:
+                sample[key] = x.float()
         return fn
 
     def flush() -> None:
@@ -50,17 +59,12 @@ def collect_features(
         if not sample:
             return
         keys = list(sample)
-        if device.type == "cpu":
-            for k in keys:
-                buf[k].append(sample[k])
-        else:
-            widths = [sample[k].shape[1] for k in keys]
-            host = torch.cat([sample[k] for k in keys], dim=1).cpu()
-            for k, part in zip(keys, host.split(widths, dim=1)):
-                buf[k].append(part)
+        widths = [sample[k].shape[1] for k in keys]
+        host = torch.cat([sample[k] for k in keys], dim=1).cpu()
+        for k, part in zip(keys, host.split(widths, dim=1)):
+            out[k[0]][k[1]][at[0]:at[0] + at[1]].copy_(part)
         sample.clear()
 
-    layers, groups = list(layers), list(groups)
     for layer in layers:
         for g in groups:
             mod = model.get_submodule(arch.module_path(layer, GROUP_HOOK[g]))
@@ -68,11 +72,18 @@ def collect_features(
     try:
         for s in tqdm(samples, desc="stage 1: features", unit="sample", disable=not progress):
             rows["idx"] = torch.tensor(s.positions, device=device)
+            at[1] = len(s.positions)
             ids = torch.tensor([s.input_ids], device=device)
             decoder_body(model)(input_ids=ids, use_cache=False)
             flush()
+            at[0] += at[1]
     finally:
         sample.clear()
         for h in handles:
             h.remove()
-    return {layer: {g: torch.cat(buf[(layer, g)]) for g in groups} for layer in layers}
+    return out
+
+
+def _group_width(model: torch.nn.Module, arch: ArchSpec, layer: int, group: str) -> int:
+    """Input width of the linear a feature group hooks (in_features of the hooked module)."""
+    return int(model.get_submodule(arch.module_path(layer, GROUP_HOOK[group])).in_features)

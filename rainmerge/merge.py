@@ -27,14 +27,16 @@ from .methods import MergeMethod, Site
 PROVENANCE_FILE = "rainmerge_provenance.json"
 
 
-class _Prefetcher:
+class Prefetcher:
     """Reads the next tensor (LRM, and base/ITM for merged sites) on a thread while the current one
-    is merged, so disk reads overlap compute. At most one tensor triple is read ahead."""
+    is merged, so disk reads overlap compute. At most one tensor triple is read ahead.
+    `with_reasoning=False` (the Stage-2 probe merge) reads only base and ITM: (None, base, instruct)."""
 
-    def __init__(self, reasoning: ModelSource, base: ModelSource, instruct: ModelSource, sites: dict[str, Site]):
+    def __init__(self, reasoning: ModelSource, base: ModelSource, instruct: ModelSource, sites: dict[str, Site],
+                 with_reasoning: bool = True):
         from concurrent.futures import ThreadPoolExecutor
 
-        self.srcs, self.sites = (reasoning, base, instruct), sites
+        self.srcs, self.sites, self.with_reasoning = (reasoning, base, instruct), sites, with_reasoning
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rainmerge-read")
         self.order: list[str] = []
         self.position: dict[str, int] = {}
@@ -43,7 +45,8 @@ class _Prefetcher:
     def _read(self, name: str):
         reasoning, base, instruct = self.srcs  # finiteness is checked by the writer (see the module docstring)
         if name in self.sites:
-            return reasoning.get(name, check=False), base.get(name, check=False), instruct.get(name, check=False)
+            raw = reasoning.get(name, check=False) if self.with_reasoning else None
+            return raw, base.get(name, check=False), instruct.get(name, check=False)
         return reasoning.get(name, check=False), None, None
 
     def plan(self, names: list[str]) -> None:
@@ -117,7 +120,7 @@ def write_merged_model(
     `inputs_scanned`: safety.preflight(scan_finite=True) already read every LRM tensor and the merged
     tensors of base and ITM, so only the merged outputs are checked here."""
     layout = {n: (reasoning.shape(n), reasoning.dtype_str(n)) for n in reasoning.names()}
-    reader = _Prefetcher(reasoning, base, instruct, sites)
+    reader = Prefetcher(reasoning, base, instruct, sites)
     srcs = (reasoning, base, instruct)
 
     def produce(name: str) -> torch.Tensor:

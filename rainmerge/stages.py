@@ -25,7 +25,8 @@ from .errors import CalibrationError, ConfigError
 from .features import collect_features
 from .io.lock import OutputLock
 from .io.writer import check_output_path
-from .merge import write_merged_model
+from .io.lazy import all_finite, check_finite
+from .merge import Prefetcher, write_merged_model
 from .methods import METHODS, build_method
 from .methods.rain import Rain
 from .projection import Basis, bases_from_features
@@ -105,10 +106,20 @@ def apply_probe_merge(ctx: MergeContext, model: torch.nn.Module, bases: Bases, s
     probe's P(tau) is not reusable there; for the other modules keeping P(tau) would hold a float32 copy
     of every merged weight (~26 GB host for 7B) to save two thin GEMMs per tensor."""
     probe = Rain(ctx.arch, bases, uniform_coefficients(list(ctx.layers), ctx.arch), strength, ctx.device)
-    for site in ctx.sites.values():
-        tau = ctx.instruct.get(site.name, torch.float32) - ctx.base.get(site.name, torch.float32)
-        w = model.get_submodule(ctx.arch.module_path(site.layer, site.module)).weight
-        w.add_(probe.delta(site, tau, record=False).to(w.device, w.dtype))
+    reader = Prefetcher(ctx.reasoning, ctx.base, ctx.instruct, ctx.sites, with_reasoning=False)
+    reader.plan(list(ctx.sites))
+    try:
+        for name, site in ctx.sites.items():
+            _, b, i = reader.take(name)
+            d = probe.delta_(site, probe.task_vector(b, i), record=False)
+            if not all_finite(d):  # name the broken input (the preflight may not have scanned them)
+                check_finite(b, name, ctx.base.role, ctx.base.file_of(name))
+                check_finite(i, name, ctx.instruct.role, ctx.instruct.file_of(name))
+                raise FloatingPointError(f"{name}: probe-merge delta has non-finite values")
+            w = model.get_submodule(ctx.arch.module_path(site.layer, site.module)).weight
+            w.add_(d.to(w.device, w.dtype))
+    finally:
+        reader.close()
     return model
 
 

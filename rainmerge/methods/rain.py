@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..arch import FEATURE_GROUP, ArchSpec
-from ..projection import Basis, project_delta, projection_stats, projection_summary
+from ..projection import Basis, project_delta_, project_with_stats_, projection_summary
 from . import Site
 
 
@@ -30,50 +30,60 @@ def o_proj_mode(bases: dict[str, Basis]) -> str:
     raise KeyError("no o_proj basis (o_in or o_in.{h}) for this layer")
 
 
-def project_module(module: str, delta: torch.Tensor, bases: dict[str, Basis], arch: ArchSpec) -> torch.Tensor:
-    """Project a (scaled) delta against its input's protected features; o_proj full width or per head block."""
+def column_blocks(module: str, bases: dict[str, Basis], arch: ArchSpec) -> list[tuple[slice, Basis]]:
+    """Which basis projects which input columns: one block, or o_proj per head block (o_proj: per_head)."""
     if module == "o" and o_proj_mode(bases) == "per_head":
         hd = arch.head_dim
-        return torch.cat([project_delta(delta[:, h * hd:(h + 1) * hd], bases[f"o_in.{h}"])
-                          for h in range(arch.num_heads)], dim=1)
-    return project_delta(delta, bases[FEATURE_GROUP[module]])
+        return [(slice(h * hd, (h + 1) * hd), bases[f"o_in.{h}"]) for h in range(arch.num_heads)]
+    return [(slice(None), bases[FEATURE_GROUP[module]])]
 
 
-def scale_module(module: str, delta: torch.Tensor, coeff: torch.Tensor, arch: ArchSpec) -> torch.Tensor:
-    """Apply per-head (q: output rows, o: input columns), per-kv-head (k, v: output rows) or per-layer (MLP)."""
-    c = coeff.to(delta.dtype)
+def scale_module_(module: str, delta: torch.Tensor, coeff: torch.Tensor, arch: ArchSpec) -> torch.Tensor:
+    """In place: per head (q: output rows, o: input columns), per kv head (k, v: output rows) or per layer (MLP)."""
+    c = coeff.to(delta.device, delta.dtype)
     out_dim, in_dim = delta.shape
     if module in ("q", "k", "v"):
         groups = arch.num_heads if module == "q" else arch.num_kv_heads
-        return (delta.view(groups, arch.head_dim, in_dim) * c[:, None, None]).view(out_dim, in_dim)
-    if module == "o":
-        return (delta.view(out_dim, arch.num_heads, arch.head_dim) * c[None, :, None]).view(out_dim, in_dim)
-    return delta * c
+        delta.view(groups, arch.head_dim, in_dim).mul_(c[:, None, None])
+    elif module == "o":
+        delta.view(out_dim, arch.num_heads, arch.head_dim).mul_(c[None, :, None])
+    else:
+        delta.mul_(c)
+    return delta
 
 
-def _module_stats(module: str, delta: torch.Tensor, proj: torch.Tensor, bases: dict[str, Basis],
-                  arch: ArchSpec) -> dict[str, Any]:
-    if module != "o" or o_proj_mode(bases) == "full":
-        return projection_stats(delta, proj, bases[FEATURE_GROUP[module]])
-    hd = arch.head_dim
-    per = [projection_stats(delta[:, h * hd:(h + 1) * hd], proj[:, h * hd:(h + 1) * hd], bases[f"o_in.{h}"])
-           for h in range(arch.num_heads)]
-    tn = float(torch.linalg.norm(delta.double()))
+def scale_module(module: str, delta: torch.Tensor, coeff: torch.Tensor, arch: ArchSpec) -> torch.Tensor:
+    """alpha (.) delta as a new tensor (see scale_module_)."""
+    return scale_module_(module, delta.clone(), coeff, arch)
+
+
+def project_module_(module: str, d: torch.Tensor, bases: dict[str, Basis], arch: ArchSpec,
+                    record: bool) -> dict[str, Any] | None:
+    """Project `d` in place against its input's protected features; the module's statistics if `record`."""
+    blocks = column_blocks(module, bases, arch)
+    if not record:
+        for cols, b in blocks:
+            project_delta_(d[:, cols], b)
+        return None
+    per = [project_with_stats_(d[:, cols], b) for cols, b in blocks]
+    if len(per) == 1:
+        st = per[0]
+        st.pop("_norms")
+        return st
+    dn = sum(p["_norms"][0] ** 2 for p in per) ** 0.5
+    pn = sum(p["_norms"][1] ** 2 for p in per) ** 0.5
     rules = [p["rule"] for p in per]
-    return {
-        "residual": max(p["residual"] for p in per),
-        "kept_norm": float(torch.linalg.norm(proj.double())) / tn if tn > 0 else 1.0,
-        "rank_removed": sum(p["rank_removed"] for p in per),
-        "feature_rank": sum(p["feature_rank"] for p in per),
-        "rows": per[0]["rows"],
-        "width": delta.shape[1],
-        "capped": any(p["capped"] for p in per),
-        "rule": "capped" if "capped" in rules else "energy" if "energy" in rules else "exact",
-    }
+    return {"residual": max(p["residual"] for p in per), "kept_norm": pn / dn if dn > 0 else 1.0,
+            "rank_removed": sum(p["rank_removed"] for p in per),
+            "feature_rank": sum(p["feature_rank"] for p in per), "rows": per[0]["rows"], "width": d.shape[1],
+            "capped": any(p["capped"] for p in per),
+            "rule": "capped" if "capped" in rules else "energy" if "energy" in rules else "exact"}
 
 
 class Rain:
     name = "rain"
+    accepts_raw = True  # stored tensors in: moved to the device as stored, upcast there, once each
+    propagates_nonfinite = True  # any NaN/Inf input reaches the output, which merge_one checks
 
     def __init__(self, arch: ArchSpec, bases: dict[int, dict[str, Basis]],
                  coeffs: dict[int, dict[str, torch.Tensor]], strength: float, device: str = "cpu",
@@ -85,6 +95,13 @@ class Rain:
         self.bases = bases
         self._on_device: tuple[int, dict[str, Basis]] | None = None
         self._stats: dict[str, dict[str, Any]] = {}
+        self.fallbacks = 0  # float32 modules redone in float64 because their residual missed exact_tol
+
+    @property
+    def solver_dtype(self) -> torch.dtype:
+        """The bases' dtype (stage1.solve_dtype): deltas are scaled and projected in it."""
+        layer = next(iter(self.bases.values()))
+        return next(iter(layer.values())).V.dtype
 
     def _layer_bases(self, layer: int) -> dict[str, Basis]:
         if self._on_device is None or self._on_device[0] != layer:
@@ -92,32 +109,56 @@ class Rain:
             self._on_device = (layer, {k: b.to(self.device) for k, b in self.bases[layer].items()})
         return self._on_device[1]
 
-    def delta(self, site: Site, tau: torch.Tensor, record: bool = True) -> torch.Tensor:
-        """lambda * P(alpha (.) tau) in the solver dtype, on self.device."""
-        bases = self._layer_bases(site.layer)
+    def delta_(self, site: Site, d: torch.Tensor, record: bool = True,
+               bases: dict[str, Basis] | None = None) -> torch.Tensor:
+        """lambda * P(alpha (.) d), in place on d (in the bases' dtype, on self.device)."""
+        bases = bases or self._layer_bases(site.layer)
         c = self.coeffs[site.layer][site.module]
-        dtype = next(iter(bases.values())).V.dtype
-        scaled = scale_module(site.module, tau.to(self.device, dtype), c.to(self.device), self.arch)
-        proj = project_module(site.module, scaled, bases, self.arch)
-        if record:
-            st = _module_stats(site.module, scaled, proj, bases, self.arch)
-            st.update(layer=site.layer, module=site.module, alpha_mean=float(c.mean()),
-                      alpha_min=float(c.min()), alpha_max=float(c.max()))
+        scale_module_(site.module, d, c, self.arch)
+        st = project_module_(site.module, d, bases, self.arch, record)
+        if st is not None:
+            st.update(layer=site.layer, module=site.module, solve_dtype=str(d.dtype).removeprefix("torch."),
+                      alpha_mean=float(c.mean()), alpha_min=float(c.min()), alpha_max=float(c.max()))
             self._stats[site.name] = st
-        return self.strength * proj
+        return d.mul_(self.strength)
+
+    def delta(self, site: Site, tau: torch.Tensor, record: bool = True) -> torch.Tensor:
+        """lambda * P(alpha (.) tau) as a new tensor in the solver dtype, on self.device."""
+        return self.delta_(site, tau.to(self.device).to(self.solver_dtype, copy=True), record)
+
+    def task_vector(self, base: torch.Tensor, instruct: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """tau = instruct - base on self.device in `dtype` (default: the solver dtype), one new buffer."""
+        dtype = dtype or self.solver_dtype
+        # moved as stored (2 bytes per parameter for bf16), upcast on the device, one working buffer
+        d = instruct.to(self.device, non_blocking=True).to(dtype, copy=True)
+        return d.sub_(base.to(self.device, non_blocking=True).to(dtype))
 
     def merge(self, site: Site, reasoning: torch.Tensor, base: torch.Tensor, instruct: torch.Tensor) -> torch.Tensor:
-        d = self.delta(site, instruct - base)
-        # accumulate in the solver dtype on the solver's device; Stage 3 casts there, once, to the LRM's
-        # storage dtype and only then moves it to the host (2 bytes per parameter for bf16, not 4 or 8)
-        return reasoning.to(d.device, d.dtype) + d
+        """theta_LRM + lambda P(alpha (.) tau) in the solver dtype; Stage 3 casts it on the device, once,
+        to the LRM's storage dtype before it goes to the host.
+
+        float32 bases: a module whose residual misses exact_tol while its rule is exact (an ill-conditioned
+        input, where float32 rounding along the strongest features stops being negligible) is redone in
+        float64, so float32 keeps the identity wherever float64 would."""
+        dtype = self.solver_dtype
+        d = self.delta_(site, self.task_vector(base, instruct, dtype))
+        st = self._stats[site.name]
+        if dtype != torch.float64 and st["rule"] == "exact" and st["residual"] > self.exact_tol:
+            self.fallbacks += 1
+            b64 = {k: Basis(b.V.double(), b.s.double(), b.k, b.lam, b.capped, b.rows)
+                   for k, b in self._layer_bases(site.layer).items()}
+            del d
+            d = self.delta_(site, self.task_vector(base, instruct, torch.float64), bases=b64)
+            self._stats[site.name]["solve_dtype"] = "float64 (fallback)"
+        return d.add_(reasoning.to(self.device, non_blocking=True).to(d.dtype))
 
     def stats(self) -> dict[str, dict[str, Any]]:
         return self._stats
 
     def summary(self) -> str:
         """One console line over every recorded module (see projection.projection_summary)."""
-        return projection_summary(self._stats, tol=self.exact_tol)
+        line = projection_summary(self._stats, tol=self.exact_tol)
+        return line + (f"; {self.fallbacks} float32 modules redone in float64" if self.fallbacks else "")
 
     @property
     def warnings(self) -> list[str]:

@@ -282,7 +282,7 @@ def _resources(cfg: RainConfig, arch: ArchSpec | None, metas: dict[str, _Meta], 
     notes = []
     gpu: dict[str, int] = {}
     host = 2 << 30  # interpreter, torch, transformers, tokenizer
-    feats = bases = disk_tmp = 0
+    feats = bases = disk_tmp = per_layer_bases = 0
     out_bytes = reasoning.weight_bytes
     if arch is not None and cfg.method == "rain":
         groups = {FEATURE_GROUP[m] for m in modules}
@@ -290,16 +290,16 @@ def _resources(cfg: RainConfig, arch: ArchSpec | None, metas: dict[str, _Meta], 
                  "down_in": arch.intermediate}
         sb = 8 if cfg.stage1.solve_dtype == "float64" else 4
         feats = len(layers) * rows * sum(width[g] for g in groups) * 4  # float32, on the host
-        per_layer_bases = 0
         for g in groups:
-            if g == "o_in":
+            if g == "o_in" and cfg.stage1.o_proj == "per_head":
                 per_layer_bases += arch.num_heads * arch.head_dim * min(rows, arch.head_dim) * sb
             else:
                 per_layer_bases += width[g] * min(rows, width[g]) * sb
         bases = len(layers) * per_layer_bases  # V [width, rank] in the solve dtype, every layer
         disk_tmp = feats + bases  # the pipeline persists features and projector bases as artifacts
         notes.append(f"features {feats / 2**30:.2f} GiB (float32, host), projector bases {bases / 2**30:.2f} GiB "
-                     f"({cfg.stage1.solve_dtype}; all layers are moved to the device in stages 2 and 3)")
+                     f"({cfg.stage1.solve_dtype}, host; one layer's {per_layer_bases / 2**30:.2f} GiB at a time on "
+                     "the device in the probe merge and stage 3)")
     biggest = 0
     if arch is not None:
         biggest = max((math.prod(arch.weight_shape(m)) for m in modules), default=0)
@@ -314,15 +314,20 @@ def _resources(cfg: RainConfig, arch: ArchSpec | None, metas: dict[str, _Meta], 
         def act(t: int) -> int:
             return 0
     shard = min(_parse_size(cfg.max_shard_size), reasoning.weight_bytes)
-    merge_work = 4 * biggest * 8 + 6 * biggest * 4  # fp64 projection buffers + prefetched fp32 triples
+    # one merged tensor on the device: the three inputs as stored, one working buffer and one upcast input
+    # in the solve dtype, the output in the stored dtype; float32 adds a float64 redo (fallback) at worst
+    wb = max(1, round(reasoning.weight_bytes / max(reasoning.params, 1)))
+    sb_ = 8 if cfg.stage1.solve_dtype == "float64" else 4
+    merge_work = biggest * (4 * wb + 2 * sb_ + (16 if sb_ == 4 else 0))
     if cfg.method == "rain" and arch is not None:
         widest = max((rows * w for w in (arch.hidden, arch.intermediate)), default=0)
         gpu["stage1_features"] = weights_fwd + act(t_reason)
         gpu["stage1_solve"] = weights_fwd + widest * (4 + 8 + 8) + rows * min(rows, arch.intermediate) * 8
         if cfg.stage2.enabled:
             chunk = min(cfg.stage2.row_chunk, max(t_instr, 1)) * max(t_instr, 1) * arch.num_heads * 4 * 3
-            gpu["stage2_attention"] = weights_fwd + bases + act(t_instr) + chunk + 3 * biggest * 4
-        gpu["stage3_merge"] = bases + merge_work
+            gpu["stage2_probe_merge"] = weights_fwd + per_layer_bases + merge_work
+            gpu["stage2_attention"] = weights_fwd + act(t_instr) + chunk
+        gpu["stage3_merge"] = per_layer_bases + merge_work
     else:
         gpu["stage3_merge"] = merge_work
     host_forward = weights_fwd + act(max(t_reason, t_instr)) if cfg.device == "cpu" else 0

@@ -1,0 +1,89 @@
+"""The Stage-3 fast path: in-place projection with statistics, float32 bases with a float64 fallback."""
+
+import torch
+
+from rainmerge.coefficients import uniform_coefficients
+from rainmerge.methods import Site
+from rainmerge.methods.rain import Rain
+from rainmerge.projection import (project_delta, project_delta_, project_with_stats_, projection_stats,
+                                  protected_basis)
+
+
+def _ill_conditioned(m: int, width: int, seed: int) -> torch.Tensor:
+    """Features whose singular values span 1 .. 1e-6 (like a layer-0 input with outlier dimensions)."""
+    g = torch.Generator().manual_seed(seed)
+    U = torch.linalg.qr(torch.randn(m, m, generator=g, dtype=torch.float64))[0]
+    V = torch.linalg.qr(torch.randn(width, m, generator=g, dtype=torch.float64))[0]
+    return (U * torch.logspace(0, -6, m, dtype=torch.float64)) @ V.T
+
+
+def test_in_place_projection_of_a_column_block_equals_the_paper_form():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(12, 24, generator=g, dtype=torch.float64)
+    b = protected_basis(X, ridge=1e-3)
+    d = torch.randn(10, 48, generator=g, dtype=torch.float64)
+    expect = d.clone()
+    lam = 1e-3 * float((X**2).sum()) / 12
+    expect[:, 24:] = d[:, 24:] @ (torch.eye(24, dtype=torch.float64)
+                                  - X.T @ torch.linalg.solve(X @ X.T + lam * torch.eye(12, dtype=torch.float64), X))
+    out = project_delta_(d[:, 24:], b)
+    assert out.data_ptr() == d[:, 24:].data_ptr()  # the view was written, no copy
+    assert torch.allclose(d, expect, atol=1e-10)
+    assert torch.equal(d[:, :24], expect[:, :24])  # the other block is untouched
+
+
+def test_stats_of_the_fast_path_match_the_post_hoc_statistics():
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(40, 30, generator=g, dtype=torch.float64)
+    b = protected_basis(X, max_rank_fraction=0.5)  # capped: residual well above 0
+    dW = torch.randn(600, 30, generator=g, dtype=torch.float64)  # > RESIDUAL_ROWS: the residual is sampled
+    ref = projection_stats(dW, project_delta(dW, b), b)
+    d = dW.clone()
+    st = project_with_stats_(d, b)
+    assert torch.allclose(d, project_delta(dW, b), atol=1e-12)
+    assert abs(st["kept_norm"] - ref["kept_norm"]) < 1e-12
+    assert ref["residual"] > 0.1 and abs(st["residual"] - ref["residual"]) < 0.1 * ref["residual"]
+    # every row measured when there are few
+    d = dW[:200].clone()
+    st = project_with_stats_(d, b)
+    assert abs(st["residual"] - projection_stats(dW[:200], d, b)["residual"]) < 1e-12
+
+
+def test_float32_bases_keep_the_identity_on_ill_conditioned_features():
+    X = _ill_conditioned(24, 64, seed=2)
+    tau = torch.randn(32, 64, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    b32 = protected_basis(X, dtype="float32")
+    assert b32.V.dtype == torch.float32 and b32.rule == "exact"
+    P = project_delta(tau, b32).double()
+    assert float(torch.linalg.norm(P @ X.T) / torch.linalg.norm(tau @ X.T)) < 1e-4
+
+
+def _rain(bases, tol):
+    from rainmerge.arch import arch_from_config
+
+    arch = arch_from_config({"model_type": "qwen2", "hidden_size": 64, "num_attention_heads": 4,
+                             "num_key_value_heads": 2, "num_hidden_layers": 1, "intermediate_size": 32,
+                             "vocab_size": 10})
+    return Rain(arch, {0: bases}, uniform_coefficients([0], arch), 1.0, exact_tol=tol), arch
+
+
+def test_float32_module_missing_the_tolerance_is_redone_in_float64():
+    X = _ill_conditioned(24, 64, seed=4)
+    g = torch.Generator().manual_seed(5)
+    base, inst, lrm = (torch.randn(64, 64, generator=g, dtype=torch.float64).to(torch.bfloat16) for _ in range(3))
+    tau = inst.double() - base.double()
+    site = Site(0, "q", "layers.0.q")
+    # without the ridge, float32 arithmetic leaves ~1.6e-7 here and float64 over the same float32-stored
+    # directions ~3e-8: a tolerance of 1e-7 separates them (the shipped 1e-4 is far above both)
+    rain, _ = _rain({"attn_in": protected_basis(X, dtype="float32", ridge=0.0)}, tol=1e-7)
+    out = rain.merge(site, lrm, base, inst)
+    st = rain.stats()[site.name]
+    assert rain.fallbacks == 1 and st["solve_dtype"] == "float64 (fallback)" and out.dtype == torch.float64
+    assert st["residual"] <= 1e-7
+    assert float(torch.linalg.norm((out - lrm.double()) @ X.T) / torch.linalg.norm(tau @ X.T)) < 1e-7
+    assert "1 float32 modules redone in float64" in rain.summary()
+    # at the shipped tolerance float32 stands
+    rain, _ = _rain({"attn_in": protected_basis(X, dtype="float32", ridge=0.0)}, tol=1e-4)
+    out = rain.merge(site, lrm, base, inst)
+    assert rain.fallbacks == 0 and rain.stats()[site.name]["solve_dtype"] == "float32" and out.dtype == torch.float32
+    assert float(torch.linalg.norm((out.double() - lrm.double()) @ X.T) / torch.linalg.norm(tau @ X.T)) < 1e-4
