@@ -95,11 +95,11 @@ def merge_one(method: MergeMethod, site: Site, srcs: tuple[ModelSource, ...], ra
         if device != "cpu":  # move as stored (half the bytes of bf16 -> fp32 on the host), upcast there
             ins = tuple(t.to(device, non_blocking=True) for t in ins)
         merged = method.merge(site, *(t.to(acc) for t in ins))
-    out = merged.to(raw.dtype).cpu()  # cast where it was computed, then move the stored bytes
+    out = merged.to(raw.dtype)  # cast where it was computed (and checked there: one reduction on the device)
     if not all_finite(out):
         _check_inputs(srcs, site.name, (raw, b, i))  # names the broken input, if one is
         raise FloatingPointError(f"{site.name}: merged weight has non-finite values")
-    return out
+    return out.cpu()  # then move the stored bytes
 
 
 def write_merged_model(

@@ -131,25 +131,22 @@ RESIDUAL_ROWS = 256  # output rows the residual statistic is measured on (all ro
 
 
 def project_with_stats_(d: torch.Tensor, basis: Basis, residual_rows: int = RESIDUAL_ROWS) -> dict[str, Any]:
-    """project_delta_ plus the statistics of projection_stats at the cost of the projection's two GEMMs:
-    d V is shared by Eq. 5 and the residual's denominator, and (P d) V is taken on `residual_rows`
-    evenly spaced output rows (the ratio is per row; the rounding that float32 leaves is spread over
-    every row), so checking costs ~residual_rows/out of a third GEMM, not a whole one."""
+    """project_delta_ plus the statistics of projection_stats at about the cost of its two GEMMs: d V is
+    shared by Eq. 5 and the residual's denominator, and (P d) V is taken on every step-th output row (at
+    most `residual_rows`; the float32 rounding it checks is spread over all rows), so the check costs
+    ~residual_rows/out of a third GEMM, not a whole one."""
     dn = float(torch.linalg.vector_norm(d))
     res = 0.0
     if basis.V.shape[1] == 0:
         project_delta_(d, basis)
     else:
-        out = d.shape[0]
-        rows = (torch.linspace(0, out - 1, residual_rows, device=d.device).round().long().unique()
-                if out > residual_rows else None)
+        step = -(-d.shape[0] // residual_rows)  # every step-th row: a strided view, no gather
         dV = d @ basis.V
-        before = float(torch.linalg.vector_norm((dV if rows is None else dV[rows]) * basis.s))
+        before = float(torch.linalg.vector_norm(dV[::step] * basis.s))
         project_delta_(d, basis, dV)
         del dV
         if before > 0:
-            pv = (d if rows is None else d[rows]) @ basis.V
-            res = float(torch.linalg.vector_norm(pv * basis.s)) / before
+            res = float(torch.linalg.vector_norm((d[::step] @ basis.V) * basis.s)) / before
     pn = float(torch.linalg.vector_norm(d))
     return {"residual": res, "kept_norm": pn / dn if dn > 0 else 1.0, "rank_removed": basis.k,
             "feature_rank": int(basis.V.shape[1]), "rows": basis.rows, "width": basis.width,

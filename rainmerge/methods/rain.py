@@ -111,16 +111,18 @@ class Rain:
 
     def delta_(self, site: Site, d: torch.Tensor, record: bool = True,
                bases: dict[str, Basis] | None = None) -> torch.Tensor:
-        """lambda * P(alpha (.) d), in place on d (in the bases' dtype, on self.device)."""
+        """lambda * P(alpha (.) d), in place on d (in the bases' dtype, on self.device).
+        Module stats are ratios (residual, kept norm), so they do not depend on lambda."""
         bases = bases or self._layer_bases(site.layer)
         c = self.coeffs[site.layer][site.module]
-        scale_module_(site.module, d, c, self.arch)
+        # lambda rides on alpha: P is linear, so P(lambda alpha (.) d) = lambda P(alpha (.) d), one pass fewer
+        scale_module_(site.module, d, c * self.strength, self.arch)
         st = project_module_(site.module, d, bases, self.arch, record)
         if st is not None:
             st.update(layer=site.layer, module=site.module, solve_dtype=str(d.dtype).removeprefix("torch."),
                       alpha_mean=float(c.mean()), alpha_min=float(c.min()), alpha_max=float(c.max()))
             self._stats[site.name] = st
-        return d.mul_(self.strength)
+        return d
 
     def delta(self, site: Site, tau: torch.Tensor, record: bool = True) -> torch.Tensor:
         """lambda * P(alpha (.) tau) as a new tensor in the solver dtype, on self.device."""

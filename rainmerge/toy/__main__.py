@@ -16,6 +16,9 @@ def main() -> None:
     b.add_argument("--data-seed", type=int, default=0, help="prompt sets (held-out, calibration, training)")
     b.add_argument("--recipe", choices=["v1", "v2"], default="v1",
                    help="v1: the committed trio; v2: the issue-15 recipe (docs/toy-v2.md)")
+    b.add_argument("--lrm-if-share", type=float, default=None,
+                   help="override the recipe's share of think-mode LRM examples that obey formats (v2: 0.10; "
+                        "docs/toy-v2.md measures 0, 0.02, 0.05)")
     b.add_argument("--quiet", action="store_true")
     a = ap.parse_args()
     import torch
@@ -23,7 +26,11 @@ def main() -> None:
     from .build import ToySpec, build
 
     torch.set_num_threads(max(1, min(os.cpu_count() or 1, 8)))
-    build(a.out, (ToySpec.v2 if a.recipe == "v2" else ToySpec)(seed=a.seed, data_seed=a.data_seed), progress=not a.quiet, overwrite=a.overwrite)
+    over = {} if a.lrm_if_share is None else {"lrm_if_share": a.lrm_if_share}
+    if over and not 0.0 <= a.lrm_if_share <= 1.0:
+        ap.error(f"--lrm-if-share must be in [0, 1], got {a.lrm_if_share}")
+    spec = (ToySpec.v2 if a.recipe == "v2" else ToySpec)(seed=a.seed, data_seed=a.data_seed, **over)
+    build(a.out, spec, progress=not a.quiet, overwrite=a.overwrite)
 
 
 if __name__ == "__main__":
