@@ -9,7 +9,10 @@ Normalisation of alpha (stage2.normalize):
 * ``paper``: alpha = clip(g / H, lo, hi), literally Eq. 15 (``none`` is accepted as an alias);
 * ``mean`` (default, ours): alpha = clip((g / H) / mean_heads(g / H), lo, hi). Raw attention averages
   are O(1/T), so the literal ratio clips nearly every head to ``lo``; dividing by the mean keeps the
-  per-head profile and leaves the overall strength to the global lambda.
+  per-head profile and leaves the overall strength to the global lambda;
+* ``layer_mean`` (ours): the same, with the mean taken over each layer's heads, so alpha redistributes
+  within a layer and no layer as a whole is scaled up or down (on the toy, ``mean`` pinned every layer-0
+  head at ``hi`` and most of layer 2 near 0; docs/toy-v2.md).
 
 A degenerate Stage 2 (a non-finite g/H, or a mean gain that is not positive) never throws finished
 Stage-1 work away by default: ``on_degenerate: uniform`` returns alpha = 1 everywhere (the paper's
@@ -64,11 +67,11 @@ def two_pass_gradient_curvature(
     return g, h_lambda + h_mu * masked_mean(u1) + 1e-12
 
 
-_NORMALIZE = {"paper": "paper", "none": "paper", "mean": "mean"}
+_NORMALIZE = {"paper": "paper", "none": "paper", "mean": "mean", "layer_mean": "layer_mean"}
 
 
-def degenerate_reason(g: torch.Tensor, H: torch.Tensor) -> str | None:
-    """Why g / H cannot give coefficients, or None when it can."""
+def degenerate_reason(g: torch.Tensor, H: torch.Tensor, per_layer: bool = False) -> str | None:
+    """Why g / H cannot give coefficients, or None when it can (per_layer: every layer's mean must be > 0)."""
     ratio = g / H
     if not torch.isfinite(ratio).all():
         return f"{int((~torch.isfinite(ratio)).sum())} of {ratio.numel()} heads have a non-finite g/H"
@@ -76,6 +79,11 @@ def degenerate_reason(g: torch.Tensor, H: torch.Tensor) -> str | None:
     if not mean > 0:
         return (f"mean instruction-attention gain g/H is {mean:.3g} (not positive): the calibration set shows "
                 "no response->instruction attention gain; check the spans")
+    if per_layer and ratio.dim() == 2:
+        bad = [i for i, m in enumerate(ratio.mean(dim=1).tolist()) if not m > 0]
+        if bad:
+            return (f"layers at positions {bad} have a non-positive mean gain g/H (normalize: layer_mean needs "
+                    "a positive mean in every layer; use mean)")
     return None
 
 
@@ -83,17 +91,20 @@ def closed_form_alpha(g: torch.Tensor, H: torch.Tensor, lo: float, hi: float, no
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """Paper Eq. 15: alpha* = clip(g / H, lo, hi). Returns (alpha, ratio before clipping).
 
-    normalize: 'paper' (alias 'none') literal; 'mean' divides the ratio by its mean over heads first.
+    normalize: 'paper' (alias 'none') literal; 'mean' divides the ratio by its mean over all heads first,
+    'layer_mean' by the mean over each layer's heads.
     Raises DegenerateStage2 (a ValueError) on a degenerate Stage 2; see solve_alpha for the fallback.
     """
     if normalize not in _NORMALIZE:
         raise ValueError(f"normalize must be one of {sorted(_NORMALIZE)}, got {normalize!r}")
-    reason = degenerate_reason(g, H)
+    reason = degenerate_reason(g, H, per_layer=_NORMALIZE[normalize] == "layer_mean")
     if reason:
         raise DegenerateStage2(reason)
     ratio = g / H
     if _NORMALIZE[normalize] == "mean":
         ratio = ratio / ratio.mean()
+    elif _NORMALIZE[normalize] == "layer_mean":
+        ratio = ratio / ratio.mean(dim=-1, keepdim=True)
     return ratio.clamp(lo, hi), ratio
 
 

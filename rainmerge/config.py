@@ -107,7 +107,9 @@ class CoefficientConfig(_Strict):
     rho: float = Field(default=0.5, ge=0, description="weight of leakage against alignment (Eq. 11)")
     lo: float = Field(default=0.0, description="alpha lower clip")
     hi: float = Field(default=1.5, description="alpha upper clip")
-    normalize: Literal["mean", "paper"] = Field(default="mean", description="mean: g/H divided by its mean before clipping; paper: the literal clip(g/H)")
+    normalize: Literal["mean", "layer_mean", "paper"] = Field(
+        default="mean", description="mean: g/H divided by its mean over all heads before clipping; layer_mean: by "
+        "each layer's mean; paper: the literal clip(g/H)")
     on_degenerate: Literal["uniform", "fail"] = Field(default="uniform", description="no usable attention signal: uniform alpha (recorded) or stop")
     h_lambda: float = Field(default=1.0, ge=0, description="two_pass curvature constant")
     h_mu: float = Field(default=1.0, ge=0, description="two_pass curvature weight of leakage")

@@ -43,6 +43,23 @@ def test_paper_normalisation_is_literal_and_none_is_its_alias():
     assert CoefficientConfig().normalize == "mean" and CoefficientConfig().on_degenerate == "uniform"
 
 
+def test_layer_mean_normalisation_keeps_every_layer_at_mean_one():
+    # layer 0 gains 10x more than layer 1: 'mean' pins layer 0 at the clip and shrinks layer 1,
+    # 'layer_mean' keeps each layer's profile around 1
+    g = torch.tensor([[2.0, 3.0], [0.1, 0.2]])
+    H = torch.ones(2, 2)
+    a_all, _ = closed_form_alpha(g, H, 0.0, 1.5, "mean")
+    assert torch.equal(a_all[0], torch.tensor([1.5, 1.5])) and float(a_all[1].max()) < 0.2
+    a_layer, ratio = closed_form_alpha(g, H, 0.0, 1.5, "layer_mean")
+    assert torch.allclose(ratio.mean(dim=1), torch.ones(2))
+    assert torch.allclose(a_layer, torch.tensor([[0.8, 1.2], [2 / 3, 4 / 3]]))
+    # a layer without a positive mean gain cannot be normalised on its own: degenerate, not a sign flip
+    g_bad = torch.tensor([[1.0, 3.0], [-0.2, 0.1]])
+    with pytest.raises(DegenerateStage2, match="layer_mean"):
+        closed_form_alpha(g_bad, H, 0.0, 1.5, "layer_mean")
+    assert closed_form_alpha(g_bad, H, 0.0, 1.5, "mean")[0].shape == (2, 2)  # the global mean is positive
+
+
 @pytest.mark.parametrize("g", [torch.tensor([[-0.1, 0.05]]), torch.tensor([[float("nan"), float("nan")]]),
                                torch.zeros(1, 2)])
 def test_degenerate_stage2_falls_back_to_uniform_alpha_with_a_warning(g):
