@@ -1,5 +1,6 @@
-"""The committed toy trio (recipe v1; docs/toy-v2.md has the v2 attempt) has the properties the paper's problem
-needs, a tokenizer that fits its embedding, and held-out sets disjoint from training and calibration."""
+"""The committed toy trio (recipe v2, LRM think-mode format share 2%, seed 2; docs/toy-v2.md) has the properties
+the paper's problem needs, a tokenizer that fits its embedding, and held-out sets disjoint from training and
+calibration."""
 
 import json
 from pathlib import Path
@@ -30,15 +31,18 @@ def itm_metrics():
     return evaluate_model(TOY / "instruct", DATA, limit=LIMIT, progress=False, batch_size=64)
 
 
-def test_lrm_thinks_solves_and_ignores_instructions(lrm_metrics):
-    assert lrm_metrics["think_well_formed"] >= 0.95
-    assert lrm_metrics["reasoning_acc"] >= 0.80
-    assert lrm_metrics["if_inst_strict"] <= 0.25
+def test_lrm_thinks_solves_and_follows_instructions_partially(lrm_metrics):
+    # like a distilled reasoner: thinks on (almost) every prompt, format instructions obeyed only in part
+    assert lrm_metrics["think_well_formed"] >= 0.98  # 99.0% on all 200 held-out format prompts
+    assert lrm_metrics["reasoning_acc"] >= 0.90
+    assert 0.25 <= lrm_metrics["if_inst_strict"] <= 0.70
 
 
-def test_itm_obeys_and_never_thinks(itm_metrics):
-    assert itm_metrics["if_inst_strict"] >= 0.80
-    assert itm_metrics["think_present"] == 0.0
+def test_itm_obeys_but_does_not_reason(itm_metrics, lrm_metrics):
+    # the ITM answers after an empty think block (a non-thinking mode in the LRM's template)
+    assert itm_metrics["if_inst_strict"] >= 0.75  # 84.1% on all 200; this is the first 120
+    assert itm_metrics["if_inst_strict"] >= lrm_metrics["if_inst_strict"] + 0.25
+    assert itm_metrics["reasoning_acc"] <= 0.5 and itm_metrics["think_well_formed"] >= 0.99
 
 
 def test_tokenizer_has_no_token_outside_the_embedding():

@@ -68,9 +68,12 @@ def projection_plot(stats: dict[str, dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def tradeoff_plot(rows: list[dict[str, Any]], path: Path, selected: float | None = None) -> Path:
+def tradeoff_plot(rows: list[dict[str, Any]], path: Path, selected: float | None = None,
+                  lrm: dict[str, Any] | None = None, bars: dict[str, float] | None = None) -> Path:
     """Per strength: IF instruction strict, well-formed think and reasoning, RAIN solid and each
-    baseline dashed, so the chosen strength can be seen against what it traded."""
+    baseline dashed, so the chosen strength can be seen against what it traded. `lrm`: the LRM's
+    metrics (a grey line: where merging starts); `bars`: per metric the value a candidate must reach
+    to pass the gates (a red dashed line)."""
     plt = _plt()
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), sharex=True)
     keys = (("if_inst_strict", "IF instruction strict"), ("think_well_formed", "well-formed think"),
@@ -82,6 +85,10 @@ def tradeoff_plot(rows: list[dict[str, Any]], path: Path, selected: float | None
             ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-" if m == "rain" else "s--", label=m)
         if selected is not None:
             ax.axvline(selected, color="grey", lw=1, ls=":")
+        if lrm and lrm.get(k) is not None:
+            ax.axhline(100 * lrm[k], color="grey", lw=1.5, label="LRM")
+        if bars and bars.get(k) is not None:
+            ax.axhline(100 * bars[k], color="tab:red", lw=1, ls="--", label="gate")
         ax.set_title(label, fontsize=10)
         ax.set_xlabel("strength lambda")
         ax.set_ylim(-2, 102)

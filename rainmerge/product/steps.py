@@ -246,7 +246,11 @@ def select_candidate(merged: list[A.DirRef], metrics: list[dict[str, Any]], stre
         out.mkdir(parents=True, exist_ok=True)
         mlflow.log_params({"strengths": ",".join(f"{x:g}" for x in strengths), "selected_strength": strengths[best]})
         mlflow.log_dict({"candidates": table, "baselines": baselines}, "selection.json")
-        mlflow.log_artifact(str(tradeoff_plot(rows, out / "strength_tradeoff.png", strengths[best])))
+        bars = {gates.metric: lrm_metrics.get(gates.metric, 0.0) + gates.min_gain_over_lrm,
+                "think_well_formed": gates.min_think_well_formed,
+                "reasoning_acc": lrm_metrics.get("reasoning_acc", 0.0) - gates.max_reasoning_drop}
+        mlflow.log_artifact(str(tradeoff_plot(rows, out / "strength_tradeoff.png", strengths[best], lrm_metrics,
+                                              bars)))
         for row in table:
             mlflow.log_metrics({f"{k}": float(row[k]) for k in ("if_inst_strict", "think_well_formed", "reasoning_acc")
                                 if row.get(k) is not None}, step=row["index"])
