@@ -33,14 +33,14 @@ def itm_metrics():
 
 def test_lrm_thinks_solves_and_follows_instructions_partially(lrm_metrics):
     # like a distilled reasoner: thinks on (almost) every prompt, format instructions obeyed only in part
-    assert lrm_metrics["think_well_formed"] >= 0.98  # 99.0% on all 200 held-out format prompts
+    assert lrm_metrics["think_well_formed"] >= 0.99  # the bar (99.6% here; 99.0% on all 200 + 200)
     assert lrm_metrics["reasoning_acc"] >= 0.90
     assert 0.25 <= lrm_metrics["if_inst_strict"] <= 0.70
 
 
 def test_itm_obeys_but_does_not_reason(itm_metrics, lrm_metrics):
     # the ITM answers after an empty think block (a non-thinking mode in the LRM's template)
-    assert itm_metrics["if_inst_strict"] >= 0.75  # 84.1% on all 200; this is the first 120
+    assert itm_metrics["if_inst_strict"] >= 0.80  # 87.2% on these 120 prompts, 84.1% on all 200
     assert itm_metrics["if_inst_strict"] >= lrm_metrics["if_inst_strict"] + 0.25
     assert itm_metrics["reasoning_acc"] <= 0.5 and itm_metrics["think_well_formed"] >= 0.99
 
