@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from bench_merge import Peak, gb, model_bytes, rss_bytes  # noqa: E402
+from bench_merge import Peak, gb, model_bytes, rss_bytes, warm_model_code  # noqa: E402
 
 from rainmerge.synthetic import write_random_trio  # noqa: E402
 
@@ -147,9 +147,7 @@ def main() -> None:
     run = Run(Path(a.json), start + a.time_limit, vars(a))
     from rainmerge.synthetic import SHAPES, _config
 
-    from transformers import AutoModelForCausalLM
-    with torch.device("meta"):  # import the model code before the RSS baseline (see bench_merge.warm_model_code)
-        AutoModelForCausalLM.from_config(_config(SHAPES[a.shapes.split(",")[0]], 1))
+    warm_model_code(_config(SHAPES[a.shapes.split(",")[0]], 1))  # no model folder exists yet
     run.baseline = rss_bytes()
     run.data["rss_after_imports_gb"] = gb(run.baseline)
     for shape in a.shapes.split(","):

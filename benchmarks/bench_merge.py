@@ -58,13 +58,16 @@ def gb(x: float) -> float:
     return round(x / 2**30, 3)
 
 
-def warm_model_code(model_dir: Path) -> None:
-    """Import the architecture's modeling code (a meta-device model: no weights) before the RSS baseline,
-    so the per-stage ratios count weights and work, not ~0.15 GB of Python modules."""
+def warm_model_code(config) -> None:
+    """Import the architecture's modeling code (a meta-device model of `config`, a model folder or a
+    transformers config: no weights) before the RSS baseline, so the per-stage ratios count weights and
+    work, not ~0.15 GB of Python modules."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    if isinstance(config, (str, Path)):
+        config = AutoConfig.from_pretrained(config)
     with torch.device("meta"):
-        AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
+        AutoModelForCausalLM.from_config(config)
 
 
 def model_bytes(d: Path) -> int:
@@ -91,11 +94,8 @@ def stage3_rounds(a, work: Path, r_cal: Path, i_cal: Path, ctx, rain_parts: dict
     from rainmerge.methods import build_method
     from rainmerge.provenance import provenance
 
-    from rainmerge.projection import Basis
-
     # the same bases held in float64 (stage1.solve_dtype: float64): timing of the float64 path only
-    parts64 = {**rain_parts, "bases": {layer: {k: Basis(b.V.double(), b.s.double(), b.k, b.lam, b.capped, b.rows)
-                                               for k, b in layer_bases.items()}
+    parts64 = {**rain_parts, "bases": {layer: {k: b.to(dtype=torch.float64) for k, b in layer_bases.items()}
                                        for layer, layer_bases in rain_parts["bases"].items()}}
     times: dict[str, list[float]] = {"task_arithmetic": [], "rain": [], "rain_float64": []}
     for rnd in range(a.stage3_rounds):

@@ -23,6 +23,7 @@ from .arch import ArchSpec
 from .io.lazy import ModelSource, all_finite, check_finite
 from .io.writer import AtomicDir, copy_side_files, write_sharded
 from .methods import MergeMethod, Site
+from .methods.task_arithmetic import acc_dtype
 
 PROVENANCE_FILE = "rainmerge_provenance.json"
 
@@ -71,11 +72,7 @@ def merge_sites(arch: ArchSpec, layers: list[int], modules: list[str]) -> dict[s
     return {arch.weight_name(l, m): Site(l, m, arch.weight_name(l, m)) for l in layers for m in modules}
 
 
-def _acc_dtype(dt: torch.dtype) -> torch.dtype:
-    return torch.float64 if dt == torch.float64 else torch.float32
-
-
-def _check_inputs(srcs: tuple[ModelSource, ...], name: str, tensors: tuple[torch.Tensor, ...]) -> None:
+def check_inputs(srcs: tuple[ModelSource, ...], name: str, tensors: tuple[torch.Tensor, ...]) -> None:
     for src, t in zip(srcs, tensors):
         check_finite(t, name, src.role, src.file_of(name))
 
@@ -85,19 +82,19 @@ def merge_one(method: MergeMethod, site: Site, srcs: tuple[ModelSource, ...], ra
     """One merged tensor in the LRM's dtype. Methods with `accepts_raw` take the stored tensors and
     upcast as they compute (no separate cast pass); others get them cast to the accumulate dtype."""
     if not inputs_scanned and not getattr(method, "propagates_nonfinite", False):
-        _check_inputs(srcs, site.name, (raw, b, i))
+        check_inputs(srcs, site.name, (raw, b, i))
     device = str(getattr(method, "device", "cpu"))
     if getattr(method, "accepts_raw", False):
         merged = method.merge(site, raw, b, i)
     else:
-        acc = _acc_dtype(raw.dtype)
+        acc = acc_dtype(raw)
         ins = (raw, b, i)
         if device != "cpu":  # move as stored (half the bytes of bf16 -> fp32 on the host), upcast there
             ins = tuple(t.to(device, non_blocking=True) for t in ins)
         merged = method.merge(site, *(t.to(acc) for t in ins))
     out = merged.to(raw.dtype)  # cast where it was computed (and checked there: one reduction on the device)
     if not all_finite(out):
-        _check_inputs(srcs, site.name, (raw, b, i))  # names the broken input, if one is
+        check_inputs(srcs, site.name, (raw, b, i))  # names the broken input, if one is
         raise FloatingPointError(f"{site.name}: merged weight has non-finite values")
     return out.cpu()  # then move the stored bytes
 

@@ -60,8 +60,8 @@ class Basis:
         s2 = self.s[: self.k] ** 2
         return s2 / (s2 + self.lam)
 
-    def to(self, device: torch.device | str) -> "Basis":
-        return Basis(self.V.to(device), self.s.to(device), self.k, self.lam, self.capped, self.rows)
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Basis":
+        return Basis(self.V.to(device, dtype), self.s.to(device, dtype), self.k, self.lam, self.capped, self.rows)
 
 
 def rank_cap(width: int, max_rank_fraction: float) -> int:

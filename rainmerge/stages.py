@@ -25,8 +25,8 @@ from .errors import CalibrationError, ConfigError
 from .features import collect_features
 from .io.lock import OutputLock
 from .io.writer import check_output_path
-from .io.lazy import all_finite, check_finite
-from .merge import Prefetcher, write_merged_model
+from .io.lazy import all_finite
+from .merge import Prefetcher, check_inputs, write_merged_model
 from .methods import METHODS, build_method
 from .methods.rain import Rain
 from .projection import Basis, bases_from_features
@@ -113,8 +113,7 @@ def apply_probe_merge(ctx: MergeContext, model: torch.nn.Module, bases: Bases, s
             _, b, i = reader.take(name)
             d = probe.delta_(site, probe.task_vector(b, i), record=False)
             if not all_finite(d):  # name the broken input (the preflight may not have scanned them)
-                check_finite(b, name, ctx.base.role, ctx.base.file_of(name))
-                check_finite(i, name, ctx.instruct.role, ctx.instruct.file_of(name))
+                check_inputs((ctx.base, ctx.instruct), name, (b, i))
                 raise FloatingPointError(f"{name}: probe-merge delta has non-finite values")
             w = model.get_submodule(ctx.arch.module_path(site.layer, site.module)).weight
             w.add_(d.to(w.device, w.dtype))

@@ -19,6 +19,7 @@ import torch
 from ..arch import FEATURE_GROUP, ArchSpec
 from ..projection import Basis, project_delta_, project_with_stats_, projection_summary
 from . import Site
+from .task_arithmetic import task_vector
 
 
 def o_proj_mode(bases: dict[str, Basis]) -> str:
@@ -130,10 +131,7 @@ class Rain:
 
     def task_vector(self, base: torch.Tensor, instruct: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         """tau = instruct - base on self.device in `dtype` (default: the solver dtype), one new buffer."""
-        dtype = dtype or self.solver_dtype
-        # moved as stored (2 bytes per parameter for bf16), upcast on the device, one working buffer
-        d = instruct.to(self.device, non_blocking=True).to(dtype, copy=True)
-        return d.sub_(base.to(self.device, non_blocking=True).to(dtype))
+        return task_vector(base, instruct, dtype or self.solver_dtype, self.device)
 
     def merge(self, site: Site, reasoning: torch.Tensor, base: torch.Tensor, instruct: torch.Tensor) -> torch.Tensor:
         """theta_LRM + lambda P(alpha (.) tau) in the solver dtype; Stage 3 casts it on the device, once,
@@ -147,8 +145,7 @@ class Rain:
         st = self._stats[site.name]
         if dtype != torch.float64 and st["rule"] == "exact" and st["residual"] > self.exact_tol:
             self.fallbacks += 1
-            b64 = {k: Basis(b.V.double(), b.s.double(), b.k, b.lam, b.capped, b.rows)
-                   for k, b in self._layer_bases(site.layer).items()}
+            b64 = {k: b.to(dtype=torch.float64) for k, b in self._layer_bases(site.layer).items()}
             del d
             d = self.delta_(site, self.task_vector(base, instruct, torch.float64), bases=b64)
             self._stats[site.name]["solve_dtype"] = "float64 (fallback)"

@@ -283,12 +283,12 @@ def _resources(cfg: RainConfig, arch: ArchSpec | None, metas: dict[str, _Meta], 
     gpu: dict[str, int] = {}
     host = 2 << 30  # interpreter, torch, transformers, tokenizer
     feats = bases = disk_tmp = per_layer_bases = 0
+    sb = 8 if cfg.stage1.solve_dtype == "float64" else 4  # bytes per basis entry
     out_bytes = reasoning.weight_bytes
     if arch is not None and cfg.method == "rain":
         groups = {FEATURE_GROUP[m] for m in modules}
         width = {"attn_in": arch.hidden, "o_in": arch.num_heads * arch.head_dim, "mlp_in": arch.hidden,
                  "down_in": arch.intermediate}
-        sb = 8 if cfg.stage1.solve_dtype == "float64" else 4
         feats = len(layers) * rows * sum(width[g] for g in groups) * 4  # float32, on the host
         for g in groups:
             if g == "o_in" and cfg.stage1.o_proj == "per_head":
@@ -317,8 +317,7 @@ def _resources(cfg: RainConfig, arch: ArchSpec | None, metas: dict[str, _Meta], 
     # one merged tensor on the device: the three inputs as stored, one working buffer and one upcast input
     # in the solve dtype, the output in the stored dtype; float32 adds a float64 redo (fallback) at worst
     wb = max(1, round(reasoning.weight_bytes / max(reasoning.params, 1)))
-    sb_ = 8 if cfg.stage1.solve_dtype == "float64" else 4
-    merge_work = biggest * (4 * wb + 2 * sb_ + (16 if sb_ == 4 else 0))
+    merge_work = biggest * (4 * wb + 2 * sb + (16 if sb == 4 else 0))
     if cfg.method == "rain" and arch is not None:
         widest = max((rows * w for w in (arch.hidden, arch.intermediate)), default=0)
         gpu["stage1_features"] = weights_fwd + act(t_reason)
