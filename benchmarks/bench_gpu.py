@@ -10,8 +10,8 @@ JSON is rewritten after each stage, so a run stopped by --time-limit (default 54
 stages; a stage that would start past it is recorded as skipped) or by `timeout` keeps what it
 measured: per stage wall seconds, forward tokens/s, peak GPU memory, peak host RSS; the GPU name.
 
-The 7B trio hard-links the base to the ITM (tau = 0: identical reads and work, 30 GB of disk instead
-of 45 GB); the 1.5B trio is deleted before the 7B one is written (64 GB disks).
+The 7B trio hard-links the base to the LRM (identical reads and work, tau = ITM - LRM still non-zero;
+30 GB of disk instead of 45 GB); the 1.5B trio is deleted before the 7B one is written (64 GB disks).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import os
 import shutil
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -85,13 +86,58 @@ class Run:
         return value
 
 
-def bench_shape(run: Run, shape: str, a: argparse.Namespace) -> None:
+def ceilings(run: Run) -> None:
+    """The two rates a stage's time is read against (METHOD.md): device copy bandwidth, bf16 GEMM rate."""
+    if not run.cuda:
+        return
+    x = torch.empty(2**30, dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        y.copy_(x), a @ a
+    ev = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
+    ev[0].record()
+    for _ in range(10):
+        y.copy_(x)
+    ev[1].record()
+    for _ in range(10):
+        a @ a
+    ev[2].record()
+    torch.cuda.synchronize()
+    run.data["ceilings"] = {"copy_tb_s": round(2 * 2**30 * 10 / (ev[0].elapsed_time(ev[1]) / 1e3) / 1e12, 2),
+                            "bf16_gemm_tflop_s": round(2 * 8192**3 * 10 / (ev[1].elapsed_time(ev[2]) / 1e3) / 1e12, 1)}
+    del x, y, a
+    torch.cuda.empty_cache()
+    print(f"  ceilings {run.data['ceilings']}", flush=True)
+
+
+def unique_weight_bytes(ctx) -> list[int]:
+    """Bytes of the distinct weight files (a hard-linked base is read and hashed once)."""
+    seen = {}
+    for src in ctx.sources().values():
+        for f in src.files:
+            st = os.stat(f)
+            seen[(st.st_dev, st.st_ino)] = st.st_size
+    return list(seen.values())
+
+
+def hash_inputs(ctx) -> dict[str, Any]:
+    from rainmerge.io import lazy
+
+    lazy._DIGESTS.clear()  # a fresh process's cost, not a memo of an earlier stage
+    return {r: s.describe(True) for r, s in ctx.sources().items()}
+
+
+def bench_shape(run: Run, shape: str, a: argparse.Namespace) -> dict[str, torch.Tensor]:
+    """Every step `rainmerge merge` takes for RAIN, in its order (stages._run_merge_locked), one row each.
+    Returns layer 0's protected features (for the factorization comparison)."""
     from rainmerge import stages
     from rainmerge.config import load_config
     from rainmerge.context import load_reasoning_model, open_models
     from rainmerge.merge import write_merged_model
     from rainmerge.methods import build_method
     from rainmerge.provenance import provenance
+    from rainmerge.safety import calibration_paths, preflight
     from rainmerge.synthetic import write_calibration_of_length
 
     work = Path(a.work) / shape
@@ -102,16 +148,24 @@ def bench_shape(run: Run, shape: str, a: argparse.Namespace) -> None:
     r_cal, i_cal = write_calibration_of_length(work / "calib", a.reasoning_samples, a.instruction_samples, a.words)
     run.one_model = model_bytes(trio["reasoning"])
     run.data["shapes"][shape]["one_model_gb"] = gb(run.one_model)
+    out = work / "out"
     cfg = load_config(None, {"base": str(trio["base"]), "instruct": str(trio["instruct"]),
                              "reasoning": str(trio["reasoning"]), "reasoning_calibration": str(r_cal),
-                             "instruction_calibration": str(i_cal), "output": str(work / "out"),
-                             "overwrite": True, "method": "rain", "device": a.device, "hash_inputs": False})
-    ctx = open_models(cfg.models_spec(), cfg.runtime())
+                             "instruction_calibration": str(i_cal), "output": str(out),
+                             "overwrite": True, "method": "rain", "device": a.device, "hash_inputs": True})
+    run.stage(shape, "plan", lambda: stages.check_plan(cfg))
+    ctx = run.stage(shape, "open_models", lambda: open_models(cfg.models_spec(), cfg.runtime()))
+    run.stage(shape, "preflight_scan", lambda: preflight(ctx.sources(), list(ctx.sites), out,
+                                                         protected=calibration_paths(cfg), scan_finite=True))
+    inputs = run.stage(shape, "hash_inputs", lambda: hash_inputs(ctx))
+    run.data["shapes"][shape]["hash_inputs"]["unique_gb"] = gb(sum(unique_weight_bytes(ctx)))
     cal = run.stage(shape, "encode_calibration", lambda: stages.encode_calibration(ctx, cfg.calibration_spec()))
     run.data["shapes"][shape]["samples"] = {"reasoning": len(cal.reasoning), "instruction": len(cal.instruction)}
     model = run.stage(shape, "load_lrm", lambda: load_reasoning_model(ctx))
     feats = run.stage(shape, "stage1_features", lambda: stages.stage1_features(ctx, model, cal.reasoning, False),
                       lambda _: sum(len(s.input_ids) for s in cal.reasoning))
+    layer0 = {g: x.clone() for g, x in feats[ctx.layers[0]].items()}
+    run.data["shapes"][shape]["protected_rows"] = int(next(iter(layer0.values())).shape[0])
     bases = run.stage(shape, "stage1_solve", lambda: stages.stage1_projectors(ctx, feats, cfg.stage1))
     del feats
     coeffs, _ = run.stage(shape, "stage2", lambda: stages.stage2_coefficients(
@@ -122,10 +176,72 @@ def bench_shape(run: Run, shape: str, a: argparse.Namespace) -> None:
         torch.cuda.empty_cache()
     method = build_method(cfg, arch=ctx.arch, bases=bases, coeffs=coeffs, device=a.device)
     run.stage(shape, "stage3_merge", lambda: write_merged_model(
-        ctx.reasoning, ctx.base, ctx.instruct, ctx.sites, method, work / "out",
-        provenance(cfg, ctx, {}, cal.record, {}), overwrite=True, max_shard_size=cfg.max_shard_size,
+        ctx.reasoning, ctx.base, ctx.instruct, ctx.sites, method, out,
+        provenance(cfg, ctx, inputs, cal.record, {}), overwrite=True, max_shard_size=cfg.max_shard_size,
         progress=False, inputs_scanned=True))
     ctx.close()
+    rows = run.data["shapes"][shape]
+    rows["end_to_end_s"] = round(sum(r["seconds"] for k, r in rows.items() if isinstance(r, dict) and "seconds" in r
+                                     and k != "generate_trio"), 1)
+    rows["module_summary"] = method.summary()
+    run.save()
+    return layer0
+
+
+def compare_factorizations(run: Run, shape: str, feats: dict[str, torch.Tensor], rounds: int) -> None:
+    """svd vs gram on the device, on real protected features of layer 0, alternating rounds: seconds and
+    how far apart the two protect (identity residual of a random delta under each, projector gap)."""
+    from rainmerge.factorize import factorize
+    from rainmerge.projection import project_delta, protected_basis
+
+    dev = "cuda" if run.cuda else "cpu"
+    res: dict[str, Any] = {}
+    for g in ("attn_in", "down_in"):
+        if g not in feats or run.left() <= 0:
+            continue
+        X = feats[g].to(dev, torch.float64)[None]
+        times: dict[str, list[float]] = {"svd": [], "gram": []}
+        for r in range(rounds):
+            for meth in (("svd", "gram") if r % 2 == 0 else ("gram", "svd")):
+                if run.cuda:
+                    torch.cuda.synchronize()
+                t0 = time.time()
+                f = factorize(X, meth)
+                if run.cuda:
+                    torch.cuda.synchronize()
+                times[meth].append(round(time.time() - t0, 3))
+                del f
+        tau = torch.randn(512, X.shape[-1], device=dev, dtype=torch.float64,
+                          generator=torch.Generator(device=dev).manual_seed(0))
+        row: dict[str, Any] = {"shape": list(X.shape[1:]), **{f"{k}_s": v for k, v in times.items()}}
+        for meth in ("svd", "gram"):
+            b = protected_basis(X[0], dtype="float64", factorization=meth)
+            row[f"{meth}_rank"] = b.rank
+            row[f"{meth}_residual"] = float(torch.linalg.norm(project_delta(tau, b) @ X[0].T)
+                                            / torch.linalg.norm(tau @ X[0].T))
+        row["gram_over_svd"] = round(min(times["gram"]) / min(times["svd"]), 3)
+        res[g] = row
+        print(f"  {shape} factorization {g} {json.dumps(row)}", flush=True)
+    run.data["shapes"][shape]["factorization"] = res
+    run.save()
+
+
+TARGETS = {"end_to_end_s": 120.0, "peak_gpu_gb": 20.0, "rss_over_model": 1.3}
+
+
+def summary(run: Run) -> None:
+    """The figures the issue sets targets for, per shape, last in the output."""
+    print(f"{'shape':<14}{'end-to-end s':>14}{'max peak GPU GB':>17}{'max rss/model':>15}  slowest stages")
+    for shape, rows in run.data["shapes"].items():
+        st = {k: r for k, r in rows.items() if isinstance(r, dict) and "seconds" in r and k != "generate_trio"}
+        gpu = max((r.get("peak_gpu_gb", 0) for r in st.values()), default=0)
+        rss = max((r.get("rss_over_model", 0) for r in st.values()), default=0)
+        top = sorted(st, key=lambda k: -st[k]["seconds"])[:3]
+        rows["targets"] = {"end_to_end_s": rows.get("end_to_end_s"), "peak_gpu_gb": gpu, "rss_over_model": rss,
+                           "limits": TARGETS}
+        print(f"{shape:<14}{rows.get('end_to_end_s', float('nan')):>14}{gpu:>17}{rss:>15}  "
+              + ", ".join(f"{k} {st[k]['seconds']:.1f}s" for k in top))
+    run.save()
 
 
 def main() -> None:
@@ -140,6 +256,8 @@ def main() -> None:
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
                     help="cpu: a smoke run of this script (with --layers and few samples), no figures to keep")
     ap.add_argument("--layers", type=int, default=None, help="truncate each shape to N layers (smoke runs)")
+    ap.add_argument("--factor-rounds", type=int, default=2,
+                    help="then svd vs gram on the last shape's layer-0 features, N alternating rounds (0: skip)")
     a = ap.parse_args()
     if a.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("bench_gpu.py needs a CUDA GPU (for CPU figures use bench_merge.py --device cpu)")
@@ -150,15 +268,25 @@ def main() -> None:
     warm_model_code(_config(SHAPES[a.shapes.split(",")[0]], 1))  # no model folder exists yet
     run.baseline = rss_bytes()
     run.data["rss_after_imports_gb"] = gb(run.baseline)
+    ceilings(run)
+    feats: dict[str, torch.Tensor] = {}
+    shape = ""
     for shape in a.shapes.split(","):
         try:
-            bench_shape(run, shape, a)
+            feats = bench_shape(run, shape, a)
         except TimeoutError as exc:
             print(f"time limit reached before {shape}/{exc}; stopping", flush=True)
             break
+        except Exception:  # keep what was measured, say what broke, go on to the next shape
+            run.data.setdefault("errors", {})[shape] = traceback.format_exc()[-3000:]
+            run.save()
+            traceback.print_exc()
         finally:
             if run.cuda:
                 torch.cuda.empty_cache()
+    if feats and a.factor_rounds:
+        compare_factorizations(run, shape, feats, a.factor_rounds)
+    summary(run)
     run.data["total_seconds"] = round(time.time() - start, 1)
     run.save()
     print(f"wrote {a.json} ({run.data['gpu']}, {run.data['total_seconds']} s)")

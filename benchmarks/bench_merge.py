@@ -138,7 +138,7 @@ def main() -> None:
                     help="then N alternating rounds of the stage-3 merge alone, task arithmetic vs RAIN (float32 and float64 bases, "
                          "coefficients of the run above): median times and their ratio (target <= 1.5)")
     ap.add_argument("--link-base", action="store_true",
-                    help="hard-link base weights to the ITM's (same work; 1/3 less disk, e.g. for 7B on 64 GB)")
+                    help="hard-link base weights to the LRM's (same work; 1/3 less disk, e.g. for 7B on 64 GB)")
     a = ap.parse_args()
     if a.compare:
         return compare(*a.compare)

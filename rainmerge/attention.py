@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .calibration import InstructionSample
-from .features import decoder_body
+from .features import decoder_body, to_device
 
 IMPL = "rainmerge_stats"
 
@@ -78,7 +78,7 @@ def _stats_attention(module, query, key, value, attention_mask, scaling=None, dr
             mass = p @ ctx.w_cols  # [H, n, K]: mean attention on instruction k per query row
             a += torch.einsum("hnk,nk->hk", mass, ctx.w_rel[sl])
             u += torch.einsum("hnk,nk->hk", mass, ctx.w_unr[sl])
-        ctx.out[module.layer_idx] = (a, u)  # left on the device: one copy per sample, not per layer
+        ctx.out[module.layer_idx] = (a, u)  # left on the device: alignment_leakage copies once at the end
     return out
 
 
@@ -92,6 +92,8 @@ def register() -> str:
 
 
 def _weights(sample: InstructionSample, device) -> tuple[torch.Tensor, ...]:
+    """Row/column weights on `device`, and the indices of the instructions that have a related / an
+    unrelated span (known on the host: no device->host read is needed to select them)."""
     rows = sample.rows()
     at = {t: i for i, t in enumerate(rows)}
     T, K = len(sample.input_ids), len(sample.spans)
@@ -104,7 +106,11 @@ def _weights(sample: InstructionSample, device) -> tuple[torch.Tensor, ...]:
             w_rel[[at[t] for t in s.related], k] = 1.0 / len(s.related)
         if s.unrelated:
             w_unr[[at[t] for t in s.unrelated], k] = 1.0 / len(s.unrelated)
-    return (torch.tensor(rows, device=device), w_cols.to(device), w_rel.to(device), w_unr.to(device))
+    with_r = [k for k, s in enumerate(sample.spans) if s.related]
+    with_u = [k for k, s in enumerate(sample.spans) if s.unrelated]
+    host = (torch.tensor(rows), w_cols, w_rel, w_unr, torch.tensor(with_r, dtype=torch.long),
+            torch.tensor(with_u, dtype=torch.long))
+    return tuple(to_device(x, device) for x in host)
 
 
 @torch.no_grad()
@@ -138,30 +144,29 @@ def alignment_leakage(
     device = next(model.parameters()).device
     prev = model.config._attn_implementation
     model.set_attn_implementation(IMPL)
-    A = torch.zeros(len(samples), len(layers), num_heads)
-    U = torch.zeros_like(A)
+    # filled on the device and copied once at the end: no per-sample sync, so the host queues the next
+    # forward while this one runs (transformers' forward is host-bound at these lengths)
+    A = torch.full((len(samples), len(layers), num_heads), float("nan"), device=device)
+    U = torch.full_like(A, float("nan"))
     try:
         for si, s in enumerate(tqdm(samples, desc=desc, unit="sample", disable=not progress)):
-            rows, w_cols, w_rel, w_unr = _weights(s, device)
+            rows, w_cols, w_rel, w_unr, with_r, with_u = _weights(s, device)
             ctx = _Ctx(set(layers), rows, w_cols, w_rel, w_unr, row_chunk)
             _ACTIVE.append(ctx)
             try:
-                decoder_body(model)(input_ids=torch.tensor([s.input_ids], device=device), use_cache=False)
+                decoder_body(model)(input_ids=to_device(torch.tensor([s.input_ids]), device), use_cache=False)
             finally:
                 _ACTIVE.pop()
-            has_r = (w_rel.sum(0) > 0).cpu()
-            has_u = (w_unr.sum(0) > 0).cpu()
-            out = ctx.out
-            if out:
-                keys_ = list(out)
-                both = torch.stack([torch.stack(out[l]) for l in keys_]).cpu()  # one device->host copy
-                out = {l: (both[j, 0], both[j, 1]) for j, l in enumerate(keys_)}
-            for l, (a, u) in out.items():
-                A[si, pos[l]] = a[:, has_r].mean(1) if has_r.any() else float("nan")
-                U[si, pos[l]] = u[:, has_u].mean(1) if has_u.any() else float("nan")
             missing = set(layers) - set(ctx.out)
             if missing:
                 raise RuntimeError(f"attention hook saw no call for layers {sorted(missing)}")
+            idx = to_device(torch.tensor([pos[l] for l in ctx.out]), device)
+            a_all = torch.stack([ctx.out[l][0] for l in ctx.out])  # [L, H, K]
+            u_all = torch.stack([ctx.out[l][1] for l in ctx.out])
+            if len(with_r):
+                A[si].index_copy_(0, idx, a_all.index_select(2, with_r).mean(2))
+            if len(with_u):
+                U[si].index_copy_(0, idx, u_all.index_select(2, with_u).mean(2))
     finally:
         model.set_attn_implementation(prev)
-    return A, U
+    return A.cpu(), U.cpu()

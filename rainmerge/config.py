@@ -82,6 +82,10 @@ class ProjectionConfig(_Strict):
     solve_dtype: Literal["float64", "float32"] = Field(
         default="float32", description="dtype the bases are stored and applied in (the SVD is always float64); "
         "float32 redoes in float64 any module whose residual misses the exactness tolerance")
+    factorization: Literal["auto", "svd", "gram"] = Field(
+        default="auto", description="how the float64 row space of the features is found: svd, or gram (eigh of "
+        "the small Gram matrix + QR, GEMM-bound; the left-out share is measured and svd redoes a miss); "
+        "auto: gram on CUDA and for large factors on the CPU, svd for small ones")
     max_seq_len: int = Field(default=8192, ge=8, description="longer calibration records are skipped")
     max_skip_fraction: float = Field(default=0.2, ge=0, le=1, description="fail when more records than this share are skipped")
 
@@ -89,7 +93,7 @@ class ProjectionConfig(_Strict):
         """Keyword arguments of projection.bases_from_features (after feats, num_heads, head_dim)."""
         return dict(ridge=self.ridge, energy=self.energy, max_rank_fraction=self.max_rank_fraction,
                     rank_rtol=self.rank_rtol, energy_when_capped=self.energy_when_capped, dtype=self.solve_dtype,
-                    o_proj=self.o_proj)
+                    o_proj=self.o_proj, factorization=self.factorization)
 
 
 class CoefficientConfig(_Strict):

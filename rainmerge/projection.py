@@ -23,8 +23,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import logging
+
 import torch
 
+from .factorize import factorize, resolve
+
+log = logging.getLogger("rainmerge")
 _DT = {"float64": torch.float64, "float32": torch.float32}
 RULES = ("exact", "energy", "capped")
 
@@ -60,8 +65,32 @@ class Basis:
         s2 = self.s[: self.k] ** 2
         return s2 / (s2 + self.lam)
 
+    def complement(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """(W, Ve, we) with I - V_k diag(shrink) V_k^T = W W^T + Ve diag(we) Ve^T, or None when the direct
+        form is cheaper. W [in, in-k] is an orthonormal basis of the kept subspace; Ve are the few removed
+        directions whose ridge share we = lam / (s^2 + lam) exceeds RIDGE_KEEP (usually none). Eq. 5 then
+        costs 4 out in (in - k + |e|) flops instead of 4 out in k: far less once the protected rows fill
+        most of the width (a capped 1.5B layer removes 90% of it). Cached on the object (not a field, so
+        artifacts never store it)."""
+        cached = self.__dict__.get("_complement", False)
+        if cached is not False:
+            return cached
+        keep = self.lam / (self.s[: self.k] ** 2 + self.lam) if self.lam > 0 else torch.zeros(self.k)
+        extra = (keep > RIDGE_KEEP).nonzero().flatten().to(self.V.device)
+        out = None
+        if self.width - self.k + len(extra) <= COMPLEMENT_SHARE * self.k:
+            Q = torch.linalg.qr(self.V[:, : self.k].to(torch.float64), mode="complete").Q
+            W = Q[:, self.k:].to(self.V.dtype).contiguous()
+            out = (W, self.V[:, extra].contiguous(), keep.to(self.V.device)[extra].to(self.V.dtype))
+        self.__dict__["_complement"] = out
+        return out
+
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Basis":
         return Basis(self.V.to(device, dtype), self.s.to(device, dtype), self.k, self.lam, self.capped, self.rows)
+
+
+COMPLEMENT_SHARE = 0.75  # the complement form when its rank is at most this share of k (QR and extras cost)
+RIDGE_KEEP = 1e-6  # removed directions whose ridge share lam/(s^2+lam) is above this are kept exactly
 
 
 def rank_cap(width: int, max_rank_fraction: float) -> int:
@@ -82,33 +111,52 @@ def protected_basis(
     rank_rtol: float = 1e-12,
     energy_when_capped: float = 1.0,
     dtype: str = "float64",
+    factorization: str = "svd",
 ) -> Basis:
     """Factor the protected features (paper Eq. 4's Phi_Omega) into the subspace the delta must avoid.
 
-    The SVD always runs in float64 (once per feature group: cheap next to the projections, and the
-    directions of an ill-conditioned X are only right to ~1e-7 * s_max / s in float32); `dtype` is the
-    dtype the basis is stored and applied in (float32: half the memory, ~0.6x the projection time).
+    The factorization always runs in float64 (once per feature group: cheap next to the projections,
+    and the directions of an ill-conditioned X are only right to ~1e-7 * s_max / s in float32), by
+    `factorization` (svd | gram | auto: rainmerge.factorize); `dtype` is the dtype the basis is stored
+    and applied in (float32: half the memory, ~0.6x the projection time).
 
     Rule (see the module docstring): remove the whole numerical row space when it fits under the cap
     (exact); otherwise the leading directions holding `energy_when_capped` (< 1) of the energy when they
     fit (energy); otherwise the `cap` leading directions (capped). An explicit `energy` < 1 applies first.
     """
-    Xd = X.to(torch.float64)
-    m, width = Xd.shape
+    return protected_bases(X[None], ridge=ridge, energy=energy, max_rank_fraction=max_rank_fraction,
+                           rank_rtol=rank_rtol, energy_when_capped=energy_when_capped, dtype=dtype,
+                           factorization=factorization)[0]
+
+
+def protected_bases(X: torch.Tensor, *, ridge: float = 1e-10, energy: float = 1.0, max_rank_fraction: float = 0.9,
+                    rank_rtol: float = 1e-12, energy_when_capped: float = 1.0, dtype: str = "float64",
+                    factorization: str = "svd") -> list[Basis]:
+    """protected_basis for a batch X [B, m, width] (e.g. o_proj's head blocks): one batched
+    factorization and one device->host copy of the singular values, not B loops with a sync each."""
+    B, m, width = X.shape
     if m == 0:
-        return Basis(torch.zeros(width, 0, dtype=_DT[dtype]), torch.zeros(0, dtype=_DT[dtype]), 0, 0.0, False, 0)
-    _, s, Vh = torch.linalg.svd(Xd, full_matrices=False)
-    r = int((s > rank_rtol * s[0]).sum()) if s[0] > 0 else 0
-    s, V = s[:r], Vh[:r].T.contiguous()
-    total = float((s**2).sum())
-    k = r if energy >= 1.0 or total == 0 else _energy_count(s, energy)
+        return [Basis(torch.zeros(width, 0, dtype=_DT[dtype], device=X.device),
+                      torch.zeros(0, dtype=_DT[dtype], device=X.device), 0, 0.0, False, 0) for _ in range(B)]
+    f = factorize(X.to(torch.float64), resolve(factorization, X), rank_rtol)
+    if f.redone:
+        log.info("stage 1: %d of %d gram factors left out more than their tolerance of X; redone by svd",
+                 f.redone, B)
+    s_host = f.s.cpu()
     cap = rank_cap(width, max_rank_fraction)
-    if k > cap and energy_when_capped < 1.0 and total > 0:
-        k = min(k, _energy_count(s, energy_when_capped))
-    capped = k > cap
-    k = min(k, cap)
-    lam = ridge * total / m
-    return Basis(V.to(_DT[dtype]), s.to(_DT[dtype]), k, lam, capped, m)
+    out = []
+    for b in range(B):
+        r = f.rank[b]
+        s = s_host[b, :r]
+        total = float((s**2).sum())
+        k = r if energy >= 1.0 or total == 0 else _energy_count(s, energy)
+        if k > cap and energy_when_capped < 1.0 and total > 0:
+            k = min(k, _energy_count(s, energy_when_capped))
+        capped = k > cap
+        k = min(k, cap)
+        V = f.V[b, :, :r].to(_DT[dtype]).contiguous()
+        out.append(Basis(V, f.s[b, :r].to(_DT[dtype]), k, ridge * total / m, capped, m))
+    return out
 
 
 def project_delta(delta: torch.Tensor, basis: Basis) -> torch.Tensor:
@@ -122,6 +170,12 @@ def project_delta_(d: torch.Tensor, basis: Basis, dV: torch.Tensor | None = None
     `dV`: d @ V if the caller already has it (the residual statistic needs it too)."""
     if basis.k == 0:
         return d
+    comp = basis.complement()
+    if comp is not None:  # d P = (d W) W^T + (d Ve) diag(we) Ve^T, still in place on d
+        W, Ve, we = comp
+        ce = (d @ Ve) * we if len(we) else None
+        d.addmm_(d @ W, W.T, beta=0.0)  # beta=0: d's old values are not read (the product holds them)
+        return d.addmm_(ce, Ve.T) if ce is not None else d
     Vk = basis.V[:, : basis.k]
     coef = (d @ Vk if dV is None else dV[:, : basis.k]) * basis.shrink()
     return d.addmm_(coef, Vk.T, alpha=-1.0)
@@ -141,10 +195,14 @@ def project_with_stats_(d: torch.Tensor, basis: Basis, residual_rows: int = RESI
         project_delta_(d, basis)
     else:
         step = -(-d.shape[0] // residual_rows)  # every step-th row: a strided view, no gather
-        dV = d @ basis.V
-        before = float(torch.linalg.vector_norm(dV[::step] * basis.s))
-        project_delta_(d, basis, dV)
-        del dV
+        if basis.complement() is None:
+            dV = d @ basis.V
+            before = float(torch.linalg.vector_norm(dV[::step] * basis.s))
+            project_delta_(d, basis, dV)
+            del dV
+        else:  # the complement form never forms d V: measure the sampled rows only
+            before = float(torch.linalg.vector_norm((d[::step] @ basis.V) * basis.s))
+            project_delta_(d, basis)
         if before > 0:
             res = float(torch.linalg.vector_norm((d[::step] @ basis.V) * basis.s)) / before
     pn = float(torch.linalg.vector_norm(d))
@@ -193,9 +251,9 @@ def bases_from_features(
         raise ValueError(f"o_proj must be one of {O_PROJ_MODES}, got {o_proj!r}")
     out: dict[str, Basis] = {}
     for group, X in feats.items():
-        if group == "o_in" and o_proj == "per_head":
-            for h in range(num_heads):
-                out[f"o_in.{h}"] = protected_basis(X[:, h * head_dim:(h + 1) * head_dim], **kw)
+        if group == "o_in" and o_proj == "per_head":  # one batched factorization for all heads
+            heads = X.reshape(X.shape[0], num_heads, head_dim).transpose(0, 1)
+            out.update({f"o_in.{h}": b for h, b in enumerate(protected_bases(heads, **kw))})
         else:
             out[group] = protected_basis(X, **kw)
     return out

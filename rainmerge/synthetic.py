@@ -68,8 +68,9 @@ def write_random_trio(root: Path, shape: str | dict[str, Any], layers: int | Non
                       max_shard_size: str = "2GB", link_base: bool = False, device: str = "cpu") -> dict[str, Path]:
     """base ~ N(0, 0.02); ITM and LRM = base + independent N(0, noise*0.02); one tensor in memory at a time.
 
-    link_base hard-links the base's weights to the ITM's (tau = 0, same work and I/O): a 7B trio then
-    needs 30 GB of disk instead of 45 GB. device="cuda" draws every tensor on the GPU (seconds for 7B;
+    link_base hard-links the base's weights to the LRM's (same work and I/O; tau = ITM - LRM is still a
+    real, non-zero task vector, so the identity statistics stay meaningful): a 7B trio then needs 30 GB
+    of disk instead of 45 GB. device="cuda" draws every tensor on the GPU (seconds for 7B;
     other random numbers than on the CPU, same distribution)."""
     from transformers import AutoModelForCausalLM
 
@@ -83,11 +84,11 @@ def write_random_trio(root: Path, shape: str | dict[str, Any], layers: int | Non
         layout.pop("lm_head.weight", None)
     tok = build_tokenizer(None)
     out = {}
-    for role, role_i in (("instruct", 1), ("reasoning", 2), ("base", 0)):
+    for role, role_i in (("instruct", 1), ("reasoning", 2), ("base", 0)):  # base last: it may link
         d = root / role
         d.mkdir(parents=True, exist_ok=True)
         if role == "base" and link_base:
-            for f in (root / "instruct").iterdir():
+            for f in (root / "reasoning").iterdir():
                 if f.suffix == ".safetensors" or f.name == "model.safetensors.index.json":
                     os.link(f, d / f.name)
             cfg.save_pretrained(d)

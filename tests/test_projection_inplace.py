@@ -87,3 +87,47 @@ def test_float32_module_missing_the_tolerance_is_redone_in_float64():
     out = rain.merge(site, lrm, base, inst)
     assert rain.fallbacks == 0 and rain.stats()[site.name]["solve_dtype"] == "float32" and out.dtype == torch.float32
     assert float(torch.linalg.norm((out.double() - lrm.double()) @ X.T) / torch.linalg.norm(tau @ X.T)) < 1e-4
+
+
+def test_complement_form_equals_the_paper_form_with_ridge_kept_where_it_matters():
+    """A layer whose protected rows fill its width: Eq. 5 runs as (d W) W^T plus the removed directions
+    whose ridge share is not negligible; it must still be the paper's operator."""
+    g = torch.Generator().manual_seed(7)
+    U = torch.linalg.qr(torch.randn(60, 24, generator=g, dtype=torch.float64))[0]
+    V = torch.linalg.qr(torch.randn(24, 24, generator=g, dtype=torch.float64))[0]
+    s = torch.cat([torch.linspace(1.0, 0.5, 20, dtype=torch.float64), torch.full((4,), 1e-3, dtype=torch.float64)])
+    X = (U * s) @ V.T
+    ridge = 1e-8
+    b = protected_basis(X, ridge=ridge, max_rank_fraction=1.0)
+    W, Ve, we = b.complement()
+    assert W.shape == (24, 0) and Ve.shape == (24, 4)  # nothing kept but the four weak directions' ridge share
+    lam = ridge * float((X**2).sum()) / 60
+    dW = torch.randn(600, 24, generator=g, dtype=torch.float64)
+    paper = dW @ (torch.eye(24, dtype=torch.float64)
+                  - torch.linalg.solve(X.T @ X + lam * torch.eye(24, dtype=torch.float64), X.T @ X))
+    # ridge shares below RIDGE_KEEP (1e-6) are dropped by design; the four weak directions keep ~2e-3
+    tol = 1e-6 * float(dW.abs().max())
+    assert torch.allclose(project_delta(dW, b), paper, atol=tol)
+    assert not torch.allclose(dW @ W @ W.T, paper, atol=100 * tol)  # without them it would be off
+    d = dW.clone()
+    st = project_with_stats_(d, b)
+    ref = projection_stats(dW, paper, b)
+    assert torch.allclose(d, paper, atol=tol) and abs(st["kept_norm"] / ref["kept_norm"] - 1) < 1e-3
+
+
+def test_complement_form_of_a_capped_wide_basis_matches_the_direct_form_in_float32():
+    g = torch.Generator().manual_seed(8)
+    X = torch.randn(30, 32, generator=g, dtype=torch.float64)  # rank 30 > cap 28: the 28 leading are removed
+    b64 = protected_basis(X, max_rank_fraction=0.9)
+    b32 = protected_basis(X, max_rank_fraction=0.9, dtype="float32")
+    assert b64.k == 28 and b64.rule == "capped" and b64.complement()[0].shape == (32, 4)
+    dW = torch.randn(40, 32, generator=g, dtype=torch.float64)
+    Vk = b64.V[:, :28]
+    direct = dW - (dW @ Vk * b64.shrink()) @ Vk.T  # Eq. 5's low-rank form, written out
+    assert torch.allclose(project_delta(dW, b64), direct, atol=1e-12)
+    assert torch.allclose(project_delta(dW, b32).double(), direct, atol=1e-5)
+    # the o_proj head-block path projects column views in place: the other block is untouched
+    d = torch.randn(40, 64, generator=g, dtype=torch.float64)
+    left = d[:, :32].clone()
+    project_delta_(d[:, 32:], b64)
+    assert torch.equal(d[:, :32], left) and torch.allclose(d[:, 32:], project_delta(d[:, 32:].clone(), b64), atol=0)

@@ -28,6 +28,29 @@ def sha256_file(path: str | Path, chunk: int = 1 << 24) -> str:
     return h.hexdigest()
 
 
+# digests of files already hashed in this process, keyed by what changes when the bytes can: one read
+# for hard-linked shards (the same inode in two model folders) and for a second describe() of a model
+_DIGESTS: dict[tuple[int, int, int, int], str] = {}
+
+
+def sha256_files(paths: list[Path], workers: int | None = None) -> list[str]:
+    """sha256 of each file, several files at once (hashlib releases the GIL on large blocks, so
+    threads hash in parallel: a 7B's shards are read at disk speed rather than one core's hash rate)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    keys = []
+    for p in paths:
+        st = os.stat(p)
+        keys.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+    todo = {k: p for k, p in zip(keys, paths) if k not in _DIGESTS}
+    workers = workers or min(8, os.cpu_count() or 1)
+    if todo:
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(todo)))) as pool:
+            for k, digest in zip(todo, pool.map(sha256_file, todo.values())):
+                _DIGESTS[k] = digest
+    return [_DIGESTS[k] for k in keys]
+
+
 # bytes per element of the safetensors dtypes
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8,
                "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1}
@@ -251,13 +274,10 @@ class ModelSource:
         _LIVE.discard(self)
 
     def file_digests(self) -> dict[str, str]:
-        out = {}
-        for f in self.files:
-            try:
-                out[f.name] = sha256_file(f)
-            except OSError as exc:
-                raise CorruptInputError(f"{self.role}: cannot read {f} to hash it: {exc.strerror}") from None
-        return out
+        try:
+            return dict(zip((f.name for f in self.files), sha256_files(list(self.files))))
+        except OSError as exc:
+            raise CorruptInputError(f"{self.role}: cannot read {exc.filename} to hash it: {exc.strerror}") from None
 
     def describe(self, with_hashes: bool) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -28,18 +28,11 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msg
 _SMALL_LIMIT = 64 << 20  # refuse to "metadata-fetch" anything larger
 
 
-_DIGESTS: dict[tuple[str, int, int], str] = {}
-
-
 def file_digest(path: Path) -> str:
-    """sha256 of a file, memoised per (path, size, mtime) for repeated plans in one process."""
-    from ..io.lazy import sha256_file
+    """sha256 of a file, memoised per (inode, size, mtime) for repeated plans in one process."""
+    from ..io.lazy import sha256_files
 
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _DIGESTS:
-        _DIGESTS[key] = sha256_file(path)
-    return _DIGESTS[key]
+    return sha256_files([path])[0]
 
 
 # ---------------------------------------------------------------------------------------------------
