@@ -128,6 +128,19 @@ def hash_inputs(ctx) -> dict[str, Any]:
     return {r: s.describe(True) for r, s in ctx.sources().items()}
 
 
+def shipped_sections(shape: str) -> dict[str, Any]:
+    """The shipped config's stage1/stage2 sections for this shape (configs/<shape>.yaml), so the bench
+    measures what a user runs: e.g. the 1.5B config protects radius-2 windows (900 rows, exact on every
+    module); the defaults' radius 5 (1,800 rows) would cap it (docs/deviations.md row 4)."""
+    import yaml
+
+    path = Path(__file__).resolve().parents[1] / "configs" / f"{shape}.yaml"
+    if not path.is_file():
+        return {}
+    tree = yaml.safe_load(path.read_text()) or {}
+    return {k: tree[k] for k in ("stage1", "stage2") if k in tree}
+
+
 def bench_shape(run: Run, shape: str, a: argparse.Namespace) -> dict[str, torch.Tensor]:
     """Every step `rainmerge merge` takes for RAIN, in its order (stages._run_merge_locked), one row each.
     Returns layer 0's protected features (for the factorization comparison)."""
@@ -149,10 +162,13 @@ def bench_shape(run: Run, shape: str, a: argparse.Namespace) -> dict[str, torch.
     run.one_model = model_bytes(trio["reasoning"])
     run.data["shapes"][shape]["one_model_gb"] = gb(run.one_model)
     out = work / "out"
+    shipped = shipped_sections(shape)
+    run.data["shapes"][shape]["config_sections"] = shipped
     cfg = load_config(None, {"base": str(trio["base"]), "instruct": str(trio["instruct"]),
                              "reasoning": str(trio["reasoning"]), "reasoning_calibration": str(r_cal),
                              "instruction_calibration": str(i_cal), "output": str(out),
-                             "overwrite": True, "method": "rain", "device": a.device, "hash_inputs": True})
+                             "overwrite": True, "method": "rain", "device": a.device, "hash_inputs": True,
+                             **shipped})
     run.stage(shape, "plan", lambda: stages.check_plan(cfg))
     ctx = run.stage(shape, "open_models", lambda: open_models(cfg.models_spec(), cfg.runtime()))
     run.stage(shape, "preflight_scan", lambda: preflight(ctx.sources(), list(ctx.sites), out,
@@ -166,7 +182,7 @@ def bench_shape(run: Run, shape: str, a: argparse.Namespace) -> dict[str, torch.
                       lambda _: sum(len(s.input_ids) for s in cal.reasoning))
     layer0 = {g: x.clone() for g, x in feats[ctx.layers[0]].items()}
     run.data["shapes"][shape]["protected_rows"] = int(next(iter(layer0.values())).shape[0])
-    bases = run.stage(shape, "stage1_solve", lambda: stages.stage1_projectors(ctx, feats, cfg.stage1))
+    bases = run.stage(shape, "stage1_solve", lambda: stages.stage1_projectors(ctx, feats, cfg.stage1, consume=True))
     del feats
     coeffs, _ = run.stage(shape, "stage2", lambda: stages.stage2_coefficients(
         ctx, model, bases, cal.instruction, cfg.stage2, cfg.strength, False),

@@ -199,7 +199,7 @@ def main() -> None:
             record("rain/load_lrm", t0)
             peak.stage(); t0 = time.time()
             feats = stages.stage1_features(ctx, model, cal.reasoning, progress=False)
-            bases = stages.stage1_projectors(ctx, feats, cfg.stage1)
+            bases = stages.stage1_projectors(ctx, feats, cfg.stage1, consume=True)
             del feats
             record("rain/stage1", t0, sum(len(s.input_ids) for s in cal.reasoning))
             peak.stage(); t0 = time.time()

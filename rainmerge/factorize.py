@@ -68,14 +68,14 @@ def gram_factors(X: torch.Tensor, rank_rtol: float) -> Factors:
     else:
         ev, U = torch.linalg.eigh(X @ X.mT)
         s, U = ev.flip(-1).clamp_min(0).sqrt(), U.flip(-1)
-        V0 = (X.mT @ U) / s.clamp_min(torch.finfo(X.dtype).tiny)[..., None, :]
+        V0 = (X.mT @ U).div_(s.clamp_min(torch.finfo(X.dtype).tiny)[..., None, :])
         V, R = torch.linalg.qr(V0)
-        V = V * torch.sign(torch.diagonal(R, dim1=-2, dim2=-1)).add_(0.5).sign()[..., None, :]
+        del V0  # in place from here: each [width, m] temporary is as large as X
+        V.mul_(torch.sign(torch.diagonal(R, dim1=-2, dim2=-1)).add_(0.5).sign()[..., None, :])
     rank = _ranks(s, max(rank_rtol, GRAM_RTOL))
     out = Factors(s, V, rank, "gram")
     # measured, not assumed: the share of X outside the kept directions
-    left = torch.stack([torch.linalg.vector_norm(X[b] - (X[b] @ V[b, :, :r]) @ V[b, :, :r].mT) if r else
-                        torch.linalg.vector_norm(X[b]) for b, r in enumerate(rank)])
+    left = torch.stack([left_out(X[b], V[b, :, :r]) for b, r in enumerate(rank)])
     norms = torch.linalg.vector_norm(X, dim=(-2, -1))
     bad = [b for b, ok in enumerate((left <= GRAM_TOL * norms).tolist()) if not ok]
     if bad:
@@ -84,6 +84,15 @@ def gram_factors(X: torch.Tensor, rank_rtol: float) -> Factors:
             out.s[b], out.V[b], out.rank[b] = ref.s[j], ref.V[j], ref.rank[j]
         out.redone = len(bad)
     return out
+
+
+def left_out(X: torch.Tensor, V: torch.Tensor, rows: int = 256) -> torch.Tensor:
+    """||X - X V V^T||_F, a block of rows at a time (a full-size temporary would be as large as X)."""
+    sq = torch.zeros((), dtype=X.dtype, device=X.device)
+    for r0 in range(0, X.shape[0], rows):
+        x = X[r0:r0 + rows]
+        sq += torch.linalg.vector_norm(x.addmm(x @ V, V.mT, alpha=-1.0)) ** 2 if V.shape[1] else (x**2).sum()
+    return sq.sqrt()
 
 
 def factorize(X: torch.Tensor, method: str = "svd", rank_rtol: float = 1e-12) -> Factors:

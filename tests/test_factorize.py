@@ -114,3 +114,30 @@ def test_file_digests_hash_each_inode_once_and_match_hashlib(tmp_path, monkeypat
     assert len(calls) == 2  # the hard link is the same inode: read once
     b.write_bytes(b"changed, longer bytes")  # a new size and mtime: hashed again, not served from memory
     assert lazy.sha256_files([b]) == [hashlib.sha256(b"changed, longer bytes").hexdigest()] and len(calls) == 3
+
+
+def test_stage1_projectors_consume_reads_each_layer_once_and_gives_the_same_bases(tmp_path, monkeypatch):
+    """The pipeline's compute_projectors step: features come from per-layer files, each read once and
+    dropped as soon as its bases exist; the bases equal those made from features held in memory."""
+    from types import SimpleNamespace
+
+    from rainmerge import stages
+    from rainmerge.config import ProjectionConfig
+    from rainmerge.product import artifacts as A
+
+    g = torch.Generator().manual_seed(9)
+    feats = {l: {"attn_in": torch.randn(12, 64, generator=g), "down_in": torch.randn(12, 96, generator=g)}
+             for l in range(3)}
+    ctx = SimpleNamespace(layers=(0, 1, 2), device="cpu", arch=SimpleNamespace(num_heads=4, head_dim=16))
+    s1 = ProjectionConfig()
+    ref = stages.stage1_projectors(ctx, feats, s1)
+    A.save_features(tmp_path, feats)
+    reads = []
+    real = A.load_file
+    monkeypatch.setattr(A, "load_file", lambda p: reads.append(p) or real(p))
+    files = A.load_features(tmp_path)
+    got = stages.stage1_projectors(ctx, files, s1, consume=True)
+    assert len(reads) == 3 and len(set(reads)) == 3 and len(files) == 0
+    for l in ctx.layers:
+        for k, b in ref[l].items():
+            assert got[l][k].k == b.k and torch.allclose(got[l][k].V @ got[l][k].V.T, b.V @ b.V.T, atol=1e-6)

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 from huggingface_hub import split_torch_state_dict_into_shards
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, DiskSpaceError
 from .lock import OutputLock, _final, _temp_name
+from .stream import StreamingShard
 
 log = logging.getLogger("rainmerge")
 
@@ -208,7 +208,8 @@ def write_sharded(
     progress: bool = True,
     upcoming: Callable[[list[str]], None] | None = None,
 ) -> dict[str, str]:
-    """Write tensors shard by shard; `produce(name)` is called once per tensor, so one shard is in memory.
+    """Write tensors shard by shard, streamed (io.stream): `produce(name)` is called once per tensor, in
+    each shard's storage order, and at most a few produced tensors wait for the disk at any time.
     `upcoming(names)` is told each shard's tensor order first (lets a reader prefetch)."""
     meta = {n: torch.empty(shape, dtype=_DTYPES[dt], device="meta") for n, (shape, dt) in layout.items()}
     try:
@@ -217,22 +218,17 @@ def write_sharded(
         raise ConfigError(f"max_shard_size: {exc}") from None
     bar = tqdm(total=len(layout), desc=desc, unit="tensor", disable=not progress)
     for filename, names in split.filename_to_tensors.items():
-        if upcoming is not None:
-            upcoming(list(names))
-        shard: dict[str, torch.Tensor] = {}
-        for name in names:
-            t = produce(name)
-            if tuple(t.shape) != layout[name][0] or t.dtype != _DTYPES[layout[name][1]]:
-                raise RuntimeError(f"{name}: produced {tuple(t.shape)} {t.dtype}, planned {layout[name]}")
-            shard[name] = t.contiguous()
-            bar.update(1)
         try:
-            save_file(shard, str(out_dir / filename), metadata={"format": "pt"})
+            with StreamingShard(out_dir / filename, list(names), layout, metadata={"format": "pt"}) as shard:
+                if upcoming is not None:
+                    upcoming(list(shard.order))
+                for name in shard.order:
+                    shard.write(name, produce(name))
+                    bar.update(1)
         except Exception as exc:
             if _is_full(exc):
                 raise _full_error(out_dir, exc, f"shard {filename}") from None
             raise
-        del shard
     bar.close()
     if split.is_sharded:
         index = {"metadata": {**split.metadata}, "weight_map": split.tensor_to_filename}

@@ -4,14 +4,13 @@ template, calibration rows against each input's width, resources, lineage."""
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 from typing import Any
-
 
 from ..arch import FEATURE_GROUP, ArchSpec, arch_from_config
 from ..config import CalibrationRef, RainConfig
 from ..errors import RainMergeError
+from ..io.lazy import DTYPE_BYTES
 from ..projection import capacity
 from .report import (CalibrationReport, Lineage, ModuleShape, Problem, Resources, RowsWidth, TemplateReport,
                      ThinkToken)
@@ -39,6 +38,8 @@ PROBE_PROMPT = "What is 2 + 3?"
 
 _CMP_FIELDS = ("num_layers", "hidden", "num_heads", "num_kv_heads", "head_dim", "intermediate")
 
+
+IN_FLIGHT_TENSORS = 5  # stage 3 host memory: tensors read ahead, being made, queued and being written
 
 def _arch_checks(metas: dict[str, _Meta], problems: list[Problem], warnings: list[str]) -> dict[str, ArchSpec]:
     specs: dict[str, ArchSpec] = {}
@@ -313,7 +314,11 @@ def _resources(cfg: RainConfig, arch: ArchSpec | None, metas: dict[str, _Meta], 
     else:
         def act(t: int) -> int:
             return 0
-    shard = min(_parse_size(cfg.max_shard_size), reasoning.weight_bytes)
+    # the output is streamed (io.stream): a few tensors are in flight (read ahead, being made, queued and
+    # being written), never a whole shard; the largest is usually the embedding
+    sizes = sorted((math.prod(shape) * DTYPE_BYTES.get(dt, 4) for shape, dt in metas["reasoning"].tensors.values()),
+                   reverse=True)
+    in_flight = sum(sizes[:IN_FLIGHT_TENSORS])
     # one merged tensor on the device: the three inputs as stored, one working buffer and one upcast input
     # in the solve dtype, the output in the stored dtype; float32 adds a float64 redo (fallback) at worst
     wb = max(1, round(reasoning.weight_bytes / max(reasoning.params, 1)))
@@ -330,7 +335,7 @@ def _resources(cfg: RainConfig, arch: ArchSpec | None, metas: dict[str, _Meta], 
     else:
         gpu["stage3_merge"] = merge_work
     host_forward = weights_fwd + act(max(t_reason, t_instr)) if cfg.device == "cpu" else 0
-    host += max(feats + host_forward, bases + shard + merge_work + host_forward)
+    host += max(feats + host_forward, bases + in_flight + merge_work + host_forward)
     if cfg.device == "cpu":
         notes.append("device cpu: the forward passes run in host memory (counted in host RAM)")
         gpu = {}
@@ -341,18 +346,6 @@ def _resources(cfg: RainConfig, arch: ArchSpec | None, metas: dict[str, _Meta], 
                      disk_temp_bytes=disk_tmp, disk_total_bytes=out_bytes + disk_tmp + dl, host_ram_bytes=host,
                      gpu_bytes=gpu, gpu_peak_bytes=max(gpu.values(), default=0), forward_dtype=fdt,
                      device=device, notes=notes)
-
-
-def _parse_size(s: str | int) -> int:
-    if isinstance(s, int):
-        return s
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B)?\s*", str(s), re.I)
-    if not m:
-        return 5 * 10**9
-    unit = (m.group(2) or "B").upper()
-    mult = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20,
-            "GIB": 2**30, "TIB": 2**40}.get(unit, 1)
-    return int(float(m.group(1)) * mult)
 
 
 def _norm(name: str | None) -> str:

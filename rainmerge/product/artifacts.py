@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -76,8 +77,28 @@ def save_features(folder: Path, feats: dict[int, dict[str, torch.Tensor]]) -> No
         save_file({g: x.contiguous() for g, x in groups.items()}, str(folder / f"layer_{layer:03d}.safetensors"))
 
 
-def load_features(folder: Path) -> dict[int, dict[str, torch.Tensor]]:
-    return {int(f.stem.split("_")[1]): load_file(str(f)) for f in sorted(folder.glob("layer_*.safetensors"))}
+class FeatureFiles(Mapping):
+    """Layer -> its feature groups, read from the layer's file when asked: `pop(layer)` (what
+    stages.stage1_projectors(consume=True) calls) holds one layer in memory at a time, not all."""
+
+    def __init__(self, files: dict[int, Path]):
+        self.files = dict(files)
+
+    def __getitem__(self, layer: int) -> dict[str, torch.Tensor]:
+        return load_file(str(self.files[layer]))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.files)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def pop(self, layer: int) -> dict[str, torch.Tensor]:
+        return load_file(str(self.files.pop(layer)))
+
+
+def load_features(folder: Path) -> FeatureFiles:
+    return FeatureFiles({int(f.stem.split("_")[1]): f for f in sorted(folder.glob("layer_*.safetensors"))})
 
 
 def save_bases(folder: Path, bases: dict[int, dict[str, Basis]]) -> None:

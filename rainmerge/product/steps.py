@@ -132,7 +132,7 @@ def compute_projectors(models: dict[str, Any], features: A.DirRef, stage1: Proje
         mlflow.log_params(flatten({"stage1": stage1.model_dump(mode="json")}))
         ctx = _open(models, runtime)
         with stages.timed(timings, "seconds"):
-            bases = stages.stage1_projectors(ctx, A.load_features(features.verify().path), stage1)
+            bases = stages.stage1_projectors(ctx, A.load_features(features.verify().path), stage1, consume=True)
         out.mkdir(parents=True, exist_ok=True)
         A.save_bases(out, bases)
         capped = sum(b.capped for g in bases.values() for b in g.values())
