@@ -19,11 +19,10 @@ cap = floor(max_rank_fraction * width). Only ``exact`` keeps the identity; the o
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-
-import logging
 
 import torch
 

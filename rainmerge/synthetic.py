@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from .io.stream import DTYPE_STR
 from .io.writer import write_sharded
 
 SPECIALS = ["<|begin|>", "<|end|>", "<|User|>", "<|Assistant|>", "<think>", "</think>", "<|pad|>"]
@@ -78,8 +79,7 @@ def write_random_trio(root: Path, shape: str | dict[str, Any], layers: int | Non
     with torch.device("meta"):
         meta = AutoModelForCausalLM.from_config(cfg)
     cfg.architectures = [type(meta).__name__]  # real checkpoints carry it; mergekit requires it
-    layout = {n: (tuple(p.shape), {torch.bfloat16: "BF16", torch.float32: "F32", torch.float16: "F16"}[dtype])
-              for n, p in meta.state_dict().items()}
+    layout = {n: (tuple(p.shape), DTYPE_STR[dtype]) for n, p in meta.state_dict().items()}
     if cfg.tie_word_embeddings:
         layout.pop("lm_head.weight", None)
     tok = build_tokenizer(None)

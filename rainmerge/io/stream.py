@@ -22,14 +22,14 @@ from types import TracebackType
 
 import torch
 
+from .lazy import DTYPE_BYTES
+
 # the order of safetensors' Rust Dtype enum; the data section is sorted by it, descending
 _RANK = ("BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "F8_E8M0", "I16", "U16", "F16", "BF16", "I32", "U32",
          "F32", "F64", "I64", "U64")
 DTYPE_STR = {torch.bool: "BOOL", torch.uint8: "U8", torch.int8: "I8", torch.float8_e5m2: "F8_E5M2",
              torch.float8_e4m3fn: "F8_E4M3", torch.int16: "I16", torch.float16: "F16", torch.bfloat16: "BF16",
              torch.int32: "I32", torch.float32: "F32", torch.float64: "F64", torch.int64: "I64"}
-_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "I16": 2, "U16": 2, "F16": 2,
-          "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "F64": 8, "I64": 8, "U64": 8}
 
 Layout = dict[str, tuple[tuple[int, ...], str]]
 
@@ -48,7 +48,7 @@ def header_bytes(names: list[str], layout: Layout, metadata: dict[str, str] | No
     at = 0
     for n in names:
         shape, dt = layout[n]
-        size = _BYTES[dt]
+        size = DTYPE_BYTES[dt]
         for d in shape:
             size *= d
         head[n] = {"dtype": dt, "shape": list(shape), "data_offsets": [at, at + size]}

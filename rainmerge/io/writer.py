@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError, DiskSpaceError
 from .lock import OutputLock, _final, _temp_name
-from .stream import StreamingShard
+from .stream import DTYPE_STR, StreamingShard
 
 log = logging.getLogger("rainmerge")
 
@@ -34,9 +34,7 @@ log = logging.getLogger("rainmerge")
 PROVENANCE_FILE = "rainmerge_provenance.json"
 OWNED_MARKERS: tuple[str, ...] = (PROVENANCE_FILE,)
 
-_DTYPES = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16,
-           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-           "BOOL": torch.bool}
+_DTYPES = {name: dt for dt, name in DTYPE_STR.items()}
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 
 Protected = Mapping[str, "str | Path"] | Iterable["str | Path"] | None

@@ -38,8 +38,8 @@ PROBE_PROMPT = "What is 2 + 3?"
 
 _CMP_FIELDS = ("num_layers", "hidden", "num_heads", "num_kv_heads", "head_dim", "intermediate")
 
-
 IN_FLIGHT_TENSORS = 5  # stage 3 host memory: tensors read ahead, being made, queued and being written
+
 
 def _arch_checks(metas: dict[str, _Meta], problems: list[Problem], warnings: list[str]) -> dict[str, ArchSpec]:
     specs: dict[str, ArchSpec] = {}
