@@ -14,9 +14,12 @@ Normalisation of alpha (stage2.normalize):
   within a layer and no layer as a whole is scaled up or down (on the toy, ``mean`` pinned every layer-0
   head at ``hi`` and most of layer 2 near 0; docs/toy-v2.md).
 
-A degenerate Stage 2 (a non-finite g/H, or a mean gain that is not positive) never throws finished
-Stage-1 work away by default: ``on_degenerate: uniform`` returns alpha = 1 everywhere (the paper's
-"Stage 1 only" ablation) with a recorded warning; ``fail`` raises DegenerateStage2.
+A degenerate Stage 2 never throws finished Stage-1 work away by default. Degenerate means, per layer
+(coefficients.degenerate_layers): a non-finite g/H in that layer (every mode); for ``layer_mean`` a layer
+whose own mean gain is not positive; for ``mean`` every layer when the mean over the finite layers is not
+positive. ``paper`` has no sign condition (Eq. 15 literally: non-positive gains clip to lo; a warning
+when every head does). ``on_degenerate: uniform`` gives the degenerate layers alpha = 1 (the paper's
+"Stage 1 only" ablation, there only) with one recorded warning; ``fail`` raises DegenerateStage2.
 """
 
 from __future__ import annotations
@@ -70,62 +73,107 @@ def two_pass_gradient_curvature(
 _NORMALIZE = {"paper": "paper", "none": "paper", "mean": "mean", "layer_mean": "layer_mean"}
 
 
-def degenerate_reason(g: torch.Tensor, H: torch.Tensor, per_layer: bool = False) -> str | None:
-    """Why g / H cannot give coefficients, or None when it can (per_layer: every layer's mean must be > 0)."""
-    ratio = g / H
-    if not torch.isfinite(ratio).all():
-        return f"{int((~torch.isfinite(ratio)).sum())} of {ratio.numel()} heads have a non-finite g/H"
-    mean = float(ratio.mean())
-    if not mean > 0:
-        return (f"mean instruction-attention gain g/H is {mean:.3g} (not positive): the calibration set shows "
-                "no response->instruction attention gain; check the spans")
-    if per_layer and ratio.dim() == 2:
-        bad = [i for i, m in enumerate(ratio.mean(dim=1).tolist()) if not m > 0]
+def degenerate_layers(g: torch.Tensor, H: torch.Tensor, normalize: str = "mean") -> dict[int, str]:
+    """Layers (row positions of g [L, heads]; a 1-D g is one layer) where g / H cannot give coefficients,
+    with the reason. Every mode: a layer with a non-finite g/H. `layer_mean`: a layer whose own mean gain is
+    not positive. `mean`: every layer when the mean over the finite layers is not positive. `paper` (Eq. 15
+    literally) has no sign condition: a non-positive gain clips to lo, as the equation says."""
+    mode = _NORMALIZE[normalize]
+    ratio = (g / H).reshape(-1, g.shape[-1]) if g.dim() else (g / H).reshape(1, 1)
+    out: dict[int, str] = {}
+    for i, row in enumerate(ratio):
+        bad = int((~torch.isfinite(row)).sum())
         if bad:
-            return (f"layers at positions {bad} have a non-positive mean gain g/H (normalize: layer_mean needs "
-                    "a positive mean in every layer; use mean)")
-    return None
+            out[i] = f"{bad} of {row.numel()} heads have a non-finite g/H"
+        elif mode == "layer_mean" and not float(row.mean()) > 0:
+            out[i] = f"its mean gain g/H is {float(row.mean()):.3g} (not positive; layer_mean needs one per layer)"
+    if mode == "mean":
+        good = [i for i in range(len(ratio)) if i not in out]
+        mean = float(ratio[good].mean()) if good else float("nan")
+        if good and not mean > 0:
+            reason = (f"mean instruction-attention gain g/H is {mean:.3g} (not positive): the calibration set "
+                      "shows no response->instruction attention gain; check the spans")
+            out.update({i: reason for i in good})
+    return out
+
+
+def degenerate_reason(g: torch.Tensor, H: torch.Tensor, per_layer: bool = False) -> str | None:
+    """Why g / H cannot give coefficients (normalize mean, or layer_mean when `per_layer`), or None."""
+    bad = degenerate_layers(g, H, "layer_mean" if per_layer else "mean")
+    if not bad:
+        return None
+    return "; ".join(f"layer position {i}: {r}" for i, r in bad.items()) if g.dim() == 2 else next(iter(bad.values()))
+
+
+def _normalised(ratio: torch.Tensor, normalize: str, good: torch.Tensor) -> torch.Tensor:
+    """ratio / its mean (over the good layers, or per layer); literal for paper."""
+    mode = _NORMALIZE[normalize]
+    if mode == "mean":  # good: a mask over the layers (rows), or over every entry
+        return ratio / ratio[good].mean()
+    if mode == "layer_mean":
+        return ratio / ratio.mean(dim=-1, keepdim=True)
+    return ratio
 
 
 def closed_form_alpha(g: torch.Tensor, H: torch.Tensor, lo: float, hi: float, normalize: str = "mean"
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """Paper Eq. 15: alpha* = clip(g / H, lo, hi). Returns (alpha, ratio before clipping).
 
-    normalize: 'paper' (alias 'none') literal; 'mean' divides the ratio by its mean over all heads first,
-    'layer_mean' by the mean over each layer's heads.
-    Raises DegenerateStage2 (a ValueError) on a degenerate Stage 2; see solve_alpha for the fallback.
+    normalize: 'paper' (alias 'none') literal, whatever the sign of the gains; 'mean' divides the ratio by
+    its mean over all heads first, 'layer_mean' by the mean over each layer's heads.
+    Raises DegenerateStage2 (a ValueError) when any layer is degenerate (degenerate_layers); solve_alpha
+    has the per-layer fallback.
     """
     if normalize not in _NORMALIZE:
         raise ValueError(f"normalize must be one of {sorted(_NORMALIZE)}, got {normalize!r}")
-    reason = degenerate_reason(g, H, per_layer=_NORMALIZE[normalize] == "layer_mean")
-    if reason:
-        raise DegenerateStage2(reason)
+    bad = degenerate_layers(g, H, normalize)
+    if bad:
+        raise DegenerateStage2("; ".join(dict.fromkeys(bad.values())))
     ratio = g / H
-    if _NORMALIZE[normalize] == "mean":
-        ratio = ratio / ratio.mean()
-    elif _NORMALIZE[normalize] == "layer_mean":
-        ratio = ratio / ratio.mean(dim=-1, keepdim=True)
+    ratio = _normalised(ratio, normalize, torch.isfinite(ratio))
     return ratio.clamp(lo, hi), ratio
 
 
 def solve_alpha(g: torch.Tensor, H: torch.Tensor, lo: float, hi: float, normalize: str = "mean",
                 on_degenerate: str = "uniform") -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """closed_form_alpha with the degenerate fallback: (alpha, ratio, warnings).
+    """closed_form_alpha with the degenerate fallback, per layer: (alpha, ratio, warnings).
 
-    on_degenerate='uniform': alpha = 1 for every head, ratio = NaN, and one warning string;
-    on_degenerate='fail': raise DegenerateStage2 with the reason.
+    on_degenerate='uniform': alpha = 1 for every head of each degenerate layer (all layers when Stage 2 as a
+    whole is degenerate), ratio = NaN there, one warning naming them; the other layers keep their profile
+    ('mean' normalises over them). on_degenerate='fail': raise DegenerateStage2 with the reason.
+    normalize='paper' also warns (no fallback) when every alpha clips to lo: Eq. 15 then adds lo * P(tau).
     """
     if on_degenerate not in ("uniform", "fail"):
         raise ValueError(f"on_degenerate must be 'uniform' or 'fail', got {on_degenerate!r}")
-    try:
-        alpha, ratio = closed_form_alpha(g, H, lo, hi, normalize)
-        return alpha, ratio, []
-    except DegenerateStage2 as exc:
+    if normalize not in _NORMALIZE:
+        raise ValueError(f"normalize must be one of {sorted(_NORMALIZE)}, got {normalize!r}")
+    g2, H2 = (g, H) if g.dim() == 2 else (g.reshape(1, -1), H.reshape(1, -1))
+    bad = degenerate_layers(g2, H2, normalize)
+    warns: list[str] = []
+    if bad:
+        why = "; ".join(r if len(g2) == 1 else f"layer positions {[i for i in bad if bad[i] == r]}: {r}"
+                        for r in dict.fromkeys(bad.values()))
         if on_degenerate == "fail":
-            raise DegenerateStage2(f"stage 2 is degenerate: {exc} (stage2.on_degenerate: fail)") from None
-        msg = (f"stage 2 is degenerate ({exc}); using uniform alpha = 1 for every head "
-               "(Stage-1-only merge; set stage2.on_degenerate: fail to stop instead)")
-        return torch.ones_like(g, dtype=torch.float32), torch.full_like(g, float("nan")), [msg]
+            raise DegenerateStage2(f"stage 2 is degenerate: {why} (stage2.on_degenerate: fail)")
+        if len(bad) == len(g2):
+            warns.append(f"stage 2 is degenerate ({why}); using uniform alpha = 1 for every head "
+                         "(Stage-1-only merge; set stage2.on_degenerate: fail to stop instead)")
+        else:
+            warns.append(f"stage 2 is degenerate in {len(bad)} of {len(g2)} layers ({why}); those layers use "
+                         "uniform alpha = 1 (Stage-1-only there), the others keep their profile; set "
+                         "stage2.on_degenerate: fail to stop instead")
+    good = torch.tensor([i not in bad for i in range(len(g2))])
+    ratio = torch.full_like(g2, float("nan"))
+    alpha = torch.ones_like(g2, dtype=torch.float32)
+    if good.any():
+        r = _normalised(g2 / H2, normalize, good)
+        ratio[good] = r[good]
+        alpha[good] = r[good].clamp(lo, hi).to(alpha.dtype)
+        if _NORMALIZE[normalize] == "paper" and bool((alpha[good] <= lo).all()):
+            warns.append(f"normalize: paper (Eq. 15 literally): every head's alpha clips to lo = {lo:g} (largest g/H "
+                         f"{float(r[good].max()):.3g}), so the merge adds lo * P(tau) only; raw attention averages "
+                         "are O(1/T): stage2.normalize: mean keeps the per-head profile")
+    return alpha.reshape(g.shape), ratio.reshape(g.shape), warns
 
 
 @dataclass
@@ -134,7 +182,7 @@ class Stage2Solution:
     the sample counts behind each masked average, and any warning)."""
 
     alpha: torch.Tensor  # [L, H]
-    ratio: torch.Tensor  # [L, H] g/H (normalised when normalize=mean); NaN when degenerate
+    ratio: torch.Tensor  # [L, H] g/H (normalised unless normalize=paper); NaN in degenerate layers
     g: torch.Tensor
     H: torch.Tensor
     n_samples: int
@@ -179,7 +227,7 @@ def solve_stage2(a1: torch.Tensor, u1: torch.Tensor, *, a0: torch.Tensor | None 
     alpha, ratio, warns = solve_alpha(g, H, lo, hi, normalize, on_degenerate)
     return Stage2Solution(alpha=alpha, ratio=ratio, g=g, H=H, n_samples=int(a1.shape[0]),
                           n_a=sample_count(a1), n_u=sample_count(u1), estimator=estimator,
-                          normalize=_NORMALIZE.get(normalize, normalize), degenerate=bool(warns),
+                          normalize=_NORMALIZE.get(normalize, normalize), degenerate=bool(torch.isnan(ratio).any()),
                           warnings=warns, a_mean=masked_mean(a1), u_mean=masked_mean(u1))
 
 

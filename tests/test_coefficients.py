@@ -70,14 +70,55 @@ def test_degenerate_stage2_falls_back_to_uniform_alpha_with_a_warning(g):
     with pytest.raises(DegenerateStage2, match="stage 2 is degenerate.*on_degenerate: fail"):
         solve_alpha(g, H, 0.0, 1.5, "mean", on_degenerate="fail")
     assert solve_alpha(torch.tensor([[float("nan"), 0.2]]), H, 0.0, 1.5)[2]  # one non-finite head is enough
-    with pytest.raises(DegenerateStage2):  # the bare closed form still refuses (a ValueError subclass)
-        closed_form_alpha(g, H, 0.0, 1.5, "paper")
+    if torch.isnan(g).any():  # the bare closed form refuses a non-finite gain in any mode (a ValueError subclass)
+        with pytest.raises(DegenerateStage2):
+            closed_form_alpha(g, H, 0.0, 1.5, "paper")
+    else:  # paper is Eq. 15 literally: no sign condition, non-positive gains clip to lo
+        assert torch.equal(closed_form_alpha(g, H, 0.0, 1.5, "paper")[0], (g / H).clamp(0.0, 1.5))
     # the pure end-to-end function records it
     a1 = torch.stack([g, g])  # [S=2, L=1, H=2]; NaN there means "no related span in any sample"
     sol = solve_stage2(a1, torch.zeros_like(a1), rho=0.5)
     assert sol.degenerate and torch.equal(sol.alpha, torch.ones(1, 2))
     assert len(sol.warnings) == 1 and "uniform alpha = 1" in sol.warnings[0]
     assert sol.detail([3])["alpha"] == [[1.0, 1.0]] and sol.detail([3])["ratio"] == [[None, None]]
+
+
+def test_layer_mean_fallback_acts_only_on_the_layer_with_a_negative_mean_gain():
+    # layer 1's own mean gain is negative: only it falls back to alpha = 1; layers 0 and 2 keep exactly the
+    # profile they get alone (each layer is normalised by its own mean)
+    g = torch.tensor([[2.0, 3.0, 1.0], [-0.3, 0.1, 0.05], [0.1, 0.4, 0.1]])
+    H = torch.tensor([[1.0, 1.5, 1.0], [1.0, 1.0, 1.0], [2.0, 1.0, 1.0]])
+    alpha, ratio, warns = solve_alpha(g, H, 0.0, 1.5, "layer_mean")
+    assert torch.equal(alpha[1], torch.ones(3)) and torch.isnan(ratio[1]).all()
+    for i in (0, 2):
+        alone, _ = closed_form_alpha(g[i:i + 1], H[i:i + 1], 0.0, 1.5, "layer_mean")
+        assert torch.allclose(alpha[i], alone[0]) and float(alpha[i].max() - alpha[i].min()) > 0.3
+    assert len(warns) == 1 and "1 of 3 layers" in warns[0] and "[1]" in warns[0] and "uniform alpha = 1" in warns[0]
+    sol = solve_stage2(torch.stack([g, g]), torch.zeros(2, 3, 3), rho=0.5, normalize="layer_mean")
+    assert sol.degenerate and sol.detail([4, 5, 6])["ratio"][1] == [None, None, None]
+    with pytest.raises(DegenerateStage2, match=r"layer positions \[1\].*on_degenerate: fail"):
+        solve_alpha(g, H, 0.0, 1.5, "layer_mean", on_degenerate="fail")
+    # mean: the same layer is not degenerate (global mean positive); a NaN layer is, alone, and the mean
+    # is then taken over the finite layers only
+    assert not solve_alpha(g, H, 0.0, 1.5, "mean")[2]
+    g_nan = g.clone()
+    g_nan[1, 0] = float("nan")
+    a_nan, _, w_nan = solve_alpha(g_nan, H, 0.0, 5.0, "mean")
+    finite = (g / H)[[0, 2]]
+    assert torch.equal(a_nan[1], torch.ones(3)) and torch.allclose(a_nan[[0, 2]], (finite / finite.mean()).clamp(0, 5))
+    assert "non-finite" in w_nan[0] and "1 of 3 layers" in w_nan[0]
+
+
+def test_paper_is_eq15_literally_when_the_mean_gain_is_not_positive():
+    g, H = torch.tensor([[-0.2, 0.05], [-0.1, -0.3]]), torch.tensor([[1.0, 2.0], [1.0, 1.0]])
+    alpha, ratio, warns = solve_alpha(g, H, 0.0, 1.5, "paper")
+    assert torch.equal(alpha, torch.tensor([[0.0, 0.025], [0.0, 0.0]])) and torch.equal(ratio, g / H)
+    assert warns == []  # one head is above lo: no warning, no fallback
+    alpha, _, warns = solve_alpha(-g.abs(), H, 0.1, 1.5, "paper")  # every gain <= 0: every alpha at lo
+    assert torch.equal(alpha, torch.full((2, 2), 0.1)) and len(warns) == 1
+    assert "every head's alpha clips to lo = 0.1" in warns[0] and "uniform" not in warns[0]
+    sol = solve_stage2(torch.stack([-g.abs()] * 2), torch.zeros(2, 2, 2), rho=0.5, lo=0.0, normalize="paper")
+    assert not sol.degenerate and torch.equal(sol.alpha, torch.zeros(2, 2)) and len(sol.warnings) == 1
 
 
 def test_masked_averages_leave_out_samples_without_a_span_and_count_the_rest():
