@@ -66,7 +66,8 @@ class ProjectionConfig(_Strict):
 
     positions: Literal["tags", "window"] = Field(default="window", description="protected positions: the two tags only, or windows around them")
     radius: int = Field(default=5, ge=0, description="window: <think>..+r and </think>-r..</think>")
-    ridge: float = Field(default=1e-10, ge=0, description="lambda relative to the mean squared feature norm")
+    ridge: float = Field(default=1e-10, ge=0, description="per-direction ridge: lambda_i = ridge * s_i^2, so each "
+                         "protected direction is removed to within ridge/(1+ridge) whatever its scale")
     energy: float = Field(default=1.0, gt=0, le=1, description="share of feature energy whose directions are removed")
     max_rank_fraction: float = Field(default=0.9, gt=0, le=1, description="cap on removed rank / input width")
     energy_when_capped: float = Field(default=1.0, gt=0, le=1,
@@ -82,6 +83,10 @@ class ProjectionConfig(_Strict):
     solve_dtype: Literal["float64", "float32"] = Field(
         default="float32", description="dtype the bases are stored and applied in (the SVD is always float64); "
         "float32 redoes in float64 any module whose residual misses the exactness tolerance")
+    rounding: Literal["compensated", "nearest"] = Field(
+        default="compensated", description="the cast of merged weights to a bfloat16/float16 checkpoint: compensated "
+        "(GPTQ-style, each column's rounding error pushed into the columns not rounded yet so (W_m - W_LRM) x stays "
+        "small at the protected features; rainmerge/rounding.py) or nearest (the plain cast)")
     factorization: Literal["auto", "svd", "gram"] = Field(
         default="auto", description="how the float64 row space of the features is found: svd, or gram (eigh of "
         "the small Gram matrix + QR, GEMM-bound; the left-out share is measured and svd redoes a miss); "

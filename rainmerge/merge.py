@@ -1,7 +1,9 @@
 """Stage 3: stream the three models tensor by tensor and write the merged folder atomically.
 
 Tensors outside the merge are copied from the LRM without any cast (bit-identical); merged tensors
-are accumulated in float32 or wider and cast once to the LRM's dtype.
+are accumulated in float32 or wider and cast once to the LRM's dtype (RAIN rounds bfloat16/float16 outputs
+itself, compensating the rounding error at the protected features, and records the residual of the cast
+tensor: rainmerge/rounding.py).
 
 Finiteness costs one reduction per written tensor (io.lazy.all_finite, in the stored dtype): merged
 tensors are checked once, on the output; only when that fails are the inputs checked to name the
@@ -92,7 +94,9 @@ def merge_one(method: MergeMethod, site: Site, srcs: tuple[ModelSource, ...], ra
         if device != "cpu":  # move as stored (half the bytes of bf16 -> fp32 on the host), upcast there
             ins = tuple(t.to(device, non_blocking=True) for t in ins)
         merged = method.merge(site, *(t.to(acc) for t in ins))
-    out = merged.to(raw.dtype)  # cast where it was computed (and checked there: one reduction on the device)
+    # cast where it was computed (a no-op for RAIN, which casts itself with compensated rounding and measures
+    # the identity on the cast tensor); checked there: one reduction on the device
+    out = merged.to(raw.dtype)
     if not all_finite(out):
         check_inputs(srcs, site.name, (raw, b, i))  # names the broken input, if one is
         raise FloatingPointError(f"{site.name}: merged weight has non-finite values")

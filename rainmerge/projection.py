@@ -1,8 +1,13 @@
 """Stage 1 math: the null-space projector of paper Eq. 4 and the projected task vector of Eq. 5.
 
 With column-major vec, Phi = X (x) I_out, so P_perp(Phi) vec(dW) = vec(dW (I - X^T (X X^T + lam I)^-1 X)).
-We factor X = U S V^T once per feature group and apply dW - (dW V) diag(s^2/(s^2+lam)) V^T; that is the
+We factor X = U S V^T once per feature group and apply dW - (dW V) diag(s^2/(s^2+lam_i)) V^T; that is the
 same operator, exact for lam -> 0, without any inverse, and shared by every module reading that input.
+The ridge is per direction, lam_i = ridge * s_i^2 (stage1.ridge), so every protected direction is removed to
+within ridge / (1 + ridge) whatever its scale: a ridge relative to the total feature energy (the old rule)
+is set by the largest channel, and real LLMs have channels 1e4x larger than the rest (massive
+activations), which left the weak directions partly unprojected. Numerical zeros (s < rank_rtol * s_max)
+are not directions at all and are left out.
 
 Which subspace is protected (recorded per basis as `rule`):
 
@@ -40,9 +45,10 @@ class Basis:
     V: torch.Tensor  # [in, r]
     s: torch.Tensor  # [r], descending
     k: int  # directions removed (energy threshold and rank cap applied)
-    lam: float  # absolute ridge
+    lam: float  # absolute ridge (0 for new bases; artifacts made before the per-direction ridge carry one)
     capped: bool  # the rank cap bound: even the energy fallback needed more than the cap
     rows: int = -1  # m, protected feature rows (-1: unknown, e.g. loaded from an old artifact)
+    rel_ridge: float = 0.0  # per-direction ridge: lambda_i = rel_ridge * s_i^2 (stage1.ridge)
 
     @property
     def width(self) -> int:
@@ -59,10 +65,17 @@ class Basis:
             return "capped"
         return "exact" if self.k >= self.rank else "energy"
 
-    def shrink(self) -> torch.Tensor:
-        """Per-direction removal weights s^2/(s^2+lam) of the k removed directions."""
+    def ridge_share(self) -> torch.Tensor:
+        """Per removed direction, the share the ridge leaves: lambda_i / (s_i^2 + lambda_i), lambda_i =
+        rel_ridge * s_i^2 + lam. With the per-direction ridge it is rel_ridge / (1 + rel_ridge) for every
+        direction, whatever its scale (an absolute lam leaves weak directions of massive-channel features)."""
         s2 = self.s[: self.k] ** 2
-        return s2 / (s2 + self.lam)
+        lam = self.rel_ridge * s2 + self.lam
+        return torch.where(lam > 0, lam / (s2 + lam), torch.zeros_like(s2))
+
+    def shrink(self) -> torch.Tensor:
+        """Per-direction removal weights s^2/(s^2+lambda_i) of the k removed directions."""
+        return 1.0 - self.ridge_share()
 
     def complement(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """(W, Ve, we) with I - V_k diag(shrink) V_k^T = W W^T + Ve diag(we) Ve^T, or None when the direct
@@ -74,7 +87,7 @@ class Basis:
         cached = self.__dict__.get("_complement", False)
         if cached is not False:
             return cached
-        keep = self.lam / (self.s[: self.k] ** 2 + self.lam) if self.lam > 0 else torch.zeros(self.k)
+        keep = self.ridge_share().cpu()
         extra = (keep > RIDGE_KEEP).nonzero().flatten().to(self.V.device)
         out = None
         if self.width - self.k + len(extra) <= COMPLEMENT_SHARE * self.k:
@@ -85,7 +98,8 @@ class Basis:
         return out
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Basis":
-        return Basis(self.V.to(device, dtype), self.s.to(device, dtype), self.k, self.lam, self.capped, self.rows)
+        return Basis(self.V.to(device, dtype), self.s.to(device, dtype), self.k, self.lam, self.capped, self.rows,
+                     self.rel_ridge)
 
 
 COMPLEMENT_SHARE = 0.75  # the complement form when its rank is at most this share of k (QR and extras cost)
@@ -136,7 +150,7 @@ def protected_bases(X: torch.Tensor, *, ridge: float = 1e-10, energy: float = 1.
     B, m, width = X.shape
     if m == 0:
         return [Basis(torch.zeros(width, 0, dtype=_DT[dtype], device=X.device),
-                      torch.zeros(0, dtype=_DT[dtype], device=X.device), 0, 0.0, False, 0) for _ in range(B)]
+                      torch.zeros(0, dtype=_DT[dtype], device=X.device), 0, 0.0, False, 0, ridge) for _ in range(B)]
     f = factorize(X.to(torch.float64), resolve(factorization, X), rank_rtol)
     if f.redone:
         log.info("stage 1: %d of %d gram factors left out more than their tolerance of X; redone by svd",
@@ -154,7 +168,7 @@ def protected_bases(X: torch.Tensor, *, ridge: float = 1e-10, energy: float = 1.
         capped = k > cap
         k = min(k, cap)
         V = f.V[b, :, :r].to(_DT[dtype]).contiguous()
-        out.append(Basis(V, f.s[b, :r].to(_DT[dtype]), k, ridge * total / m, capped, m))
+        out.append(Basis(V, f.s[b, :r].to(_DT[dtype]), k, 0.0, capped, m, ridge))
     return out
 
 
@@ -189,7 +203,7 @@ def project_with_stats_(d: torch.Tensor, basis: Basis, residual_rows: int = RESI
     most `residual_rows`; the float32 rounding it checks is spread over all rows), so the check costs
     ~residual_rows/out of a third GEMM, not a whole one."""
     dn = float(torch.linalg.vector_norm(d))
-    res = 0.0
+    res, step = 0.0, 1
     if basis.V.shape[1] == 0:
         project_delta_(d, basis)
     else:
@@ -205,7 +219,9 @@ def project_with_stats_(d: torch.Tensor, basis: Basis, residual_rows: int = RESI
         if before > 0:
             res = float(torch.linalg.vector_norm((d[::step] @ basis.V) * basis.s)) / before
     pn = float(torch.linalg.vector_norm(d))
-    return {"residual": res, "kept_norm": pn / dn if dn > 0 else 1.0, "rank_removed": basis.k,
+    rows = len(range(0, d.shape[0], step)) if basis.V.shape[1] else d.shape[0]
+    return {"residual": res, "residual_rows": rows, "residual_estimated": rows < d.shape[0],
+            "kept_norm": pn / dn if dn > 0 else 1.0, "rank_removed": basis.k,
             "feature_rank": int(basis.V.shape[1]), "rows": basis.rows, "width": basis.width,
             "capped": basis.capped, "rule": basis.rule, "_norms": (dn, pn)}
 
@@ -290,8 +306,11 @@ def capacity(arch: Any, rows: int, max_rank_fraction: float = 0.9, o_proj: str =
 def projection_summary(stats: Mapping[str, Mapping[str, Any]], stage: str = "stage 1", tol: float = 1e-4) -> str:
     """One console line for all merged modules (the stats dict of Rain.stats() / provenance module_stats).
 
-    e.g. "stage 1: 56 modules, identity exact (residual <= 1e-04) on 56 (max residual 3e-09), mean kept-norm
-    0.71, min 0.42 (layer 3 o); rule: exact 56 / energy 0 / capped 0"
+    e.g. "stage 1: 56 modules, projection exact (residual <= 1e-04, estimated on <= 256 rows) on 56 (max residual
+    3e-09), mean kept-norm 0.71, min 0.42 (layer 3 o); rule: exact 56 / energy 0 / capped 0; written as bfloat16
+    (compensated rounding): max residual 2.1e-02 of ||tau x|| (nearest rounding 8.3e-02), 4.0e-04 of ||W_LRM x||"
+    The first residual is the float32/64 delta's (the solver's accuracy); the last clause is the identity of the
+    tensors written, measured on every row.
     """
     rows = [(name, s) for name, s in stats.items() if "residual" in s]
     if not rows:
@@ -307,6 +326,22 @@ def projection_summary(stats: Mapping[str, Mapping[str, Any]], stage: str = "sta
         rule = s.get("rule", "capped" if s.get("capped") else "exact")
         counts[rule] = counts.get(rule, 0) + 1
     rule_txt = " / ".join(f"{k} {v}" for k, v in counts.items())
-    return (f"{stage}: {len(rows)} modules, identity exact (residual <= {tol:.0e}) on {ok} "
+    est = [int(s["residual_rows"]) for _, s in rows if s.get("residual_estimated")]
+    how = f", estimated on <= {max(est)} rows" if est else ""
+    line = (f"{stage}: {len(rows)} modules, projection exact (residual <= {tol:.0e}{how}) on {ok} "
             f"(max residual {max(res):.1e}), mean kept-norm {sum(kept) / len(kept):.2f}, "
             f"min {kept[i_min]:.2f} ({where}); rule: {rule_txt}")
+    return line + cast_summary(stats)
+
+
+def cast_summary(stats: Mapping[str, Mapping[str, Any]]) -> str:
+    """'; written as bfloat16 (...): max residual ...' over the modules with cast statistics, or ''."""
+    cast = [s for s in stats.values() if "cast_residual" in s]
+    if not cast:
+        return ""
+    dtypes = "/".join(sorted({str(s["cast_dtype"]) for s in cast}))
+    roundings = "/".join(sorted({str(s["cast_rounding"]) for s in cast}))
+    near = [float(s["cast_residual_nearest"]) for s in cast if "cast_residual_nearest" in s]
+    return (f"; written as {dtypes} ({roundings} rounding): max residual {max(float(s['cast_residual']) for s in cast):.1e}"
+            f" of ||tau x||" + (f" (nearest rounding {max(near):.1e})" if near else "")
+            + f", {max(float(s['cast_residual_vs_lrm']) for s in cast):.1e} of ||W_LRM x||, on every row")

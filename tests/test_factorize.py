@@ -33,11 +33,11 @@ def test_gram_matches_the_closed_form_projector_wide_and_tall():
         X = torch.randn(m, width, generator=g, dtype=F64)
         dW = torch.randn(16, width, generator=g, dtype=F64)
         b = protected_basis(X, ridge=1e-3, max_rank_fraction=1.0, factorization="gram")
-        lam = 1e-3 * float((X**2).sum()) / m
-        if m <= width:  # Eq. 4-5 as written: dW (I - X^T (X X^T + lam I)^-1 X)
-            paper = dW @ (torch.eye(width, dtype=F64) - X.T @ torch.linalg.solve(X @ X.T + lam * torch.eye(m, dtype=F64), X))
-        else:  # the same operator through the push-through identity (X^T X + lam I)^-1 X^T X
-            paper = dW @ (torch.eye(width, dtype=F64) - torch.linalg.solve(X.T @ X + lam * torch.eye(width, dtype=F64), X.T @ X))
+        # per-direction ridge lambda_i = 1e-3 s_i^2: (X X^T + Lambda)^-1 = ((1 + 1e-3) X X^T)^-1
+        if m <= width:  # Eq. 4-5 as written: dW (I - X^T (X X^T + Lambda)^-1 X)
+            paper = dW @ (torch.eye(width, dtype=F64) - X.T @ torch.linalg.solve((1 + 1e-3) * X @ X.T, X))
+        else:  # the same operator through the push-through identity
+            paper = dW @ (torch.eye(width, dtype=F64) - torch.linalg.solve((1 + 1e-3) * X.T @ X, X.T @ X))
         assert torch.allclose(project_delta(dW, b), paper, atol=1e-10)
         assert torch.allclose(b.V.T @ b.V, torch.eye(b.rank, dtype=F64), atol=1e-12)
 

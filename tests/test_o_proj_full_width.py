@@ -42,7 +42,7 @@ def test_identity_on_every_module_with_spread_alpha():
         assert torch.linalg.norm(d) > 0.2 * torch.linalg.norm(tau), f"{mod}: delta mostly erased"
     st = rain.stats()
     assert all(s["rule"] == "exact" and s["residual"] < 1e-8 for s in st.values()), st
-    assert "identity exact (residual <= 1e-04) on 7 " in rain.summary() and rain.warnings == []
+    assert "projection exact (residual <= 1e-04) on 7 " in rain.summary() and rain.warnings == []
 
 
 def test_o_proj_delta_is_lambda_tau_diag_alpha_times_independent_projector():

@@ -23,10 +23,11 @@ def test_matches_paper_closed_form_with_ridge():
     dW = torch.randn(8, 40, generator=g, dtype=torch.float64)
     ridge = 1e-3
     b = protected_basis(X, ridge=ridge)
-    lam = ridge * float((X**2).sum()) / X.shape[0]
-    paper = dW @ (torch.eye(40, dtype=torch.float64) - X.T @ torch.linalg.solve(X @ X.T + lam * torch.eye(10,
-                  dtype=torch.float64), X))
+    # per-direction ridge lambda_i = ridge * s_i^2: Eq. 4 with (X X^T + Lambda)^-1 = ((1 + ridge) X X^T)^-1
+    paper = dW @ (torch.eye(40, dtype=torch.float64) - X.T @ torch.linalg.solve((1 + ridge) * X @ X.T, X))
     assert torch.allclose(project_delta(dW, b), paper, atol=1e-10)
+    exact = dW @ (torch.eye(40, dtype=torch.float64) - X.T @ torch.linalg.solve(X @ X.T, X))
+    assert not torch.allclose(project_delta(dW, b), exact, atol=1e-6)  # the ridge is applied, not dropped
 
 
 def test_rank_cap_keeps_part_of_delta_when_features_fill_the_width():
@@ -85,7 +86,7 @@ def test_capped_projection_is_one_summary_line_not_a_warning_per_module(caplog):
     assert caplog.text == ""  # nothing logged per module; the orchestrator logs the summary once
     assert len(rain.warnings) == 1
     line = rain.warnings[0]
-    assert line.startswith("stage 1: 3 modules, identity exact") and "on 0 " in line
+    assert line.startswith("stage 1: 3 modules, projection exact") and "on 0 " in line
     assert "rule: exact 0 / energy 0 / capped 3" in line and "(layer 0 " in line
     st = rain.stats()["layers.0.q"]
     assert st["capped"] is True and st["rule"] == "capped" and st["rows"] == 64 and st["rank_removed"] == 8
@@ -117,7 +118,7 @@ def test_summary_line_counts_rules_and_names_the_weakest_module():
         "c": {"residual": 1e-10, "kept_norm": 0.9, "rule": "exact", "layer": 3, "module": "down"},
     }
     line = projection_summary(stats)
-    assert line == ("stage 1: 3 modules, identity exact (residual <= 1e-04) on 2 (max residual 2.0e-02), "
+    assert line == ("stage 1: 3 modules, projection exact (residual <= 1e-04) on 2 (max residual 2.0e-02), "
                     "mean kept-norm 0.71, min 0.42 (layer 3 o); rule: exact 2 / energy 1 / capped 0")
     assert "\n" not in line
 

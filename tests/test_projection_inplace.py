@@ -1,5 +1,6 @@
 """The Stage-3 fast path: in-place projection with statistics, float32 bases with a float64 fallback."""
 
+import dataclasses
 import torch
 
 from rainmerge.coefficients import uniform_coefficients
@@ -23,9 +24,8 @@ def test_in_place_projection_of_a_column_block_equals_the_paper_form():
     b = protected_basis(X, ridge=1e-3)
     d = torch.randn(10, 48, generator=g, dtype=torch.float64)
     expect = d.clone()
-    lam = 1e-3 * float((X**2).sum()) / 12
-    expect[:, 24:] = d[:, 24:] @ (torch.eye(24, dtype=torch.float64)
-                                  - X.T @ torch.linalg.solve(X @ X.T + lam * torch.eye(12, dtype=torch.float64), X))
+    expect[:, 24:] = d[:, 24:] @ (torch.eye(24, dtype=torch.float64)  # per-direction ridge 1e-3 * s_i^2
+                                  - X.T @ torch.linalg.solve((1 + 1e-3) * X @ X.T, X))
     out = project_delta_(d[:, 24:], b)
     assert out.data_ptr() == d[:, 24:].data_ptr()  # the view was written, no copy
     assert torch.allclose(d, expect, atol=1e-10)
@@ -98,10 +98,11 @@ def test_complement_form_equals_the_paper_form_with_ridge_kept_where_it_matters(
     s = torch.cat([torch.linspace(1.0, 0.5, 20, dtype=torch.float64), torch.full((4,), 1e-3, dtype=torch.float64)])
     X = (U * s) @ V.T
     ridge = 1e-8
-    b = protected_basis(X, ridge=ridge, max_rank_fraction=1.0)
+    # an absolute ridge (bases made before the per-direction ridge carry one): weak directions keep a share
+    lam = ridge * float((X**2).sum()) / 60
+    b = dataclasses.replace(protected_basis(X, ridge=0.0, max_rank_fraction=1.0), lam=lam)
     W, Ve, we = b.complement()
     assert W.shape == (24, 0) and Ve.shape == (24, 4)  # nothing kept but the four weak directions' ridge share
-    lam = ridge * float((X**2).sum()) / 60
     dW = torch.randn(600, 24, generator=g, dtype=torch.float64)
     paper = dW @ (torch.eye(24, dtype=torch.float64)
                   - torch.linalg.solve(X.T @ X + lam * torch.eye(24, dtype=torch.float64), X.T @ X))

@@ -43,8 +43,10 @@ def model_config(arch: str, vocab: int, **kw):
     raise ValueError(arch)
 
 
-def build_trio(root: Path, arch: str = "qwen2", seed: int = 0, template: str = R1_TEMPLATE, **kw) -> dict[str, Path]:
-    """base random; ITM and LRM = base + independent perturbations of every weight (incl. biases)."""
+def build_trio(root: Path, arch: str = "qwen2", seed: int = 0, template: str = R1_TEMPLATE,
+               dtype: torch.dtype = torch.float32, noise: float = 0.02, **kw) -> dict[str, Path]:
+    """base random; ITM and LRM = base + independent perturbations (std `noise`) of every weight (incl.
+    biases), each stored in `dtype` (bfloat16: like every real checkpoint)."""
     from transformers import AutoModelForCausalLM
 
     root.mkdir(parents=True, exist_ok=True)
@@ -59,13 +61,13 @@ def build_trio(root: Path, arch: str = "qwen2", seed: int = 0, template: str = R
         model = AutoModelForCausalLM.from_config(cfg).float()
         new = {}
         for k, v in sd.items():
-            noise = 0.0 if role == "base" else torch.randn(v.shape, generator=g) * 0.02
-            new[k] = v + noise
+            step = 0.0 if role == "base" else torch.randn(v.shape, generator=g) * noise
+            new[k] = v + step
         model.load_state_dict(new, strict=False)
         if cfg.tie_word_embeddings:
             model.tie_weights()
         d = root / role
-        model.save_pretrained(d)
+        model.to(dtype).save_pretrained(d)
         tok.save_pretrained(d)
         paths[role] = d
     return paths

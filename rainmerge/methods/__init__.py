@@ -45,7 +45,7 @@ class MethodInfo:
 def _rain(cfg: Any, arch: Any = None, bases: Any = None, coeffs: Any = None, device: str = "cpu") -> MergeMethod:
     from .rain import Rain
 
-    return Rain(arch, bases, coeffs, cfg.strength, device, cfg.stage1.min_kept_norm)
+    return Rain(arch, bases, coeffs, cfg.strength, device, cfg.stage1.min_kept_norm, rounding=cfg.stage1.rounding)
 
 
 def _task_arithmetic(cfg: Any, **_: Any) -> MergeMethod:

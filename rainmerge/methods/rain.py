@@ -12,12 +12,14 @@ hit the rank cap once the protected rows exceed ~0.9*head_dim.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
 
 from ..arch import FEATURE_GROUP, ArchSpec
 from ..projection import Basis, project_delta_, project_with_stats_, projection_summary
+from ..rounding import NARROW, ROUNDINGS, RoundingFactor, compensated_round, feature_norm, protected_gram
 from . import Site
 from .task_arithmetic import task_vector
 
@@ -74,7 +76,8 @@ def project_module_(module: str, d: torch.Tensor, bases: dict[str, Basis], arch:
     dn = sum(p["_norms"][0] ** 2 for p in per) ** 0.5
     pn = sum(p["_norms"][1] ** 2 for p in per) ** 0.5
     rules = [p["rule"] for p in per]
-    return {"residual": max(p["residual"] for p in per), "kept_norm": pn / dn if dn > 0 else 1.0,
+    return {"residual": max(p["residual"] for p in per), "residual_rows": per[0]["residual_rows"],
+            "residual_estimated": any(p["residual_estimated"] for p in per), "kept_norm": pn / dn if dn > 0 else 1.0,
             "rank_removed": sum(p["rank_removed"] for p in per),
             "feature_rank": sum(p["feature_rank"] for p in per), "rows": per[0]["rows"], "width": d.shape[1],
             "capped": any(p["capped"] for p in per),
@@ -88,9 +91,12 @@ class Rain:
 
     def __init__(self, arch: ArchSpec, bases: dict[int, dict[str, Basis]],
                  coeffs: dict[int, dict[str, torch.Tensor]], strength: float, device: str = "cpu",
-                 min_kept_norm: float = 0.0, exact_tol: float = 1e-4):
+                 min_kept_norm: float = 0.0, exact_tol: float = 1e-4, rounding: str = "compensated"):
+        if rounding not in ROUNDINGS:
+            raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
         self.arch, self.coeffs, self.strength, self.device = arch, coeffs, strength, device
-        self.min_kept_norm, self.exact_tol = min_kept_norm, exact_tol
+        self.min_kept_norm, self.exact_tol, self.rounding = min_kept_norm, exact_tol, rounding
+        self._factors: dict[tuple[int, str], RoundingFactor | None] = {}  # this layer's, per input
         # bases stay where they were made (the host); one layer at a time is on the device, since the
         # merged sites come layer by layer: ~0.4 GB of a 7B's bases at once instead of all ~12 GB
         self.bases = bases
@@ -107,6 +113,7 @@ class Rain:
     def _layer_bases(self, layer: int) -> dict[str, Basis]:
         if self._on_device is None or self._on_device[0] != layer:
             self._on_device = None  # release the previous layer before the next one is moved
+            self._factors.clear()
             self._on_device = (layer, {k: b.to(self.device) for k, b in self.bases[layer].items()})
         return self._on_device[1]
 
@@ -134,22 +141,82 @@ class Rain:
         return task_vector(base, instruct, dtype or self.solver_dtype, self.device)
 
     def merge(self, site: Site, reasoning: torch.Tensor, base: torch.Tensor, instruct: torch.Tensor) -> torch.Tensor:
-        """theta_LRM + lambda P(alpha (.) tau) in the solver dtype; Stage 3 casts it on the device, once,
-        to the LRM's storage dtype before it goes to the host.
+        """theta_LRM + lambda P(alpha (.) tau), cast here to the LRM's storage dtype (compensated rounding for
+        bfloat16 / float16, rainmerge.rounding), with the identity measured on the cast tensor: every row
+        written, against ||tau x|| and ||W_LRM x|| (cast_residual, cast_residual_vs_lrm).
 
-        float32 bases: a module whose residual misses exact_tol while its rule is exact (an ill-conditioned
-        input, where float32 rounding along the strongest features stops being negligible) is redone in
-        float64, so float32 keeps the identity wherever float64 would."""
+        float32 bases: a module whose (estimated) residual misses exact_tol while its rule is exact is redone
+        with the float64 factor (see _redo)."""
         dtype = self.solver_dtype
-        d = self.delta_(site, self.task_vector(base, instruct, dtype))
+        bases = self._layer_bases(site.layer)
+        blocks = column_blocks(site.module, bases, self.arch)
+        tau = self.task_vector(base, instruct, dtype)
+        tau_x = feature_norm(tau, blocks)  # ||tau x|| before tau is scaled and projected in place
+        d = self.delta_(site, tau)
         st = self._stats[site.name]
         if dtype != torch.float64 and st["rule"] == "exact" and st["residual"] > self.exact_tol:
-            self.fallbacks += 1
-            b64 = {k: b.to(dtype=torch.float64) for k, b in self._layer_bases(site.layer).items()}
-            del d
-            d = self.delta_(site, self.task_vector(base, instruct, torch.float64), bases=b64)
-            self._stats[site.name]["solve_dtype"] = "float64 (fallback)"
-        return d.add_(reasoning.to(self.device, non_blocking=True).to(d.dtype))
+            ridge = self._ridge_share(site)
+            if ridge > self.exact_tol:  # an absolute-ridge basis (old artifact): no precision can fix it
+                st["redo"] = f"none: the ridge leaves {ridge:.1e} of the weakest removed direction"
+            else:
+                del d
+                d = self._redo(site, base, instruct)
+        lrm = reasoning.to(self.device, non_blocking=True)
+        merged = d.add_(lrm.to(d.dtype))
+        del d
+        return self._cast(site, merged, lrm, blocks, tau_x)
+
+    def _ridge_share(self, site: Site) -> float:
+        blocks = column_blocks(site.module, self._layer_bases(site.layer), self.arch)
+        return max((float(b.ridge_share().max()) for _, b in blocks if b.k), default=0.0)
+
+    def _redo(self, site: Site, base: torch.Tensor, instruct: torch.Tensor) -> torch.Tensor:
+        """The module again in float64 from the stored factor, applied in float64 (no float32 GEMM rounding),
+        recorded with the miss it fixed."""
+        before = self._stats[site.name]["residual"]
+        self.fallbacks += 1
+        b64 = {k: b.to(dtype=torch.float64) for k, b in self._layer_bases(site.layer).items()}
+        d = self.delta_(site, self.task_vector(base, instruct, torch.float64), bases=b64)
+        st = self._stats[site.name]
+        st.update(solve_dtype="float64 (redo)", residual_float32=before,
+                  redo=f"float32 arithmetic: residual {before:.1e} -> {st['residual']:.1e} in float64")
+        return d
+
+    def _factor(self, site: Site, blocks: list[tuple[slice, Basis]], width: int) -> RoundingFactor | None:
+        key = (site.layer, "o_in.*" if len(blocks) > 1 else FEATURE_GROUP[site.module])
+        if key not in self._factors:  # one per input and layer: q/k/v share attn_in, gate/up mlp_in
+            self._factors[key] = RoundingFactor.of(protected_gram(blocks, width, self.device))
+        return self._factors[key]
+
+    def _cast(self, site: Site, merged: torch.Tensor, lrm: torch.Tensor, blocks: list[tuple[slice, Basis]],
+              tau_x: float) -> torch.Tensor:
+        """merged -> the LRM's dtype (compensated rounding where the dtype is narrow), and the identity of what
+        is written: ||(W_cast - W_LRM) x|| / ||tau x|| and / ||W_LRM x|| over all rows and protected features."""
+        out_dtype = lrm.dtype
+        st = self._stats.get(site.name)
+        t0 = time.time()
+        rounding = self.rounding if out_dtype in NARROW else "none"
+        factor = self._factor(site, blocks, merged.shape[1]) if rounding == "compensated" else None
+        if factor is not None:
+            out = compensated_round(merged, factor, out_dtype)
+        else:
+            out = merged.to(out_dtype)
+            rounding = "nearest" if out_dtype in NARROW else rounding
+        if st is not None:
+            change_x = feature_norm(out, blocks, lrm)
+            lrm_x = feature_norm(lrm, blocks)
+            st.update(cast_dtype=str(out_dtype).removeprefix("torch."), cast_rounding=rounding, cast_s=time.time() - t0,
+                      cast_residual=change_x / tau_x if tau_x > 0 else 0.0,
+                      cast_residual_vs_lrm=change_x / lrm_x if lrm_x > 0 else 0.0)
+            if factor is not None:  # what the plain cast would have shipped, for the record
+                near = merged.to(out_dtype)
+                st["cast_residual_nearest"] = feature_norm(near, blocks, lrm) / tau_x if tau_x > 0 else 0.0
+                delta = float(torch.linalg.vector_norm(merged - lrm.to(merged.dtype)))
+                if delta > 0:  # how far each cast moved the weights, relative to the delta
+                    st["cast_change"] = float(torch.linalg.vector_norm(out.to(merged.dtype) - merged)) / delta
+                    st["cast_change_nearest"] = float(torch.linalg.vector_norm(near.to(merged.dtype) - merged)) / delta
+                del near
+        return out
 
     def stats(self) -> dict[str, dict[str, Any]]:
         return self._stats
