@@ -86,3 +86,16 @@ def test_bf16_trio_reports_the_residual_of_the_written_weights_and_rounding_lowe
           f"mean {sum(near) / len(near):.3e}; compensated max {max(comp):.3e} mean {sum(comp) / len(comp):.3e}")
     assert max(near) > 1e-2  # the cast matters at this task-vector scale
     assert sum(comp) < 0.5 * sum(near) and max(comp) < max(near)
+
+
+def test_unsupported_family_is_refused_once_with_every_role_named():
+    from types import SimpleNamespace
+
+    from rainmerge.preflight.checks import _arch_checks
+
+    problems, warnings = [], []
+    metas = {r: SimpleNamespace(config={"model_type": "gpt2"}) for r in ("reasoning", "base", "instruct")}
+    _arch_checks(metas, problems, warnings)
+    assert len(problems) == 1 and problems[0].role == "reasoning, base, instruct"
+    text = f"{problems[0].role}: {problems[0].message}"  # how check_plan renders it
+    assert text.count("gpt2") == 1 and text.count("base") == 1 and "supported: llama" in text

@@ -132,3 +132,24 @@ def test_capacity_reports_rows_against_every_input_width():
     assert cap["attn_in"] == {"width": 16, "cap": 14, "rows": 12, "exact_guaranteed": True, "rows_over_width": 0.75}
     assert cap["down_in"]["width"] == 8 and not cap["down_in"]["exact_guaranteed"]
     assert capacity(arch, 12, o_proj="per_head")["o_in"]["width"] == 8
+
+
+def test_ridge_is_per_direction_so_a_massive_channel_leaves_no_weak_direction_unprojected():
+    """Issue 24 item 3: one input channel 1e4x larger than the rest (massive activations) and a task vector
+    weak in that channel. A ridge relative to the total feature energy (the old rule) is set by that channel
+    and leaves the weak directions partly in place; the per-direction ridge keeps the identity in float64."""
+    import dataclasses
+
+    g = torch.Generator().manual_seed(11)
+    X = torch.randn(48, 128, generator=g, dtype=torch.float64)
+    X[:, 0] *= 1e4
+    tau = torch.randn(64, 128, generator=g, dtype=torch.float64)
+    tau[:, 0] *= 1e-4
+
+    def residual(b):
+        return float(torch.linalg.norm(project_delta(tau, b) @ X.T) / torch.linalg.norm(tau @ X.T))
+
+    b = protected_basis(X)  # default ridge 1e-10, float64
+    assert b.rule == "exact" and residual(b) <= 1e-6
+    old = dataclasses.replace(protected_basis(X, ridge=0.0), lam=1e-10 * float((X**2).sum()) / X.shape[0])
+    assert residual(old) > 1e-5  # the old rule's lambda, set by the massive channel

@@ -180,6 +180,9 @@ class Rain:
         st = self._stats[site.name]
         st.update(solve_dtype="float64 (redo)", residual_float32=before,
                   redo=f"float32 arithmetic: residual {before:.1e} -> {st['residual']:.1e} in float64")
+        if st["residual"] > self.exact_tol:  # what is left is the float32-stored basis itself
+            st["redo"] += ("; still above the tolerance: the float32-stored basis is not accurate enough here "
+                           "(stage1.solve_dtype: float64 keeps the float64 factor)")
         return d
 
     def _factor(self, site: Site, blocks: list[tuple[slice, Basis]], width: int) -> RoundingFactor | None:

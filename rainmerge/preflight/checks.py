@@ -43,13 +43,16 @@ IN_FLIGHT_TENSORS = 5  # stage 3 host memory: tensors read ahead, being made, qu
 
 def _arch_checks(metas: dict[str, _Meta], problems: list[Problem], warnings: list[str]) -> dict[str, ArchSpec]:
     specs: dict[str, ArchSpec] = {}
+    refused: dict[str, list[str]] = {}  # message (without the role) -> roles: one problem per distinct refusal
     for role, m in metas.items():
         if m.config is None:
             continue
         try:
             specs[role] = arch_from_config(m.config, role)
         except RainMergeError as exc:
-            problems.append(Problem(code="arch_unsupported", role=role, message=str(exc)))
+            refused.setdefault(str(exc).removeprefix(f"{role}: "), []).append(role)
+    for msg, roles in refused.items():  # rendered as "role: message", so the role is not in the message
+        problems.append(Problem(code="arch_unsupported", role=", ".join(roles), message=msg))
     ref = specs.get("reasoning")
     if ref is None:
         return specs

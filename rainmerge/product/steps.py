@@ -203,6 +203,10 @@ def merge(models: dict[str, Any], config: RainConfig, calibration: A.DirRef | No
             mlflow.log_metrics({"projection.mean_kept_norm": sum(s["kept_norm"] for s in stats.values()) / len(stats),
                                 "projection.max_residual": max(s["residual"] for s in stats.values()),
                                 "projection.exact_modules": sum(s.get("rule") == "exact" for s in stats.values())})
+            cast = [s for s in stats.values() if "cast_residual" in s]
+            if cast:  # the identity of the weights written (projection.max_residual is the solver's, pre-cast)
+                mlflow.log_metrics({"projection.max_cast_residual": max(s["cast_residual"] for s in cast),
+                                    "projection.max_cast_residual_vs_lrm": max(s["cast_residual_vs_lrm"] for s in cast)})
             mlflow.log_artifact(str(projection_plot(stats, out / "projection_stats.png")))
         mlflow.log_metric("warnings", len(prov["warnings"]))
     return A.make_ref("merged_model", model_dir, {"method": config.method, "warnings": prov["warnings"]})
