@@ -49,6 +49,9 @@ class Basis:
     capped: bool  # the rank cap bound: even the energy fallback needed more than the cap
     rows: int = -1  # m, protected feature rows (-1: unknown, e.g. loaded from an old artifact)
     rel_ridge: float = 0.0  # per-direction ridge: lambda_i = rel_ridge * s_i^2 (stage1.ridge)
+    # residual a float32-stored copy of this factor leaves on the features themselves (float64 arithmetic,
+    # probe deltas; -1: not measured). Above STORE_TOL the factor is kept in float64 (storage_check)
+    float32_residual: float = -1.0
 
     @property
     def width(self) -> int:
@@ -99,11 +102,31 @@ class Basis:
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Basis":
         return Basis(self.V.to(device, dtype), self.s.to(device, dtype), self.k, self.lam, self.capped, self.rows,
-                     self.rel_ridge)
+                     self.rel_ridge, self.float32_residual)
 
 
 COMPLEMENT_SHARE = 0.75  # the complement form when its rank is at most this share of k (QR and extras cost)
 RIDGE_KEEP = 1e-6  # removed directions whose ridge share lam/(s^2+lam) is above this are kept exactly
+STORE_TOL = 1e-5  # a float32-stored factor leaving more than this on its own features stays in float64
+PROBES = 8  # probe deltas of each kind in storage_check
+
+
+def storage_check(X: torch.Tensor, basis: Basis) -> float:
+    """The identity residual ||d P32 X^T|| / ||d X^T|| (worst probe) that the float32-stored copy of a float64
+    factor leaves on its own features X [m, width], with the projection applied in float64: what storage alone
+    costs, separate from float32 arithmetic (which Stage 3's float64 redo removes). Probes: isotropic deltas,
+    and deltas weak where the features are strong (a task vector small in a massive-activation channel)."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    width = X.shape[1]
+    iso = torch.randn(PROBES, width, generator=g, dtype=torch.float64).to(X.device)
+    col = torch.linalg.vector_norm(X, dim=0)
+    weak = iso / col.clamp_min(float(col.max()) * 1e-12) * float(col.mean())
+    d = torch.cat([iso, weak])
+    b32 = basis.to(dtype=torch.float32).to(dtype=torch.float64)
+    p = project_delta(d, b32)
+    before = torch.linalg.vector_norm(d @ X.T, dim=1)
+    after = torch.linalg.vector_norm(p @ X.T, dim=1)
+    return float((after / before.clamp_min(torch.finfo(torch.float64).tiny)).max())
 
 
 def rank_cap(width: int, max_rank_fraction: float) -> int:
@@ -167,8 +190,15 @@ def protected_bases(X: torch.Tensor, *, ridge: float = 1e-10, energy: float = 1.
             k = min(k, _energy_count(s, energy_when_capped))
         capped = k > cap
         k = min(k, cap)
-        V = f.V[b, :, :r].to(_DT[dtype]).contiguous()
-        out.append(Basis(V, f.s[b, :r].to(_DT[dtype]), k, 0.0, capped, m, ridge))
+        basis = Basis(f.V[b, :, :r].contiguous(), f.s[b, :r].contiguous(), k, 0.0, capped, m, ridge)
+        if dtype == "float32" and basis.rule == "exact" and k:  # does float32 storage keep the identity?
+            basis.float32_residual = storage_check(X[b].to(torch.float64), basis)
+        if basis.V.dtype != _DT[dtype] and not basis.float32_residual > STORE_TOL:
+            basis = basis.to(dtype=_DT[dtype])
+        out.append(basis)
+    if kept := sum(b.V.dtype == torch.float64 for b in out) if dtype == "float32" else 0:
+        log.info("stage 1: %d of %d float32 factors would leave more than %.0e of their features; kept in float64",
+                 kept, B, STORE_TOL)
     return out
 
 

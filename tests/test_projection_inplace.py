@@ -134,3 +134,31 @@ def test_complement_form_of_a_capped_wide_basis_matches_the_direct_form_in_float
     left = d[:, :32].clone()
     project_delta_(d[:, 32:], b64)
     assert torch.equal(d[:, :32], left) and torch.allclose(d[:, 32:], project_delta(d[:, 32:].clone(), b64), atol=0)
+
+
+def test_stage1_keeps_the_float64_factor_where_float32_storage_would_miss(monkeypatch):
+    """Issue 24 item 4: a float32-stored factor is checked against its own features at Stage 1 (probe deltas,
+    float64 arithmetic): storage alone leaves ~1e-7 on ill-conditioned features, so float32 stands and a
+    Stage-3 redo in float64 is a float64 solve to that accuracy; where storage would miss (here: a tolerance
+    lowered below what float32 can store), the float64 factor is kept and the module runs in float64."""
+    import rainmerge.projection as proj
+
+    X = _ill_conditioned(24, 64, seed=4)
+    b = protected_basis(X, dtype="float32", ridge=0.0)
+    assert b.V.dtype == torch.float32 and 0 < b.float32_residual < 1e-6
+    other = protected_basis(torch.randn(8, 64, dtype=torch.float64), dtype="float32")
+    monkeypatch.setattr(proj, "STORE_TOL", 1e-9)
+    kept = protected_basis(X, dtype="float32", ridge=0.0)
+    assert kept.V.dtype == torch.float64 and kept.float32_residual == b.float32_residual
+    g = torch.Generator().manual_seed(5)
+    base, inst = (torch.randn(64, 64, generator=g, dtype=torch.float64).to(torch.bfloat16) for _ in range(2))
+    lrm = torch.randn(64, 64, generator=g, dtype=torch.float64)  # a float64 checkpoint: no cast error
+    tau = inst.double() - base.double()
+    site = Site(0, "q", "layers.0.q")
+    rain, _ = _rain({"attn_in": kept, "mlp_in": other}, tol=1e-7)
+    assert rain.solver_dtype == torch.float32  # the kept factor is the exception
+    out = rain.merge(site, lrm, base, inst)
+    st = rain.stats()[site.name]
+    assert st["solve_dtype"] == "float64 (float64 factor kept)" and rain.fallbacks == 0 and "redo" not in st
+    assert st["float32_storage_residual"] == b.float32_residual
+    assert float(torch.linalg.norm((out - lrm) @ X.T) / torch.linalg.norm(tau @ X.T)) < 1e-9

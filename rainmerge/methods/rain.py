@@ -41,6 +41,12 @@ def column_blocks(module: str, bases: dict[str, Basis], arch: ArchSpec) -> list[
     return [(slice(None), bases[FEATURE_GROUP[module]])]
 
 
+def module_dtype(module: str, bases: dict[str, Basis], arch: ArchSpec) -> torch.dtype:
+    """The dtype the module is scaled and projected in: its bases' (float64 if any of them is)."""
+    dts = {b.V.dtype for _, b in column_blocks(module, bases, arch)}
+    return torch.float64 if torch.float64 in dts else dts.pop()
+
+
 def scale_module_(module: str, delta: torch.Tensor, coeff: torch.Tensor, arch: ArchSpec) -> torch.Tensor:
     """In place: per head (q: output rows, o: input columns), per kv head (k, v: output rows) or per layer (MLP)."""
     c = coeff.to(delta.device, delta.dtype)
@@ -107,8 +113,8 @@ class Rain:
     @property
     def solver_dtype(self) -> torch.dtype:
         """The bases' dtype (stage1.solve_dtype): deltas are scaled and projected in it."""
-        layer = next(iter(self.bases.values()))
-        return next(iter(layer.values())).V.dtype
+        layer = next(iter(self.bases.values()))  # float64 factors Stage 1 kept are exceptions, not the rule
+        return min((b.V.dtype for b in layer.values()), key=lambda t: t.itemsize)
 
     def _layer_bases(self, layer: int) -> dict[str, Basis]:
         if self._on_device is None or self._on_device[0] != layer:
@@ -122,12 +128,19 @@ class Rain:
         """lambda * P(alpha (.) d), in place on d (in the bases' dtype, on self.device).
         Module stats are ratios (residual, kept norm), so they do not depend on lambda."""
         bases = bases or self._layer_bases(site.layer)
+        want = module_dtype(site.module, bases, self.arch)
+        if d.dtype != want:  # a factor Stage 1 kept in float64 (float32 storage would miss): the module goes in float64
+            d = d.to(want)
         c = self.coeffs[site.layer][site.module]
         # lambda rides on alpha: P is linear, so P(lambda alpha (.) d) = lambda P(alpha (.) d), one pass fewer
         scale_module_(site.module, d, c * self.strength, self.arch)
         st = project_module_(site.module, d, bases, self.arch, record)
         if st is not None:
-            st.update(layer=site.layer, module=site.module, solve_dtype=str(d.dtype).removeprefix("torch."),
+            f32 = [b.float32_residual for _, b in column_blocks(site.module, bases, self.arch) if b.float32_residual >= 0]
+            if f32:
+                st["float32_storage_residual"] = max(f32)
+            st.update(layer=site.layer, module=site.module, solve_dtype=str(d.dtype).removeprefix("torch.") + (
+                      " (float64 factor kept)" if d.dtype == torch.float64 and self.solver_dtype != torch.float64 else ""),
                       alpha_mean=float(c.mean()), alpha_min=float(c.min()), alpha_max=float(c.max()))
             self._stats[site.name] = st
         return d
@@ -147,8 +160,8 @@ class Rain:
 
         float32 bases: a module whose (estimated) residual misses exact_tol while its rule is exact is redone
         with the float64 factor (see _redo)."""
-        dtype = self.solver_dtype
         bases = self._layer_bases(site.layer)
+        dtype = module_dtype(site.module, bases, self.arch)
         blocks = column_blocks(site.module, bases, self.arch)
         tau = self.task_vector(base, instruct, dtype)
         tau_x = feature_norm(tau, blocks)  # ||tau x|| before tau is scaled and projected in place
