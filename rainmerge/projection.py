@@ -371,7 +371,8 @@ def cast_summary(stats: Mapping[str, Mapping[str, Any]]) -> str:
         return ""
     dtypes = "/".join(sorted({str(s["cast_dtype"]) for s in cast}))
     roundings = "/".join(sorted({str(s["cast_rounding"]) for s in cast}))
+    how = "no rounding" if roundings == "none" else f"{roundings} rounding"
     near = [float(s["cast_residual_nearest"]) for s in cast if "cast_residual_nearest" in s]
-    return (f"; written as {dtypes} ({roundings} rounding): max residual {max(float(s['cast_residual']) for s in cast):.1e}"
+    return (f"; written as {dtypes} ({how}): max residual {max(float(s['cast_residual']) for s in cast):.1e}"
             f" of ||tau x||" + (f" (nearest rounding {max(near):.1e})" if near else "")
             + f", {max(float(s['cast_residual_vs_lrm']) for s in cast):.1e} of ||W_LRM x||, on every row")

@@ -70,23 +70,23 @@ class RoundingFactor:
 
 def compensated_round(W: torch.Tensor, factor: RoundingFactor, dtype: torch.dtype, block: int = BLOCK) -> torch.Tensor:
     """W [out, width] (float32 or wider) rounded to `dtype` column by column, each column's rounding error
-    pushed into the columns not rounded yet (GPTQ with H of protected_gram). Returns a new tensor in `dtype`."""
+    pushed into the columns not rounded yet (GPTQ with H of protected_gram). Returns a new tensor in `dtype`.
+    Works on W^T (one contiguous row per column of W), so each step reads and writes contiguous memory."""
     perm, U = factor.perm.to(W.device), factor.U.to(W.device)
-    Wp = W[:, perm].to(torch.float32, copy=True)
-    Q = torch.empty(Wp.shape, dtype=dtype, device=W.device)
-    n = Wp.shape[1]
+    Wt = W.T[perm].to(torch.float32, copy=True)  # [width, out], in act order
+    Qt = torch.empty(Wt.shape, dtype=dtype, device=W.device)
+    n = Wt.shape[0]
     for i0 in range(0, n, block):
         i1 = min(i0 + block, n)
-        Wb, Ub = Wp[:, i0:i1], U[i0:i1, i0:i1]
+        Wb, Ub = Wt[i0:i1], U[i0:i1, i0:i1]
         E = torch.empty_like(Wb)
         for j in range(i1 - i0):
-            q = Wb[:, j].to(dtype)
-            Q[:, i0 + j] = q
-            E[:, j] = (Wb[:, j] - q.to(torch.float32)) / Ub[j, j]
-            Wb[:, j + 1:].addr_(E[:, j], Ub[j, j + 1:], alpha=-1.0)
+            Qt[i0 + j] = Wb[j]
+            torch.sub(Wb[j], Qt[i0 + j].to(torch.float32), out=E[j]).div_(Ub[j, j])
+            Wb[j + 1:].addr_(Ub[j, j + 1:], E[j], alpha=-1.0)
         if i1 < n:
-            Wp[:, i1:].addmm_(E, U[i0:i1, i1:], alpha=-1.0)
-    return Q[:, torch.argsort(perm)]
+            Wt[i1:].addmm_(U[i0:i1, i1:].T, E, alpha=-1.0)
+    return Qt[torch.argsort(perm)].T.contiguous()
 
 
 def feature_norm(A: torch.Tensor, blocks: Blocks, subtract: torch.Tensor | None = None) -> float:
