@@ -113,6 +113,15 @@ def _weights(sample: InstructionSample, device) -> tuple[torch.Tensor, ...]:
     return tuple(to_device(x, device) for x in host)
 
 
+def sample_scores(a: torch.Tensor, u: torch.Tensor, with_r: torch.Tensor, with_u: torch.Tensor
+                  ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """One sample's a and u per head ([..., H, K] per instruction -> [..., H]): the mean over the
+    instructions that have a related (a) / an unrelated (u) span; None when none has (the sample's
+    statistic stays NaN, "absent"). Shared by the whole-model and the layer-sequential path."""
+    return (a.index_select(-1, with_r).mean(-1) if len(with_r) else None,
+            u.index_select(-1, with_u).mean(-1) if len(with_u) else None)
+
+
 @torch.no_grad()
 def alignment_leakage(
     model: torch.nn.Module,
@@ -161,12 +170,12 @@ def alignment_leakage(
             if missing:
                 raise RuntimeError(f"attention hook saw no call for layers {sorted(missing)}")
             idx = to_device(torch.tensor([pos[l] for l in ctx.out]), device)
-            a_all = torch.stack([ctx.out[l][0] for l in ctx.out])  # [L, H, K]
-            u_all = torch.stack([ctx.out[l][1] for l in ctx.out])
-            if len(with_r):
-                A[si].index_copy_(0, idx, a_all.index_select(2, with_r).mean(2))
-            if len(with_u):
-                U[si].index_copy_(0, idx, u_all.index_select(2, with_u).mean(2))
+            a, u = sample_scores(torch.stack([ctx.out[l][0] for l in ctx.out]),  # [L, H, K]
+                                 torch.stack([ctx.out[l][1] for l in ctx.out]), with_r, with_u)
+            if a is not None:
+                A[si].index_copy_(0, idx, a)
+            if u is not None:
+                U[si].index_copy_(0, idx, u)
     finally:
         model.set_attn_implementation(prev)
     return A.cpu(), U.cpu()

@@ -89,13 +89,14 @@ def stage1_projectors(ctx: MergeContext, feats: Features, s1: ProjectionConfig, 
     """Stage 1b (paper Eq. 4): one factorisation per feature group per layer.
     `consume`: drop each layer's features from `feats` once its bases exist, so the host holds the
     features and the bases (about the same size) at once for one layer only, not for the whole model."""
-    kw = s1.basis_kwargs()
-    bases = {}
-    for layer in ctx.layers:
-        f = {g: x.to(ctx.device) for g, x in (feats.pop(layer) if consume else feats[layer]).items()}
-        bases[layer] = {k: b.to("cpu") if ctx.device != "cpu" else b
-                        for k, b in bases_from_features(f, ctx.arch.num_heads, ctx.arch.head_dim, **kw).items()}
-    return bases
+    return {layer: stage1_layer_bases(ctx, feats.pop(layer) if consume else feats[layer], s1) for layer in ctx.layers}
+
+
+def stage1_layer_bases(ctx: MergeContext, layer_feats: dict[str, torch.Tensor], s1: ProjectionConfig) -> dict[str, Basis]:
+    """One layer's bases from its features (on the device), kept on the host; both stage paths call it."""
+    f = {g: x.to(ctx.device) for g, x in layer_feats.items()}
+    return {k: b.to("cpu") if ctx.device != "cpu" else b
+            for k, b in bases_from_features(f, ctx.arch.num_heads, ctx.arch.head_dim, **s1.basis_kwargs()).items()}
 
 
 @torch.no_grad()
@@ -136,14 +137,21 @@ def stage2_coefficients(ctx: MergeContext, model: torch.nn.Module, bases: Bases,
         a0, u0 = alignment_leakage(model, instruction, layers, desc="stage 2: attention (LRM)", **kw)
     apply_probe_merge(ctx, model, bases, strength)
     a1, u1 = alignment_leakage(model, instruction, layers, desc="stage 2: attention (probe)", **kw)
+    return stage2_solve(ctx, a1, u1, a0, u0, s2)
+
+
+def stage2_solve(ctx: MergeContext, a1: torch.Tensor, u1: torch.Tensor, a0: torch.Tensor | None,
+                 u0: torch.Tensor | None, s2: CoefficientConfig) -> tuple[Coefficients, dict[str, Any]]:
+    """Eq. 14/15 from the per-sample statistics [S, L, H] of either stage path."""
+    layers = list(ctx.layers)
     try:
         sol = solve_stage2(a1, u1, a0=a0, u0=u0, **s2.solver_kwargs())
     except DegenerateStage2 as exc:
         raise ConfigError(str(exc)) from None
     for w in sol.warnings:
         log.warning(w)
-    detail = sol.detail(layers) | {"samples": len(instruction)}
-    return module_coefficients(sol.alpha, layers, arch), detail
+    detail = sol.detail(layers) | {"samples": int(a1.shape[0])}
+    return module_coefficients(sol.alpha, layers, ctx.arch), detail
 
 
 def uniform_detail(ctx: MergeContext) -> dict[str, Any]:
