@@ -45,59 +45,26 @@ from .calibration import InstructionSample, ReasoningSample
 from .coefficients import uniform_coefficients
 from .features import page_aligned_empty, page_locked, to_device
 from .io.lazy import all_finite
+from .memory import hidden_placement, host_available_bytes
+from .projection import bases_from_features
 
 log = logging.getLogger("rainmerge")
-
-PLACEMENTS = ("auto", "device", "host", "disk")
-DEVICE_SHARE = 0.6  # auto: hidden states on the device while they take at most this share of its free memory
-HOST_SHARE = 0.5  # ... and on the host while at most this share of the available host memory
 
 
 # ---------------------------------------------------------------------------------------------------
 # where the hidden states live
 
 
-def host_available_bytes() -> int:
-    """Host memory this process may still use: MemAvailable, capped by the cgroup (pod) limit."""
-    avail = 1 << 62
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    avail = int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    for lim, cur in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                     ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
-        try:
-            text = Path(lim).read_text().strip()
-            if text != "max" and int(text) < 1 << 60:
-                avail = min(avail, int(text) - int(Path(cur).read_text().strip()))
-            break
-        except (OSError, ValueError):
-            continue
-    return max(avail, 0)
-
-
-def device_free_bytes(device: str) -> int:
+def device_free_bytes(device: str) -> int | None:
     if device.startswith("cuda") and torch.cuda.is_available():
         return int(torch.cuda.mem_get_info(torch.device(device))[0])
-    return host_available_bytes()
+    return None
 
 
 def choose_placement(needed: int, device: str, requested: str = "auto", reserve: int = 0) -> str:
-    """device | host | disk for `needed` bytes of hidden states; `reserve`: device bytes the layer and its
-    work need beside them. On the CPU the device is the host."""
-    if requested not in PLACEMENTS:
-        raise ValueError(f"hidden_states must be one of {PLACEMENTS}, got {requested!r}")
-    on_cpu = not device.startswith("cuda")
-    if requested != "auto":
-        return "host" if requested == "device" and on_cpu else requested
-    if not on_cpu and needed <= DEVICE_SHARE * max(device_free_bytes(device) - reserve, 0):
-        return "device"
-    if needed <= HOST_SHARE * host_available_bytes():
-        return "host"
-    return "disk"
+    """memory.hidden_placement with the memory this process sees now."""
+    return hidden_placement(needed, reserve, device_free_bytes(device), host_available_bytes(),
+                            not device.startswith("cuda"), requested)
 
 
 class HiddenStates:
@@ -330,8 +297,6 @@ def run_sequential(ctx: Any, *, reasoning: list[ReasoningSample] | None = None,
                 feats = _stage1_layer(sk, ctx, layer, groups if merged else [], reasoning, streams["reasoning"])
                 if merged:
                     if stage1 is not None:
-                        from .stages import stage1_layer_bases
-
                         out.bases[layer] = stage1_layer_bases(ctx, feats, stage1)
                     if on_features is not None:
                         on_features(layer, feats)
@@ -359,6 +324,14 @@ def run_sequential(ctx: Any, *, reasoning: list[ReasoningSample] | None = None,
             shutil.rmtree(spill_root, ignore_errors=True)
     out.timings["sequential_s"] = time.time() - t0
     return out
+
+
+def stage1_layer_bases(ctx: Any, layer_feats: dict[str, torch.Tensor], s1: Any) -> dict[str, Any]:
+    """One layer's bases (paper Eq. 4) from its features, solved on the device, kept on the host; both
+    stage paths call it (stages.stage1_projectors per layer, run_sequential as each layer's features exist)."""
+    f = {g: x.to(ctx.device) for g, x in layer_feats.items()}
+    return {k: b.to("cpu") if ctx.device != "cpu" else b
+            for k, b in bases_from_features(f, ctx.arch.num_heads, ctx.arch.head_dim, **s1.basis_kwargs()).items()}
 
 
 @torch.no_grad()
@@ -434,3 +407,44 @@ def probe_merge_layer(ctx: Any, model: torch.nn.Module, layer: int, layer_bases:
             raise FloatingPointError(f"{name}: probe-merge delta has non-finite values")
         w = model.get_submodule(ctx.arch.module_path(site.layer, site.module)).weight
         w.add_(d.to(w.device, w.dtype))
+
+
+def decide_stages_path(ctx: Any, reasoning: list[ReasoningSample], instruction: list[InstructionSample],
+                       stage1: Any, stage2: Any) -> tuple[str, str]:
+    """whole | sequential for this run (ctx.stages_path auto: memory.choose_stages_path on the whole path's
+    estimate from the encoded calibration and the memory seen now, or ctx.gpu_memory)."""
+    from .config import parse_bytes
+    from .memory import (Pieces, act_bytes, choose_stages_path, chunk_bytes, layer_bases_bytes, memory_seen,
+                         merge_work_bytes, solve_bytes, whole_path)
+
+    if ctx.stages_path != "auto":
+        return choose_stages_path(ctx.stages_path, None, None, None, False)  # type: ignore[arg-type]
+    arch, fb = ctx.arch, torch.finfo(ctx.forward_dtype).bits // 8
+    src = ctx.reasoning
+    params = sum(_numel(src.shape(n)) for n in src.names())
+    rows = sum(len(s.positions) for s in reasoning)
+    t_r = max((len(s.input_ids) for s in reasoning), default=0)
+    t_i = max((len(s.input_ids) for s in instruction), default=0)
+    modules, sb = list(ctx.models.modules), 8 if stage1.solve_dtype == "float64" else 4
+    lb = layer_bases_bytes(arch, rows, modules, stage1.o_proj == "per_head", sb)
+    width = {"attn_in": arch.hidden, "o_in": arch.num_heads * arch.head_dim, "mlp_in": arch.hidden,
+             "down_in": arch.intermediate}
+    feats = len(ctx.layers) * rows * sum(width[g] for g in {FEATURE_GROUP[m] for m in modules}) * 4
+    wb = max(1, round(src.tensor_bytes() / max(params, 1)))
+    on_cpu = ctx.device == "cpu"
+    p = Pieces(weights=params * fb, layer=0, embed=0, act_reason=act_bytes(arch, fb, t_r),
+               act_instr=act_bytes(arch, fb, t_i), chunk=chunk_bytes(arch, stage2.row_chunk, t_i), solve=solve_bytes(arch, rows),
+               layer_bases=lb, bases=lb * len(ctx.layers), features=feats, merged_layers=len(ctx.layers),
+               merge_work=merge_work_bytes(arch, modules, wb, sb), in_flight=0, hidden=0,
+               stage2=bool(instruction) and stage2.enabled, on_cpu=on_cpu, disk_base=0)
+    gpus, host = memory_seen(ctx.device)
+    if ctx.gpu_memory:
+        gpus = [parse_bytes(x) for x in ctx.gpu_memory]
+    return choose_stages_path("auto", whole_path(p), gpus, host if on_cpu else None, on_cpu)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n

@@ -29,9 +29,10 @@ from .io.lazy import all_finite
 from .merge import Prefetcher, check_inputs, write_merged_model
 from .methods import METHODS, build_method
 from .methods.rain import Rain
-from .projection import Basis, bases_from_features
+from .projection import Basis
 from .provenance import provenance
 from .safety import calibration_paths, preflight
+from .sequential import decide_stages_path, run_sequential, stage1_layer_bases
 
 log = logging.getLogger("rainmerge")
 
@@ -90,13 +91,6 @@ def stage1_projectors(ctx: MergeContext, feats: Features, s1: ProjectionConfig, 
     `consume`: drop each layer's features from `feats` once its bases exist, so the host holds the
     features and the bases (about the same size) at once for one layer only, not for the whole model."""
     return {layer: stage1_layer_bases(ctx, feats.pop(layer) if consume else feats[layer], s1) for layer in ctx.layers}
-
-
-def stage1_layer_bases(ctx: MergeContext, layer_feats: dict[str, torch.Tensor], s1: ProjectionConfig) -> dict[str, Basis]:
-    """One layer's bases from its features (on the device), kept on the host; both stage paths call it."""
-    f = {g: x.to(ctx.device) for g, x in layer_feats.items()}
-    return {k: b.to("cpu") if ctx.device != "cpu" else b
-            for k, b in bases_from_features(f, ctx.arch.num_heads, ctx.arch.head_dim, **s1.basis_kwargs()).items()}
 
 
 @torch.no_grad()
@@ -181,6 +175,38 @@ def check_plan(cfg: RainConfig) -> dict[str, Any]:
     return {"warnings": rep.warnings, "lineage": lineage}
 
 
+def _stages12_whole(ctx: MergeContext, cfg: RainConfig, cal: CalibrationSets, timings: dict[str, float],
+                    progress: bool) -> tuple[Bases, Coefficients, dict[str, Any] | None]:
+    """Stages 1-2 on the whole LRM (one forward per sample; several GPUs: its layers spread over them)."""
+    model = load_reasoning_model(ctx)
+    with timed(timings, "stage1_features_s"):
+        feats = stage1_features(ctx, model, cal.reasoning, progress)
+    with timed(timings, "stage1_solve_s"):
+        bases = stage1_projectors(ctx, feats, cfg.stage1, consume=True)
+    del feats
+    if not cfg.stage2.enabled:
+        return bases, uniform_coefficients(list(ctx.layers), ctx.arch), None
+    with timed(timings, "stage2_s"):
+        coeffs, detail = stage2_coefficients(ctx, model, bases, cal.instruction, cfg.stage2, cfg.strength, progress)
+    return bases, coeffs, detail
+
+
+def _stages12_sequential(ctx: MergeContext, cfg: RainConfig, cal: CalibrationSets, timings: dict[str, float],
+                         plan: dict[str, Any], progress: bool) -> tuple[Bases, Coefficients, dict[str, Any] | None]:
+    """Stages 1-2 layer by layer (rainmerge/sequential.py): one decoder layer in memory at a time."""
+    s2 = cfg.stage2 if cfg.stage2.enabled else None
+    with timed(timings, "stages12_sequential_s"):
+        res = run_sequential(ctx, reasoning=cal.reasoning, instruction=cal.instruction if s2 else None,
+                             stage1=cfg.stage1, stage2=s2, strength=cfg.strength, placement=ctx.hidden_states,
+                             spill_dir=ctx.spill_dir, progress=progress)
+    plan["stages_path"] |= {"hidden_states": res.placement, "hidden_state_bytes": res.hidden_bytes}
+    if s2 is None:
+        return res.bases, uniform_coefficients(list(ctx.layers), ctx.arch), None
+    assert res.a1 is not None and res.u1 is not None
+    coeffs, detail = stage2_solve(ctx, res.a1, res.u1, res.a0, res.u0, cfg.stage2)
+    return res.bases, coeffs, detail
+
+
 def run_merge(cfg: RainConfig, progress: bool = True) -> Path:
     """Validate, run the stages the method needs, write the merged folder; returns its path.
     One writer per output: the lock is taken before any work and held until the rename."""
@@ -215,21 +241,15 @@ def _run_merge_locked(cfg: RainConfig, progress: bool) -> Path:
     if rain:
         cal = encode_calibration(ctx, cfg.calibration_spec())
         calibration = cal.record
-        model = load_reasoning_model(ctx)
-        with timed(timings, "stage1_features_s"):
-            feats = stage1_features(ctx, model, cal.reasoning, progress)
-        with timed(timings, "stage1_solve_s"):
-            bases = stage1_projectors(ctx, feats, cfg.stage1, consume=True)
-        del feats
-        if cfg.stage2.enabled:
-            with timed(timings, "stage2_s"):
-                coeffs, detail = stage2_coefficients(ctx, model, bases, cal.instruction, cfg.stage2, cfg.strength,
-                                                     progress)
+        path, why = decide_stages_path(ctx, cal.reasoning, cal.instruction, cfg.stage1, cfg.stage2)
+        log.info("stages 1-2: %s path (%s)", path, why)
+        plan["stages_path"] = {"path": path, "reason": why}
+        if path == "sequential":
+            bases, coeffs, detail = _stages12_sequential(ctx, cfg, cal, timings, plan, progress)
         else:
-            coeffs, detail = uniform_coefficients(list(ctx.layers), ctx.arch), None
+            bases, coeffs, detail = _stages12_whole(ctx, cfg, cal, timings, progress)
         if detail is not None:
             extra["rain_alpha.json"] = detail
-        del model
         stages = dict(arch=ctx.arch, bases=bases, coeffs=coeffs, device=ctx.device)
     method = build_method(cfg, **stages)
     prov = provenance(cfg, ctx, inputs, calibration, timings)

@@ -139,3 +139,53 @@ def test_placement_choice():
     assert choose_placement(1 << 62, "cpu") == "disk"
     with pytest.raises(ValueError):
         choose_placement(10, "cpu", "gpu")
+
+
+def test_run_merge_takes_either_path_with_equal_results(trio_factory, calib, tmp_path):
+    """`stages_path` routes the CLI's merge; both paths write the same model (float32 tolerance)."""
+    import json
+
+    from rainmerge.merge import PROVENANCE_FILE
+    from tests.tiny import load_tensors
+
+    trio = trio_factory("qwen2", num_hidden_layers=3)
+    outs = {}
+    for path in ("whole", "sequential"):
+        cfg = trio_config(trio, calib, tmp_path / path, stages_path=path, hidden_states="disk",
+                          spill_dir=str(tmp_path), hash_inputs=False)
+        out = stages.run_merge(cfg, progress=False)
+        prov = json.loads((out / PROVENANCE_FILE).read_text())
+        assert prov["plan"]["stages_path"]["path"] == path
+        outs[path] = load_tensors(out)
+    assert prov["plan"]["stages_path"]["hidden_states"] == "disk"
+    for name, w in outs["whole"].items():
+        _close(outs["sequential"][name], w, name)
+
+
+def test_path_choice_follows_the_memory_budget():
+    from rainmerge.memory import GIB, PathEstimate, choose_stages_path
+
+    whole = PathEstimate({"stage1_features": 140 * GIB}, 46 * GIB, 600 * GIB)
+    assert choose_stages_path("auto", whole, [80 * GIB], None, False)[0] == "sequential"
+    assert choose_stages_path("auto", whole, [80 * GIB, 80 * GIB], None, False)[0] == "whole"  # layers spread
+    assert choose_stages_path("auto", whole, [141 * GIB], 40 * GIB, False)[0] == "sequential"  # host too small
+    assert choose_stages_path("whole", whole, [8 * GIB], None, False) == ("whole",
+                                                                          "stages_path: whole (forced by the config)")
+    assert choose_stages_path("auto", whole, None, 30 * GIB, True)[0] == "sequential"  # CPU: the host decides
+
+
+def test_plan_reports_both_paths_and_the_pod_sizes(trio_factory, calib, tmp_path):
+    from rainmerge.preflight import build_plan, format_plan
+
+    trio = trio_factory("qwen2", num_hidden_layers=3)
+    cfg = trio_config(trio, calib, tmp_path / "out", device="cuda", gpu_memory=["1MB"], hash_inputs=False)
+    res = build_plan(cfg).resources
+    assert set(res.paths) == {"whole", "sequential"}
+    assert res.paths["sequential"].gpu_peak_bytes < res.paths["whole"].gpu_peak_bytes
+    assert res.stages_path == "sequential" and "exceeds" in res.stages_path_reason  # 1 MB cannot hold the LRM
+    assert res.gpu_peak_bytes == res.paths["sequential"].gpu_peak_bytes  # the chosen path's figures
+    assert res.hidden_state_bytes > 0
+    assert set(res.k8s) >= {"volume_size", "memory_request", "memory_limit", "gpus"}
+    assert "stages 1-2 path: SEQUENTIAL" in format_plan(build_plan(cfg))
+    big = trio_config(trio, calib, tmp_path / "out", device="cuda", gpu_memory=["80GB"], hash_inputs=False)
+    assert build_plan(big).resources.stages_path == "whole"
