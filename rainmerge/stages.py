@@ -148,6 +148,30 @@ def stage2_solve(ctx: MergeContext, a1: torch.Tensor, u1: torch.Tensor, a0: torc
     return module_coefficients(sol.alpha, layers, ctx.arch), detail
 
 
+def stage1_features_any_path(ctx: MergeContext, reasoning: list[ReasoningSample], progress: bool = True) -> Features:
+    """stage1_features on the path ctx.stages_path picks (the pipeline's collect_features step)."""
+    path, why = decide_stages_path(ctx, reasoning, [], ProjectionConfig(), CoefficientConfig(enabled=False))
+    log.info("stage 1 features: %s path (%s)", path, why)
+    if path == "whole":
+        return stage1_features(ctx, load_reasoning_model(ctx), reasoning, progress)
+    return run_sequential(ctx, reasoning=reasoning, placement=ctx.hidden_states, spill_dir=ctx.spill_dir,
+                          progress=progress).features
+
+
+def stage2_coefficients_any_path(ctx: MergeContext, bases: Bases, instruction: list[InstructionSample],
+                                 s2: CoefficientConfig, strength: float, progress: bool = True
+                                 ) -> tuple[Coefficients, dict[str, Any]]:
+    """stage2_coefficients on the path ctx.stages_path picks (the pipeline's score_attention_heads step)."""
+    path, why = decide_stages_path(ctx, [], instruction, ProjectionConfig(), s2)
+    log.info("stage 2: %s path (%s)", path, why)
+    if path == "whole":
+        return stage2_coefficients(ctx, load_reasoning_model(ctx), bases, instruction, s2, strength, progress)
+    res = run_sequential(ctx, instruction=instruction, stage2=s2, bases=bases, strength=strength,
+                         placement=ctx.hidden_states, spill_dir=ctx.spill_dir, progress=progress)
+    assert res.a1 is not None and res.u1 is not None
+    return stage2_solve(ctx, res.a1, res.u1, res.a0, res.u0, s2)
+
+
 def uniform_detail(ctx: MergeContext) -> dict[str, Any]:
     return {"layers": list(ctx.layers), "alpha": [[1.0] * ctx.arch.num_heads for _ in ctx.layers],
             "estimator": "uniform (stage 2 disabled)"}

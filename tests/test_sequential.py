@@ -189,3 +189,38 @@ def test_plan_reports_both_paths_and_the_pod_sizes(trio_factory, calib, tmp_path
     assert "stages 1-2 path: SEQUENTIAL" in format_plan(build_plan(cfg))
     big = trio_config(trio, calib, tmp_path / "out", device="cuda", gpu_memory=["80GB"], hash_inputs=False)
     assert build_plan(big).resources.stages_path == "whole"
+
+
+def test_pipeline_step_functions_route_to_the_sequential_path(both_paths):
+    """What collect_features / score_attention_heads call: forced sequential, same features and alpha."""
+    from dataclasses import replace
+
+    cfg, ctx, cal, whole, _, _ = both_paths
+    seq_ctx = replace(ctx, stages_path="sequential", hidden_states="host")
+    feats = stages.stage1_features_any_path(seq_ctx, cal.reasoning, progress=False)
+    for layer, groups in whole["features"].items():
+        for g, x in groups.items():
+            _close(feats[layer][g], x, f"layer {layer} {g}")
+    _, detail = stages.stage2_coefficients_any_path(seq_ctx, whole["bases"], cal.instruction, cfg.stage2,
+                                                    cfg.strength, progress=False)
+    _close(torch.tensor(detail["alpha"]), torch.tensor(whole["detail"]["alpha"]), "alpha")
+
+
+def test_whole_path_spreads_over_several_gpus(monkeypatch, trio_factory, calib, tmp_path):
+    """Two GPUs faked: the whole-model load asks accelerate for an 'auto' map over both, capped per device,
+    nothing on the host; one GPU without gpu_memory keeps the single-device load."""
+    from dataclasses import replace
+
+    from rainmerge.context import device_placement
+
+    trio = trio_factory("qwen2", num_hidden_layers=3)
+    ctx = open_models(trio_config(trio, calib, tmp_path / "o").models_spec(),
+                      trio_config(trio, calib, tmp_path / "o").runtime())
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i=0: (40 << 30, 80 << 30))
+    cuda = replace(ctx, device="cuda")
+    assert device_placement(cuda) == ("auto", {0: 40 << 30, 1: 40 << 30, "cpu": 0})
+    assert device_placement(replace(cuda, gpu_memory=("70GiB",))) == ("auto", {0: "70GiB", "cpu": 0})
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert device_placement(cuda) == ("cuda", None)
+    assert device_placement(ctx) == (None, None)
