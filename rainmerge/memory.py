@@ -187,16 +187,16 @@ def choose_stages_path(requested: str, whole: PathEstimate | None, gpu_budgets: 
     if on_cpu:
         if host_budget is None or whole.host <= GPU_USABLE * host_budget:
             return "whole", "forwards on the host, and the whole model fits the host memory"
-        return "sequential", (f"forwards on the host: the whole model needs {whole.host / GIB:.1f} GiB, the host "
-                              f"has {host_budget / GIB:.1f} GiB")
+        return "sequential", (f"forwards on the host: the whole model needs {whole.host / 1e9:.1f} GB, the host "
+                              f"has {host_budget / 1e9:.1f} GB")
     budgets = gpu_budgets or [DEFAULT_GPU_BUDGET]
     usable = int(GPU_USABLE * sum(budgets))
-    devs = f"{len(budgets)} GPU{'s' if len(budgets) > 1 else ''} ({', '.join(f'{b / GIB:.0f}' for b in budgets)} GiB)"
+    devs = f"{len(budgets)} GPU{'s' if len(budgets) > 1 else ''} ({', '.join(f'{b / 1e9:.0f}' for b in budgets)} GB)"
     if whole.gpu_peak <= usable and (host_budget is None or whole.host <= host_budget):
-        return "whole", f"the whole model's peak {whole.gpu_peak / GIB:.1f} GiB fits {devs}"
+        return "whole", f"the whole model's peak {whole.gpu_peak / 1e9:.1f} GB fits {devs}"
     if whole.gpu_peak > usable:
-        return "sequential", f"the whole model's peak {whole.gpu_peak / GIB:.1f} GiB exceeds {devs} x {GPU_USABLE}"
-    return "sequential", f"the whole path's host peak {whole.host / GIB:.1f} GiB exceeds the host's {host_budget / GIB:.1f} GiB"
+        return "sequential", f"the whole model's peak {whole.gpu_peak / 1e9:.1f} GB exceeds {devs} x {GPU_USABLE}"
+    return "sequential", f"the whole path's host peak {whole.host / 1e9:.1f} GB exceeds the host's {host_budget / 1e9:.1f} GB"
 
 
 def memory_seen(device: str) -> tuple[list[int] | None, int]:

@@ -268,7 +268,7 @@ def run_sequential(ctx: Any, *, reasoning: list[ReasoningSample] | None = None,
     reserve = 3 * layer_bytes(ctx.reasoning, layers[0], ctx.forward_dtype)  # the layer, its probe delta, work
     where = choose_placement(need, ctx.device, placement, reserve)
     out.placement, out.hidden_bytes = where, need
-    spill_root = Path(tempfile.mkdtemp(prefix="rainmerge-hidden-", dir=spill_dir)) if where == "disk" else None
+    spill_root = _spill_folder(spill_dir, need) if where == "disk" else None
     log.info("layer-sequential stages: %d layers, hidden states %.2f GiB on the %s%s", last + 1, need / 2**30,
              where, f" ({spill_root})" if spill_root else "")
     sk = Skeleton(ctx.reasoning.root, ctx.forward_dtype, ctx.device, ctx.models.reasoning.trust_remote_code)
@@ -332,6 +332,23 @@ def stage1_layer_bases(ctx: Any, layer_feats: dict[str, torch.Tensor], s1: Any) 
     f = {g: x.to(ctx.device) for g, x in layer_feats.items()}
     return {k: b.to("cpu") if ctx.device != "cpu" else b
             for k, b in bases_from_features(f, ctx.arch.num_heads, ctx.arch.head_dim, **s1.basis_kwargs()).items()}
+
+
+def _spill_folder(spill_dir: str | Path | None, need: int) -> Path:
+    """A fresh folder for spilled hidden states, checked before any forward: writable, with room for them."""
+    from .errors import ConfigError
+
+    try:
+        root = Path(tempfile.mkdtemp(prefix="rainmerge-hidden-", dir=spill_dir))
+    except OSError as exc:
+        raise ConfigError(f"spill_dir {spill_dir or tempfile.gettempdir()}: cannot create a folder there "
+                          f"({exc.strerror})") from None
+    free = shutil.disk_usage(root).free
+    if free < need * 1.05:
+        shutil.rmtree(root, ignore_errors=True)
+        raise ConfigError(f"spill_dir {root.parent}: the hidden states need {need / 1e9:.1f} GB, the disk has "
+                          f"{free / 1e9:.1f} GB free; point spill_dir at a larger disk or use hidden_states: host")
+    return root
 
 
 @torch.no_grad()

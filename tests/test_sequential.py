@@ -224,3 +224,15 @@ def test_whole_path_spreads_over_several_gpus(monkeypatch, trio_factory, calib, 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert device_placement(cuda) == ("cuda", None)
     assert device_placement(ctx) == (None, None)
+
+
+def test_spill_folder_errors_are_clear_before_any_forward(tmp_path):
+    from rainmerge.errors import ConfigError
+    from rainmerge.sequential import _spill_folder
+
+    with pytest.raises(ConfigError, match="cannot create"):
+        _spill_folder(tmp_path / "missing" / "deeper", 10)
+    with pytest.raises(ConfigError, match="need"):
+        _spill_folder(tmp_path, 1 << 60)
+    assert list(tmp_path.iterdir()) == []  # nothing left behind
+    assert _spill_folder(tmp_path, 10).is_dir()

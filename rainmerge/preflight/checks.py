@@ -289,6 +289,12 @@ def _lineage(metas: dict[str, _Meta], warnings: list[str], notes: list[str]) -> 
         if not base.name:
             notes.append(f"lineage: the LRM declares base {declared} ({source}); the configured base is a local "
                          "folder that names no origin, so it cannot be compared")
+        elif _norm(metas["instruct"].report.name) in {_norm(d) for d in declared}:
+            lin.caveat = (f"lineage: the LRM descends from the configured ITM {metas['instruct'].report.name} "
+                          f"({source}), not from a base: tau_I = ITM - {base.name} is applied a second time to a "
+                          "model that already carries it (the merge re-applies instruction tuning, it does not "
+                          "transfer it)")
+            warnings.append(lin.caveat)
         elif _norm(base.name) not in {_norm(d) for d in declared}:
             lin.caveat = (f"lineage: the LRM descends from {', '.join(declared)} ({source}), not from the configured "
                           f"base {base.name}; tau_I = ITM - base is applied to a model that shares only a common "
