@@ -217,3 +217,40 @@ def k8s_sizes(path: PathEstimate, gpus: int) -> dict[str, str | int]:
     return {"volume_size": gi(path.disk * K8S_VOLUME_HEADROOM), "memory_request": gi(path.host),
             "memory_limit": gi(path.host * K8S_MEMORY_HEADROOM), "gpus": gpus,
             "gpu_memory_per_device": gi(path.gpu_peak / max(gpus, 1)) if gpus else "0Gi"}
+
+
+def decide_stages_path(ctx: Any, reasoning: list[Any], instruction: list[Any],
+                       stage1: Any, stage2: Any) -> tuple[str, str]:
+    """whole | sequential for this run (ctx.stages_path auto: choose_stages_path on the whole path's
+    estimate from the encoded calibration and the memory seen now, or ctx.gpu_memory)."""
+    import math
+
+    import torch
+
+    from .arch import FEATURE_GROUP
+    from .config import parse_bytes
+
+    if ctx.stages_path != "auto":
+        return choose_stages_path(ctx.stages_path, None, None, None, False)  # type: ignore[arg-type]
+    arch, fb = ctx.arch, torch.finfo(ctx.forward_dtype).bits // 8
+    src = ctx.reasoning
+    params = sum(math.prod(src.shape(n)) for n in src.names())
+    rows = sum(len(s.positions) for s in reasoning)
+    t_r = max((len(s.input_ids) for s in reasoning), default=0)
+    t_i = max((len(s.input_ids) for s in instruction), default=0)
+    modules, sb = list(ctx.models.modules), 8 if stage1.solve_dtype == "float64" else 4
+    lb = layer_bases_bytes(arch, rows, modules, stage1.o_proj == "per_head", sb)
+    width = {"attn_in": arch.hidden, "o_in": arch.num_heads * arch.head_dim, "mlp_in": arch.hidden,
+             "down_in": arch.intermediate}
+    feats = len(ctx.layers) * rows * sum(width[g] for g in {FEATURE_GROUP[m] for m in modules}) * 4
+    wb = max(1, round(src.tensor_bytes() / max(params, 1)))
+    on_cpu = ctx.device == "cpu"
+    p = Pieces(weights=params * fb, layer=0, embed=0, act_reason=act_bytes(arch, fb, t_r),
+               act_instr=act_bytes(arch, fb, t_i), chunk=chunk_bytes(arch, stage2.row_chunk, t_i), solve=solve_bytes(arch, rows),
+               layer_bases=lb, bases=lb * len(ctx.layers), features=feats, merged_layers=len(ctx.layers),
+               merge_work=merge_work_bytes(arch, modules, wb, sb), in_flight=0, hidden=0,
+               stage2=bool(instruction) and stage2.enabled, on_cpu=on_cpu, disk_base=0)
+    gpus, host = memory_seen(ctx.device)
+    if ctx.gpu_memory:
+        gpus = [parse_bytes(x) for x in ctx.gpu_memory]
+    return choose_stages_path("auto", whole_path(p), gpus, host if on_cpu else None, on_cpu)

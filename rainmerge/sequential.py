@@ -25,18 +25,14 @@ safetensors files under a spill folder, whichever fits (`choose_placement`).
 from __future__ import annotations
 
 import logging
-import os
+import math
 import shutil
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .arch import FEATURE_GROUP, GROUP_HOOK
@@ -45,81 +41,10 @@ from .calibration import InstructionSample, ReasoningSample
 from .coefficients import uniform_coefficients
 from .features import page_aligned_empty, page_locked, to_device
 from .io.lazy import all_finite
-from .memory import hidden_placement, host_available_bytes
+from .io.spill import HiddenStates, choose_placement, spill_folder
 from .projection import bases_from_features
 
 log = logging.getLogger("rainmerge")
-
-
-# ---------------------------------------------------------------------------------------------------
-# where the hidden states live
-
-
-def device_free_bytes(device: str) -> int | None:
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return int(torch.cuda.mem_get_info(torch.device(device))[0])
-    return None
-
-
-def choose_placement(needed: int, device: str, requested: str = "auto", reserve: int = 0) -> str:
-    """memory.hidden_placement with the memory this process sees now."""
-    return hidden_placement(needed, reserve, device_free_bytes(device), host_available_bytes(),
-                            not device.startswith("cuda"), requested)
-
-
-class HiddenStates:
-    """One stream's hidden states at the current layer boundary: sample i -> [1, T_i, hidden], kept on the
-    compute device, on the host, or one safetensors file per sample under `folder` (read back one sample
-    ahead on a thread). `put(i, h)` replaces sample i's state once its layer output exists."""
-
-    def __init__(self, name: str, where: str, device: str, folder: Path | None = None):
-        self.name, self.where, self.device = name, where, torch.device(device)
-        self._mem: dict[int, torch.Tensor] = {}
-        self.folder = None
-        if where == "disk":
-            if folder is None:
-                raise ValueError("disk placement needs a spill folder")
-            self.folder = Path(folder) / name
-            self.folder.mkdir(parents=True, exist_ok=True)
-        self.count = 0
-
-    def _file(self, i: int) -> Path:
-        assert self.folder is not None
-        return self.folder / f"{i:06d}.safetensors"
-
-    def put(self, i: int, h: torch.Tensor) -> None:
-        self.count = max(self.count, i + 1)
-        if self.where == "device":
-            self._mem[i] = h
-        elif self.where == "host":
-            self._mem[i] = h.to("cpu")
-        else:
-            tmp = self._file(i).with_suffix(".tmp")
-            save_file({"h": h.detach().to("cpu").contiguous()}, str(tmp))
-            os.replace(tmp, self._file(i))  # a crash never leaves a half-written state behind a good name
-
-    def _read(self, i: int) -> torch.Tensor:
-        if self.where == "disk":
-            return load_file(str(self._file(i)))["h"]
-        return self._mem[i]
-
-    def stream(self) -> Iterator[tuple[int, torch.Tensor]]:
-        """(i, h on the device) for every sample in order; disk reads run one sample ahead."""
-        if self.where != "disk":
-            for i in range(self.count):
-                yield i, to_device(self._mem[i], self.device) if self.where == "host" else self._mem[i]
-            return
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rainmerge-spill") as pool:
-            nxt = pool.submit(self._read, 0) if self.count else None
-            for i in range(self.count):
-                h = nxt.result()
-                nxt = pool.submit(self._read, i + 1) if i + 1 < self.count else None
-                yield i, h.to(self.device)
-
-    def close(self) -> None:
-        self._mem.clear()
-        if self.folder is not None:
-            shutil.rmtree(self.folder, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -232,88 +157,47 @@ def hidden_bytes(ctx: Any, samples: list[list[int]], streams: int) -> int:
 
 def layer_bytes(src: Any, layer: int, dtype: torch.dtype) -> int:
     prefix = f"model.layers.{layer}."
-    n = 0
-    for name in src.names():
-        if name.startswith(prefix):
-            k = 1
-            for d in src.shape(name):
-                k *= d
-            n += k
+    n = sum(math.prod(src.shape(name)) for name in src.names() if name.startswith(prefix))
     return n * torch.finfo(dtype).bits // 8
 
 
 def run_sequential(ctx: Any, *, reasoning: list[ReasoningSample] | None = None,
                    instruction: list[InstructionSample] | None = None, stage1: Any = None, stage2: Any = None,
                    bases: dict[int, Any] | None = None, strength: float = 1.0, placement: str = "auto",
-                   spill_dir: str | Path | None = None, progress: bool = True,
-                   on_features: Callable[[int, dict[str, torch.Tensor]], None] | None = None) -> SequentialResult:
+                   spill_dir: str | Path | None = None, progress: bool = True) -> SequentialResult:
     """Stages 1 and/or 2 layer by layer (module doc). `reasoning` -> Stage-1 features of every merged layer
-    (bases too when `stage1`, a ProjectionConfig, is given; `on_features(layer, feats)` takes each layer's
-    features instead of the result keeping them); `instruction` + `stage2` (a CoefficientConfig) -> the
-    Stage-2 statistics a1, u1 (and a0, u0 for two_pass) on the probe merge, whose bases come from this run's
-    Stage 1 or from `bases`."""
+    (their bases instead when `stage1`, a ProjectionConfig, is given); `instruction` + `stage2` (a
+    CoefficientConfig) -> the Stage-2 statistics a1, u1 (and a0, u0 for two_pass) on the probe merge, whose
+    bases come from this run's Stage 1 or from `bases`."""
     t0 = time.time()
-    arch, layers = ctx.arch, list(ctx.layers)
-    last = max(layers)
-    pos = {l: i for i, l in enumerate(layers)}
-    groups = sorted({FEATURE_GROUP[m] for m in ctx.models.modules})
     with_s2 = instruction is not None and stage2 is not None
     if with_s2 and stage1 is None and bases is None:
         raise ValueError("stage 2 needs projector bases: pass stage1 (solved here) or bases")
     two_pass = with_s2 and stage2.estimator == "two_pass"
-    out = SequentialResult(bases=dict(bases or {}))
-    seqs_r = [s.input_ids for s in reasoning or []]
-    seqs_i = [s.input_ids for s in instruction or []] if with_s2 else []
-    need = hidden_bytes(ctx, seqs_r, 1) + hidden_bytes(ctx, seqs_i, 2 if two_pass else 1)
-    reserve = 3 * layer_bytes(ctx.reasoning, layers[0], ctx.forward_dtype)  # the layer, its probe delta, work
+    seqs = {"reasoning": [s.input_ids for s in reasoning or []],
+            "lrm_instruction": [s.input_ids for s in instruction or []] if two_pass else [],
+            "probe_instruction": [s.input_ids for s in instruction or []] if with_s2 else []}
+    need = sum(hidden_bytes(ctx, v, 1) for v in seqs.values())
+    reserve = 3 * layer_bytes(ctx.reasoning, ctx.layers[0], ctx.forward_dtype)  # the layer, its probe delta, work
     where = choose_placement(need, ctx.device, placement, reserve)
-    out.placement, out.hidden_bytes = where, need
-    spill_root = _spill_folder(spill_dir, need) if where == "disk" else None
-    log.info("layer-sequential stages: %d layers, hidden states %.2f GiB on the %s%s", last + 1, need / 2**30,
-             where, f" ({spill_root})" if spill_root else "")
+    out = SequentialResult(bases=dict(bases or {}), placement=where, hidden_bytes=need)
+    spill_root = spill_folder(spill_dir, need) if where == "disk" else None
+    log.info("layer-sequential stages: %d layers, hidden states %.2f GiB on the %s%s", max(ctx.layers) + 1,
+             need / 2**30, where, f" ({spill_root})" if spill_root else "")
     sk = Skeleton(ctx.reasoning.root, ctx.forward_dtype, ctx.device, ctx.models.reasoning.trust_remote_code)
     streams: dict[str, HiddenStates] = {}
     try:
-        embed = ctx.reasoning.get("model.embed_tokens.weight", check=False).to(ctx.device).to(ctx.forward_dtype)
-        for name, seqs in (("reasoning", seqs_r), ("lrm_instruction", seqs_i if two_pass else []),
-                           ("probe_instruction", seqs_i)):
-            if seqs:
-                streams[name] = HiddenStates(name, where, ctx.device, spill_root)
-                for i, ids in enumerate(seqs):
-                    streams[name].put(i, sk.embed(embed, ids))
-        del embed
+        streams = _embedded_streams(ctx, sk, seqs, where, spill_root)
         weights = [_weights(s, sk.device) for s in instruction] if with_s2 else []
         if with_s2:
-            shape = (len(seqs_i), len(layers), arch.num_heads)
-            out.a1 = torch.full(shape, float("nan"), device=sk.device)
-            out.u1 = torch.full_like(out.a1, float("nan"))
+            shape = (len(instruction), len(ctx.layers), ctx.arch.num_heads)
+            out.a1, out.u1 = (torch.full(shape, float("nan"), device=sk.device) for _ in range(2))
             if two_pass:
-                out.a0, out.u0 = torch.full_like(out.a1, float("nan")), torch.full_like(out.a1, float("nan"))
-        bar = tqdm(range(last + 1), desc="stages 1-2: layers", unit="layer", disable=not progress)
-        for layer in bar:
-            merged = layer in pos
+                out.a0, out.u0 = (torch.full(shape, float("nan"), device=sk.device) for _ in range(2))
+        for layer in tqdm(range(max(ctx.layers) + 1), desc="stages 1-2: layers", unit="layer", disable=not progress):
             sk.load_layer(layer, layer_state(ctx.reasoning, layer, ctx.forward_dtype, ctx.device))
-            if "reasoning" in streams:
-                feats = _stage1_layer(sk, ctx, layer, groups if merged else [], reasoning, streams["reasoning"])
-                if merged:
-                    if stage1 is not None:
-                        out.bases[layer] = stage1_layer_bases(ctx, feats, stage1)
-                    if on_features is not None:
-                        on_features(layer, feats)
-                    elif stage1 is None:
-                        out.features[layer] = feats
-                    del feats
-            if two_pass:
-                _stage2_layer(sk, layer, pos.get(layer), weights, stage2.row_chunk, streams["lrm_instruction"],
-                              out.a0, out.u0)
-            if with_s2:
-                if merged:
-                    probe_merge_layer(ctx, sk.model, layer, out.bases[layer], strength)
-                _stage2_layer(sk, layer, pos.get(layer), weights, stage2.row_chunk, streams["probe_instruction"],
-                              out.a1, out.u1)
+            _one_layer(ctx, sk, layer, streams, reasoning, weights, stage1, stage2, strength, out)
             sk.unload(layer)
-            if progress and layer and hasattr(bar, "set_postfix"):
-                bar.set_postfix(hidden=where)
         for k in ("a1", "u1", "a0", "u0"):
             if getattr(out, k) is not None:
                 setattr(out, k, getattr(out, k).cpu())
@@ -326,29 +210,46 @@ def run_sequential(ctx: Any, *, reasoning: list[ReasoningSample] | None = None,
     return out
 
 
+def _embedded_streams(ctx: Any, sk: "Skeleton", seqs: dict[str, list[list[int]]], where: str,
+                      spill_root: Path | None) -> dict[str, HiddenStates]:
+    """Each non-empty stream's hidden states before layer 0: the LRM's embedding of its token ids."""
+    embed = ctx.reasoning.get("model.embed_tokens.weight", check=False).to(ctx.device).to(ctx.forward_dtype)
+    streams = {}
+    for name, ids in seqs.items():
+        if ids:
+            streams[name] = HiddenStates(name, where, ctx.device, spill_root)
+            for i, x in enumerate(ids):
+                streams[name].put(i, sk.embed(embed, x))
+    return streams
+
+
+def _one_layer(ctx: Any, sk: "Skeleton", layer: int, streams: dict[str, HiddenStates],
+               reasoning: list[ReasoningSample] | None, weights: list[tuple[torch.Tensor, ...]], stage1: Any,
+               stage2: Any, strength: float, out: SequentialResult) -> None:
+    """Every stream through the loaded `layer`, in the order the module doc gives (the probe merge last)."""
+    col = {l: i for i, l in enumerate(ctx.layers)}.get(layer)
+    if "reasoning" in streams:
+        groups = sorted({FEATURE_GROUP[m] for m in ctx.models.modules}) if col is not None else []
+        feats = _stage1_layer(sk, ctx, layer, groups, reasoning or [], streams["reasoning"])
+        if col is not None:
+            if stage1 is not None:
+                out.bases[layer] = stage1_layer_bases(ctx, feats, stage1)
+            else:
+                out.features[layer] = feats
+    if "lrm_instruction" in streams:
+        _stage2_layer(sk, layer, col, weights, stage2.row_chunk, streams["lrm_instruction"], out.a0, out.u0)
+    if "probe_instruction" in streams:
+        if col is not None:
+            probe_merge_layer(ctx, sk.model, layer, out.bases[layer], strength)
+        _stage2_layer(sk, layer, col, weights, stage2.row_chunk, streams["probe_instruction"], out.a1, out.u1)
+
+
 def stage1_layer_bases(ctx: Any, layer_feats: dict[str, torch.Tensor], s1: Any) -> dict[str, Any]:
     """One layer's bases (paper Eq. 4) from its features, solved on the device, kept on the host; both
     stage paths call it (stages.stage1_projectors per layer, run_sequential as each layer's features exist)."""
     f = {g: x.to(ctx.device) for g, x in layer_feats.items()}
     return {k: b.to("cpu") if ctx.device != "cpu" else b
             for k, b in bases_from_features(f, ctx.arch.num_heads, ctx.arch.head_dim, **s1.basis_kwargs()).items()}
-
-
-def _spill_folder(spill_dir: str | Path | None, need: int) -> Path:
-    """A fresh folder for spilled hidden states, checked before any forward: writable, with room for them."""
-    from .errors import ConfigError
-
-    try:
-        root = Path(tempfile.mkdtemp(prefix="rainmerge-hidden-", dir=spill_dir))
-    except OSError as exc:
-        raise ConfigError(f"spill_dir {spill_dir or tempfile.gettempdir()}: cannot create a folder there "
-                          f"({exc.strerror})") from None
-    free = shutil.disk_usage(root).free
-    if free < need * 1.05:
-        shutil.rmtree(root, ignore_errors=True)
-        raise ConfigError(f"spill_dir {root.parent}: the hidden states need {need / 1e9:.1f} GB, the disk has "
-                          f"{free / 1e9:.1f} GB free; point spill_dir at a larger disk or use hidden_states: host")
-    return root
 
 
 @torch.no_grad()
@@ -425,43 +326,3 @@ def probe_merge_layer(ctx: Any, model: torch.nn.Module, layer: int, layer_bases:
         w = model.get_submodule(ctx.arch.module_path(site.layer, site.module)).weight
         w.add_(d.to(w.device, w.dtype))
 
-
-def decide_stages_path(ctx: Any, reasoning: list[ReasoningSample], instruction: list[InstructionSample],
-                       stage1: Any, stage2: Any) -> tuple[str, str]:
-    """whole | sequential for this run (ctx.stages_path auto: memory.choose_stages_path on the whole path's
-    estimate from the encoded calibration and the memory seen now, or ctx.gpu_memory)."""
-    from .config import parse_bytes
-    from .memory import (Pieces, act_bytes, choose_stages_path, chunk_bytes, layer_bases_bytes, memory_seen,
-                         merge_work_bytes, solve_bytes, whole_path)
-
-    if ctx.stages_path != "auto":
-        return choose_stages_path(ctx.stages_path, None, None, None, False)  # type: ignore[arg-type]
-    arch, fb = ctx.arch, torch.finfo(ctx.forward_dtype).bits // 8
-    src = ctx.reasoning
-    params = sum(_numel(src.shape(n)) for n in src.names())
-    rows = sum(len(s.positions) for s in reasoning)
-    t_r = max((len(s.input_ids) for s in reasoning), default=0)
-    t_i = max((len(s.input_ids) for s in instruction), default=0)
-    modules, sb = list(ctx.models.modules), 8 if stage1.solve_dtype == "float64" else 4
-    lb = layer_bases_bytes(arch, rows, modules, stage1.o_proj == "per_head", sb)
-    width = {"attn_in": arch.hidden, "o_in": arch.num_heads * arch.head_dim, "mlp_in": arch.hidden,
-             "down_in": arch.intermediate}
-    feats = len(ctx.layers) * rows * sum(width[g] for g in {FEATURE_GROUP[m] for m in modules}) * 4
-    wb = max(1, round(src.tensor_bytes() / max(params, 1)))
-    on_cpu = ctx.device == "cpu"
-    p = Pieces(weights=params * fb, layer=0, embed=0, act_reason=act_bytes(arch, fb, t_r),
-               act_instr=act_bytes(arch, fb, t_i), chunk=chunk_bytes(arch, stage2.row_chunk, t_i), solve=solve_bytes(arch, rows),
-               layer_bases=lb, bases=lb * len(ctx.layers), features=feats, merged_layers=len(ctx.layers),
-               merge_work=merge_work_bytes(arch, modules, wb, sb), in_flight=0, hidden=0,
-               stage2=bool(instruction) and stage2.enabled, on_cpu=on_cpu, disk_base=0)
-    gpus, host = memory_seen(ctx.device)
-    if ctx.gpu_memory:
-        gpus = [parse_bytes(x) for x in ctx.gpu_memory]
-    return choose_stages_path("auto", whole_path(p), gpus, host if on_cpu else None, on_cpu)
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n

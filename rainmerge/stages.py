@@ -32,7 +32,8 @@ from .methods.rain import Rain
 from .projection import Basis
 from .provenance import provenance
 from .safety import calibration_paths, preflight
-from .sequential import decide_stages_path, run_sequential, stage1_layer_bases
+from .memory import decide_stages_path
+from .sequential import run_sequential, stage1_layer_bases
 
 log = logging.getLogger("rainmerge")
 

@@ -12,7 +12,8 @@ import torch
 
 from rainmerge import stages
 from rainmerge.context import load_reasoning_model, open_models
-from rainmerge.sequential import HiddenStates, choose_placement, run_sequential
+from rainmerge.io.spill import HiddenStates, choose_placement
+from rainmerge.sequential import run_sequential
 from tests.tiny import trio_config
 
 RTOL, ATOL = 1e-5, 1e-6
@@ -228,7 +229,7 @@ def test_whole_path_spreads_over_several_gpus(monkeypatch, trio_factory, calib, 
 
 def test_spill_folder_errors_are_clear_before_any_forward(tmp_path):
     from rainmerge.errors import ConfigError
-    from rainmerge.sequential import _spill_folder
+    from rainmerge.io.spill import spill_folder as _spill_folder
 
     with pytest.raises(ConfigError, match="cannot create"):
         _spill_folder(tmp_path / "missing" / "deeper", 10)
