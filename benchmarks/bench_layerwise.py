@@ -98,7 +98,7 @@ def trio(work: Path, shape, layers: int | None, samples: int, words: int, link_b
          device: str = "cpu") -> dict:
     from rainmerge.synthetic import write_calibration_of_length, write_random_trio
 
-    name = shape if isinstance(shape, str) else "70b"
+    name = shape if isinstance(shape, str) else f"70b-v{shape['vocab_size']}"
     d = work / f"{name}-L{layers or 'all'}"
     if not (d / "base" / "config.json").is_file():
         t0 = time.time()
@@ -143,7 +143,7 @@ def half(a: argparse.Namespace) -> None:
 
 
 def seventy(a: argparse.Namespace) -> None:
-    cfg = trio(Path(a.work), SHAPE_70B, a.layers, a.samples, a.words, True, a.gen_device)
+    cfg = trio(Path(a.work), SHAPE_70B | {"vocab_size": a.vocab}, a.layers, a.samples, a.words, True, a.gen_device)
     cfg |= {"device": a.device, "forward_dtype": a.forward_dtype, "hidden_states": a.hidden_states}
     rows = []
     for n in sorted({1, a.layers}):
@@ -188,6 +188,8 @@ def main() -> None:
     s = sub.choices["70b"]
     s.add_argument("--layers", type=int, default=2, help="decoder layers in the truncated trio (>= 2)")
     s.add_argument("--forward-dtype", default="bfloat16")
+    s.add_argument("--vocab", type=int, default=128256, help="vocabulary rows (a smaller one keeps a CPU run's "
+                   "embedding small; it is read once, before the first layer, and is not per-layer memory)")
     c = sub.add_parser("child")
     c.add_argument("--path", required=True)
     c.add_argument("--cfg", required=True)
