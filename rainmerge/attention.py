@@ -28,6 +28,15 @@ class _Ctx:
     w_unr: torch.Tensor  # [n, K] row weights 1/|U_k|
     chunk: int
     out: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    _moved: dict[torch.device, tuple[torch.Tensor, ...]] = field(default_factory=dict)
+
+    def on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """rows and weights on `device` (a layer of a model spread over several GPUs: its own device)."""
+        if self.rows.device == device:
+            return self.rows, self.w_cols, self.w_rel, self.w_unr
+        if device not in self._moved:
+            self._moved[device] = tuple(t.to(device) for t in (self.rows, self.w_cols, self.w_rel, self.w_unr))
+        return self._moved[device]  # type: ignore[return-value]
 
 
 _ACTIVE: list[_Ctx] = []
@@ -68,16 +77,17 @@ def _stats_attention(module, query, key, value, attention_mask, scaling=None, dr
     ctx = _ACTIVE[-1] if _ACTIVE else None
     if ctx is not None and module.layer_idx in ctx.layers:
         n_rep = query.shape[1] // key.shape[1]
-        a = torch.zeros(query.shape[1], ctx.w_rel.shape[1], device=query.device)
+        rows, w_cols, w_rel, w_unr = ctx.on(query.device)
+        a = torch.zeros(query.shape[1], w_rel.shape[1], device=query.device)
         u = torch.zeros_like(a)
         keys = expand_keys(key, n_rep)
-        for c0 in range(0, len(ctx.rows), ctx.chunk):
+        for c0 in range(0, len(rows), ctx.chunk):
             sl = slice(c0, c0 + ctx.chunk)
-            p = row_probabilities(query, key, attention_mask, scaling, ctx.rows[sl],
+            p = row_probabilities(query, key, attention_mask, scaling, rows[sl],
                                   kwargs.get("sliding_window"), n_rep, keys)
-            mass = p @ ctx.w_cols  # [H, n, K]: mean attention on instruction k per query row
-            a += torch.einsum("hnk,nk->hk", mass, ctx.w_rel[sl])
-            u += torch.einsum("hnk,nk->hk", mass, ctx.w_unr[sl])
+            mass = p @ w_cols  # [H, n, K]: mean attention on instruction k per query row
+            a += torch.einsum("hnk,nk->hk", mass, w_rel[sl])
+            u += torch.einsum("hnk,nk->hk", mass, w_unr[sl])
         ctx.out[module.layer_idx] = (a, u)  # left on the device: alignment_leakage copies once at the end
     return out
 
@@ -111,6 +121,15 @@ def _weights(sample: InstructionSample, device) -> tuple[torch.Tensor, ...]:
     host = (torch.tensor(rows), w_cols, w_rel, w_unr, torch.tensor(with_r, dtype=torch.long),
             torch.tensor(with_u, dtype=torch.long))
     return tuple(to_device(x, device) for x in host)
+
+
+def sample_scores(a: torch.Tensor, u: torch.Tensor, with_r: torch.Tensor, with_u: torch.Tensor
+                  ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """One sample's a and u per head ([..., H, K] per instruction -> [..., H]): the mean over the
+    instructions that have a related (a) / an unrelated (u) span; None when none has (the sample's
+    statistic stays NaN, "absent"). Shared by the whole-model and the layer-sequential path."""
+    return (a.index_select(-1, with_r).mean(-1) if len(with_r) else None,
+            u.index_select(-1, with_u).mean(-1) if len(with_u) else None)
 
 
 @torch.no_grad()
@@ -161,12 +180,12 @@ def alignment_leakage(
             if missing:
                 raise RuntimeError(f"attention hook saw no call for layers {sorted(missing)}")
             idx = to_device(torch.tensor([pos[l] for l in ctx.out]), device)
-            a_all = torch.stack([ctx.out[l][0] for l in ctx.out])  # [L, H, K]
-            u_all = torch.stack([ctx.out[l][1] for l in ctx.out])
-            if len(with_r):
-                A[si].index_copy_(0, idx, a_all.index_select(2, with_r).mean(2))
-            if len(with_u):
-                U[si].index_copy_(0, idx, u_all.index_select(2, with_u).mean(2))
+            a, u = sample_scores(torch.stack([ctx.out[l][0].to(device) for l in ctx.out]),  # [L, H, K]
+                                 torch.stack([ctx.out[l][1].to(device) for l in ctx.out]), with_r, with_u)
+            if a is not None:
+                A[si].index_copy_(0, idx, a)
+            if u is not None:
+                U[si].index_copy_(0, idx, u)
     finally:
         model.set_attn_implementation(prev)
     return A.cpu(), U.cpu()

@@ -69,6 +69,8 @@ def _plan_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, dotted (e.g. stage1.radius=2); the value is YAML-parsed")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("--k8s", action="store_true", help="print only what a pod needs for the chosen path (JSON: "
+                   "volume_size, memory_request, memory_limit, gpus, gpu_memory_per_device, stages_path)")
 
 
 def _calibrate_parser(sub: argparse._SubParsersAction) -> None:
@@ -139,9 +141,13 @@ def main(argv: list[str] | None = None) -> int:
             from .preflight import build_plan, run_plan
 
             cfg = load_config(a.config, _sets(a.set))
-            if a.json:
+            if a.json or a.k8s:
+                import json
+
                 rep = build_plan(cfg)
-                print(rep.to_json())
+                res = rep.resources
+                print(json.dumps(res.k8s | {"stages_path": res.stages_path}, indent=2) if a.k8s and res
+                      else rep.to_json())
                 return 0 if rep.ok else 2
             return run_plan(cfg)
         return product_cli.dispatch(a, _sets)

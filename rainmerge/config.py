@@ -164,6 +164,19 @@ class RainConfig(_Strict):
     device: Literal["cpu", "cuda", "auto"] = Field(default="auto", description="where forwards and projections run")
     forward_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto", description="dtype of the LRM's forwards (auto: bf16 on GPU, fp32 on CPU)")
+    stages_path: Literal["auto", "whole", "sequential"] = Field(
+        default="auto", description="Stages 1-2 on the whole model (one forward per sample) or layer by layer "
+        "(one decoder layer in memory; rainmerge/sequential.py); auto: whole when its estimate fits the GPU "
+        "memory seen (or gpu_memory), else sequential. `rainmerge plan` shows both and the choice")
+    hidden_states: Literal["auto", "device", "host", "disk"] = Field(
+        default="auto", description="layer-sequential path: where the calibration set's hidden states wait "
+        "between layers; auto: the device, else the host, else spill_dir, whichever fits")
+    spill_dir: str | None = Field(default=None, description="folder for spilled hidden states (default: the "
+                                  "system temp folder)")
+    gpu_memory: list[str] | None = Field(
+        default=None, description="GPU memory per device the merge may use, e.g. [70GiB, 70GiB]: the budget the "
+        "path choice and the plan use, and the whole-model path's device_map max_memory (its layers spread "
+        "over these devices); default: what torch sees free")
     think_open: str = Field(default="<think>", description="the LRM's think-open tag")
     think_close: str = Field(default="</think>", description="the LRM's think-close tag")
     append_think_prefix: bool = Field(default=False, description="for old templates without the <think> prefill")
@@ -172,6 +185,16 @@ class RainConfig(_Strict):
     cache_dir: str | None = Field(default=None, description="where downloaded calibration files are kept")
     stage1: ProjectionConfig = Field(default_factory=ProjectionConfig)
     stage2: CoefficientConfig = Field(default_factory=CoefficientConfig)
+
+    @field_validator("gpu_memory")
+    @classmethod
+    def _gpu_memory(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            if not v:
+                raise ValueError("gpu_memory needs one size per device, e.g. [70GiB]")
+            for x in v:
+                parse_bytes(x)
+        return v
 
     @field_validator("modules")
     @classmethod
@@ -196,7 +219,8 @@ class RainConfig(_Strict):
                           modules=self.modules, hash_inputs=self.hash_inputs)
 
     def runtime(self) -> Runtime:
-        return Runtime(device=self.device, forward_dtype=self.forward_dtype)
+        return Runtime(device=self.device, forward_dtype=self.forward_dtype, stages_path=self.stages_path,
+                       hidden_states=self.hidden_states, spill_dir=self.spill_dir, gpu_memory=self.gpu_memory)
 
     def calibration_spec(self) -> CalibrationSpec:
         assert self.reasoning_calibration is not None, "only RAIN builds calibration sets"
@@ -218,6 +242,19 @@ class RainConfig(_Strict):
         return self
 
 
+def parse_bytes(size: str | int) -> int:
+    """'70GiB' / '80GB' / '512MB' / an int -> bytes (accelerate's parser, the one device_map's max_memory uses)."""
+    from accelerate.utils import convert_file_size_to_int
+
+    try:
+        n = convert_file_size_to_int(size)
+    except (ValueError, TypeError):
+        raise ValueError(f"not a size: {size!r} (e.g. 70GiB, 80GB)") from None
+    if n <= 0:
+        raise ValueError(f"not a size: {size!r} (e.g. 70GiB, 80GB)")
+    return n
+
+
 class ModelsSpec(_Strict):
     """What `open_models` reads: the trio and which of its tensors are merged."""
 
@@ -234,6 +271,10 @@ class Runtime(_Strict):
 
     device: Literal["cpu", "cuda", "auto"] = "auto"
     forward_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    stages_path: Literal["auto", "whole", "sequential"] = "auto"
+    hidden_states: Literal["auto", "device", "host", "disk"] = "auto"
+    spill_dir: str | None = None
+    gpu_memory: list[str] | None = None
 
 
 class CalibrationSpec(_Strict):

@@ -33,6 +33,10 @@ class MergeContext:
     device: str
     forward_dtype: torch.dtype
     warnings: tuple[str, ...] = ()
+    stages_path: str = "auto"  # whole | sequential | auto (Runtime.stages_path)
+    hidden_states: str = "auto"  # sequential path: device | host | disk | auto
+    spill_dir: str | None = None
+    gpu_memory: tuple[str, ...] | None = None  # per-device budget; the whole path's device_map max_memory
 
     def sources(self) -> dict[str, ModelSource]:
         return {r: getattr(self, r) for r in ROLES}
@@ -88,7 +92,8 @@ def open_models(models: ModelsSpec, runtime: Runtime) -> MergeContext:
     for w in warnings:
         log.warning(w)
     return MergeContext(cfg, srcs["base"], srcs["instruct"], srcs["reasoning"], arch, tuple(layers), sites,
-                        device, fdt, tuple(warnings))
+                        device, fdt, tuple(warnings), runtime.stages_path, runtime.hidden_states, runtime.spill_dir,
+                        tuple(runtime.gpu_memory) if runtime.gpu_memory else None)
 
 
 def load_tokenizer(ctx: MergeContext) -> Any:
@@ -137,12 +142,37 @@ def load_reasoning_model(ctx: MergeContext) -> torch.nn.Module:
     stored = stored_float_dtype(ctx.reasoning)
     widen = (ctx.device == "cpu" and stored is not None and stored != ctx.forward_dtype
              and torch.promote_types(stored, ctx.forward_dtype) == ctx.forward_dtype)
+    device_map, max_memory = device_placement(ctx)
     model = AutoModelForCausalLM.from_pretrained(str(ctx.reasoning.root),
                                                  dtype=stored if widen else ctx.forward_dtype,
                                                  attn_implementation="sdpa",
-                                                 device_map=ctx.device if ctx.device != "cpu" else None,
+                                                 device_map=device_map, max_memory=max_memory,
                                                  trust_remote_code=ctx.models.reasoning.trust_remote_code)
     if widen:
         _cast_parameters(model, ctx.forward_dtype, ctx.reasoning)
         model.config.dtype = ctx.forward_dtype
+    if max_memory is not None:  # spread: every module stays where the device map put it
+        off = sorted({str(d) for d in getattr(model, "hf_device_map", {}).values() if str(d) in ("cpu", "disk")})
+        if off:
+            raise ConfigError(f"the whole model does not fit gpu_memory {list(ctx.gpu_memory or [])} (device map "
+                              f"puts layers on {', '.join(off)}); use stages_path: sequential")
+        return model.eval()
     return model.to(ctx.device).eval()
+
+
+def device_placement(ctx: MergeContext) -> tuple[Any, dict[Any, Any] | None]:
+    """(device_map, max_memory) of the whole-model load: one device, or -- with several visible GPUs or
+    gpu_memory set -- accelerate's "auto" map over the GPUs, each capped at its gpu_memory entry (default:
+    what it has), nothing on the host. Stage 1's hooks and Stage 2's statistic follow each module's device."""
+    if ctx.device == "cpu":
+        return None, None
+    n = torch.cuda.device_count()
+    if not ctx.gpu_memory and n <= 1:
+        return ctx.device, None
+    sizes = list(ctx.gpu_memory or [])
+    if len(sizes) > n:
+        raise ConfigError(f"gpu_memory names {len(sizes)} devices, {n} are visible")
+    mem: dict[Any, Any] = {i: sizes[i] if i < len(sizes) else int(torch.cuda.mem_get_info(i)[0])
+                           for i in range(len(sizes) or n)}
+    mem["cpu"] = 0
+    return "auto", mem

@@ -43,7 +43,7 @@ def collect_features(
     total = sum(len(s.positions) for s in samples)
     width = {g: _group_width(model, arch, layers[0], g) for g in groups} if layers else {}
     out = {layer: {g: page_aligned_empty(total, width[g]) for g in groups} for layer in layers}
-    rows: dict[str, torch.Tensor] = {}
+    rows: dict = {}
     at = [0, 0]  # [first row, row count] of the current sample in the buffers
     handles = []
 
@@ -51,7 +51,8 @@ def collect_features(
         dest = out[key[0]][key[1]]
 
         def fn(_mod, args):
-            dest[at[0]:at[0] + at[1]].copy_(args[0][0].index_select(0, rows["idx"]), non_blocking=True)
+            x = args[0][0]
+            dest[at[0]:at[0] + at[1]].copy_(x.index_select(0, on_device(rows, x.device)), non_blocking=True)
         return fn
 
     for layer in layers:
@@ -61,6 +62,7 @@ def collect_features(
     try:
         with page_locked([b for per in out.values() for b in per.values()], device):
             for s in tqdm(samples, desc="stage 1: features", unit="sample", disable=not progress):
+                rows.clear()
                 rows["idx"] = to_device(torch.tensor(s.positions), device)
                 at[1] = len(s.positions)
                 decoder_body(model)(input_ids=to_device(torch.tensor([s.input_ids]), device), use_cache=False)
@@ -69,6 +71,18 @@ def collect_features(
         for h in handles:
             h.remove()
     return out
+
+
+def on_device(rows: dict, device: torch.device) -> torch.Tensor:
+    """The sample's index tensor on `device`: a module of a model spread over several GPUs (device_map) sees
+    its input on its own device; one copy per device and sample."""
+    idx = rows["idx"]
+    if idx.device == device:
+        return idx
+    key = ("idx", device)
+    if key not in rows:
+        rows[key] = idx.to(device, non_blocking=True)
+    return rows[key]
 
 
 PAGE = 4096
@@ -113,7 +127,8 @@ def page_locked(buffers: list[torch.Tensor], device: torch.device) -> Iterator[N
             pass
         yield
     finally:
-        torch.cuda.synchronize(device)  # the last copies land before the buffers are read or unlocked
+        for i in range(torch.cuda.device_count()):  # every device a spread model's hooks copy from
+            torch.cuda.synchronize(i)  # the last copies land before the buffers are read or unlocked
         for b in locked:
             cudart.cudaHostUnregister(b.data_ptr())
 

@@ -29,9 +29,11 @@ from .io.lazy import all_finite
 from .merge import Prefetcher, check_inputs, write_merged_model
 from .methods import METHODS, build_method
 from .methods.rain import Rain
-from .projection import Basis, bases_from_features
+from .projection import Basis
 from .provenance import provenance
 from .safety import calibration_paths, preflight
+from .memory import decide_stages_path
+from .sequential import run_sequential, stage1_layer_bases
 
 log = logging.getLogger("rainmerge")
 
@@ -89,13 +91,7 @@ def stage1_projectors(ctx: MergeContext, feats: Features, s1: ProjectionConfig, 
     """Stage 1b (paper Eq. 4): one factorisation per feature group per layer.
     `consume`: drop each layer's features from `feats` once its bases exist, so the host holds the
     features and the bases (about the same size) at once for one layer only, not for the whole model."""
-    kw = s1.basis_kwargs()
-    bases = {}
-    for layer in ctx.layers:
-        f = {g: x.to(ctx.device) for g, x in (feats.pop(layer) if consume else feats[layer]).items()}
-        bases[layer] = {k: b.to("cpu") if ctx.device != "cpu" else b
-                        for k, b in bases_from_features(f, ctx.arch.num_heads, ctx.arch.head_dim, **kw).items()}
-    return bases
+    return {layer: stage1_layer_bases(ctx, feats.pop(layer) if consume else feats[layer], s1) for layer in ctx.layers}
 
 
 @torch.no_grad()
@@ -136,14 +132,45 @@ def stage2_coefficients(ctx: MergeContext, model: torch.nn.Module, bases: Bases,
         a0, u0 = alignment_leakage(model, instruction, layers, desc="stage 2: attention (LRM)", **kw)
     apply_probe_merge(ctx, model, bases, strength)
     a1, u1 = alignment_leakage(model, instruction, layers, desc="stage 2: attention (probe)", **kw)
+    return stage2_solve(ctx, a1, u1, a0, u0, s2)
+
+
+def stage2_solve(ctx: MergeContext, a1: torch.Tensor, u1: torch.Tensor, a0: torch.Tensor | None,
+                 u0: torch.Tensor | None, s2: CoefficientConfig) -> tuple[Coefficients, dict[str, Any]]:
+    """Eq. 14/15 from the per-sample statistics [S, L, H] of either stage path."""
+    layers = list(ctx.layers)
     try:
         sol = solve_stage2(a1, u1, a0=a0, u0=u0, **s2.solver_kwargs())
     except DegenerateStage2 as exc:
         raise ConfigError(str(exc)) from None
     for w in sol.warnings:
         log.warning(w)
-    detail = sol.detail(layers) | {"samples": len(instruction)}
-    return module_coefficients(sol.alpha, layers, arch), detail
+    detail = sol.detail(layers) | {"samples": int(a1.shape[0])}
+    return module_coefficients(sol.alpha, layers, ctx.arch), detail
+
+
+def stage1_features_any_path(ctx: MergeContext, reasoning: list[ReasoningSample], progress: bool = True) -> Features:
+    """stage1_features on the path ctx.stages_path picks (the pipeline's collect_features step)."""
+    path, why = decide_stages_path(ctx, reasoning, [], ProjectionConfig(), CoefficientConfig(enabled=False))
+    log.info("stage 1 features: %s path (%s)", path, why)
+    if path == "whole":
+        return stage1_features(ctx, load_reasoning_model(ctx), reasoning, progress)
+    return run_sequential(ctx, reasoning=reasoning, placement=ctx.hidden_states, spill_dir=ctx.spill_dir,
+                          progress=progress).features
+
+
+def stage2_coefficients_any_path(ctx: MergeContext, bases: Bases, instruction: list[InstructionSample],
+                                 s2: CoefficientConfig, strength: float, progress: bool = True
+                                 ) -> tuple[Coefficients, dict[str, Any]]:
+    """stage2_coefficients on the path ctx.stages_path picks (the pipeline's score_attention_heads step)."""
+    path, why = decide_stages_path(ctx, [], instruction, ProjectionConfig(), s2)
+    log.info("stage 2: %s path (%s)", path, why)
+    if path == "whole":
+        return stage2_coefficients(ctx, load_reasoning_model(ctx), bases, instruction, s2, strength, progress)
+    res = run_sequential(ctx, instruction=instruction, stage2=s2, bases=bases, strength=strength,
+                         placement=ctx.hidden_states, spill_dir=ctx.spill_dir, progress=progress)
+    assert res.a1 is not None and res.u1 is not None
+    return stage2_solve(ctx, res.a1, res.u1, res.a0, res.u0, s2)
 
 
 def uniform_detail(ctx: MergeContext) -> dict[str, Any]:
@@ -171,6 +198,38 @@ def check_plan(cfg: RainConfig) -> dict[str, Any]:
                                                                  for p in rep.problems))
     lineage = rep.lineage.model_dump(exclude={"inputs"}) if rep.lineage else {}
     return {"warnings": rep.warnings, "lineage": lineage}
+
+
+def _stages12_whole(ctx: MergeContext, cfg: RainConfig, cal: CalibrationSets, timings: dict[str, float],
+                    progress: bool) -> tuple[Bases, Coefficients, dict[str, Any] | None]:
+    """Stages 1-2 on the whole LRM (one forward per sample; several GPUs: its layers spread over them)."""
+    model = load_reasoning_model(ctx)
+    with timed(timings, "stage1_features_s"):
+        feats = stage1_features(ctx, model, cal.reasoning, progress)
+    with timed(timings, "stage1_solve_s"):
+        bases = stage1_projectors(ctx, feats, cfg.stage1, consume=True)
+    del feats
+    if not cfg.stage2.enabled:
+        return bases, uniform_coefficients(list(ctx.layers), ctx.arch), None
+    with timed(timings, "stage2_s"):
+        coeffs, detail = stage2_coefficients(ctx, model, bases, cal.instruction, cfg.stage2, cfg.strength, progress)
+    return bases, coeffs, detail
+
+
+def _stages12_sequential(ctx: MergeContext, cfg: RainConfig, cal: CalibrationSets, timings: dict[str, float],
+                         plan: dict[str, Any], progress: bool) -> tuple[Bases, Coefficients, dict[str, Any] | None]:
+    """Stages 1-2 layer by layer (rainmerge/sequential.py): one decoder layer in memory at a time."""
+    s2 = cfg.stage2 if cfg.stage2.enabled else None
+    with timed(timings, "stages12_sequential_s"):
+        res = run_sequential(ctx, reasoning=cal.reasoning, instruction=cal.instruction if s2 else None,
+                             stage1=cfg.stage1, stage2=s2, strength=cfg.strength, placement=ctx.hidden_states,
+                             spill_dir=ctx.spill_dir, progress=progress)
+    plan["stages_path"] |= {"hidden_states": res.placement, "hidden_state_bytes": res.hidden_bytes}
+    if s2 is None:
+        return res.bases, uniform_coefficients(list(ctx.layers), ctx.arch), None
+    assert res.a1 is not None and res.u1 is not None
+    coeffs, detail = stage2_solve(ctx, res.a1, res.u1, res.a0, res.u0, cfg.stage2)
+    return res.bases, coeffs, detail
 
 
 def run_merge(cfg: RainConfig, progress: bool = True) -> Path:
@@ -207,21 +266,15 @@ def _run_merge_locked(cfg: RainConfig, progress: bool) -> Path:
     if rain:
         cal = encode_calibration(ctx, cfg.calibration_spec())
         calibration = cal.record
-        model = load_reasoning_model(ctx)
-        with timed(timings, "stage1_features_s"):
-            feats = stage1_features(ctx, model, cal.reasoning, progress)
-        with timed(timings, "stage1_solve_s"):
-            bases = stage1_projectors(ctx, feats, cfg.stage1, consume=True)
-        del feats
-        if cfg.stage2.enabled:
-            with timed(timings, "stage2_s"):
-                coeffs, detail = stage2_coefficients(ctx, model, bases, cal.instruction, cfg.stage2, cfg.strength,
-                                                     progress)
+        path, why = decide_stages_path(ctx, cal.reasoning, cal.instruction, cfg.stage1, cfg.stage2)
+        log.info("stages 1-2: %s path (%s)", path, why)
+        plan["stages_path"] = {"path": path, "reason": why}
+        if path == "sequential":
+            bases, coeffs, detail = _stages12_sequential(ctx, cfg, cal, timings, plan, progress)
         else:
-            coeffs, detail = uniform_coefficients(list(ctx.layers), ctx.arch), None
+            bases, coeffs, detail = _stages12_whole(ctx, cfg, cal, timings, progress)
         if detail is not None:
             extra["rain_alpha.json"] = detail
-        del model
         stages = dict(arch=ctx.arch, bases=bases, coeffs=coeffs, device=ctx.device)
     method = build_method(cfg, **stages)
     prov = provenance(cfg, ctx, inputs, calibration, timings)

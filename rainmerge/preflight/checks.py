@@ -10,13 +10,11 @@ from typing import Any
 from ..arch import FEATURE_GROUP, ArchSpec, arch_from_config
 from ..config import CalibrationRef, RainConfig
 from ..errors import RainMergeError
-from ..io.lazy import DTYPE_BYTES
 from ..projection import capacity
-from .report import (CalibrationReport, Lineage, ModuleShape, Problem, Resources, RowsWidth, TemplateReport,
+from .report import (CalibrationReport, Lineage, ModuleShape, Problem, RowsWidth, TemplateReport,
                      ThinkToken)
 from .sources import _Meta
 
-_FWD_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 # Published distillation sources (DeepSeek-R1 model card, "DeepSeek-R1-Distill Models" table).
 KNOWN_LINEAGE = {
     "deepseek-ai/deepseek-r1-distill-qwen-1.5b": "Qwen/Qwen2.5-Math-1.5B",
@@ -38,7 +36,6 @@ PROBE_PROMPT = "What is 2 + 3?"
 
 _CMP_FIELDS = ("num_layers", "hidden", "num_heads", "num_kv_heads", "head_dim", "intermediate")
 
-IN_FLIGHT_TENSORS = 5  # stage 3 host memory: tensors read ahead, being made, queued and being written
 
 
 def _arch_checks(metas: dict[str, _Meta], problems: list[Problem], warnings: list[str]) -> dict[str, ArchSpec]:
@@ -230,6 +227,7 @@ def _calibration(cfg: RainConfig, which: str, ref: CalibrationRef, tpl: Any, pro
         return rep, []
     rep.records, rep.kept, rep.skipped, rep.exact = er.total, er.kept, dict(er.skipped), True
     rep.max_tokens = max((len(s.input_ids) for s in samples), default=0)
+    rep.tokens = sum(len(s.input_ids) for s in samples)
     try:
         er.check(f"{which} calibration {path.name}", skip)
     except RainMergeError as exc:
@@ -271,86 +269,6 @@ def _rows_vs_width(arch: ArchSpec, modules: list[str], rows: int, exact: bool, c
     return out
 
 
-def _fwd_bytes(cfg: RainConfig, device: str) -> tuple[str, int]:
-    if cfg.forward_dtype != "auto":
-        return cfg.forward_dtype, _FWD_BYTES[cfg.forward_dtype]
-    return ("bfloat16", 2) if device != "cpu" else ("float32", 4)
-
-
-def _resources(cfg: RainConfig, arch: ArchSpec | None, metas: dict[str, _Meta], rows: int, layers: list[int],
-               modules: list[str], t_reason: int, t_instr: int) -> Resources:
-    reasoning = metas["reasoning"].report
-    device = cfg.device if cfg.device != "auto" else "cuda (auto; cpu when none)"
-    fdt, fb = _fwd_bytes(cfg, "cpu" if cfg.device == "cpu" else "cuda")
-    by_role = {r: m.report.download_bytes for r, m in metas.items()}
-    notes = []
-    gpu: dict[str, int] = {}
-    host = 2 << 30  # interpreter, torch, transformers, tokenizer
-    feats = bases = disk_tmp = per_layer_bases = 0
-    sb = 8 if cfg.stage1.solve_dtype == "float64" else 4  # bytes per basis entry
-    out_bytes = reasoning.weight_bytes
-    if arch is not None and cfg.method == "rain":
-        groups = {FEATURE_GROUP[m] for m in modules}
-        width = {"attn_in": arch.hidden, "o_in": arch.num_heads * arch.head_dim, "mlp_in": arch.hidden,
-                 "down_in": arch.intermediate}
-        feats = len(layers) * rows * sum(width[g] for g in groups) * 4  # float32, on the host
-        for g in groups:
-            if g == "o_in" and cfg.stage1.o_proj == "per_head":
-                per_layer_bases += arch.num_heads * arch.head_dim * min(rows, arch.head_dim) * sb
-            else:
-                per_layer_bases += width[g] * min(rows, width[g]) * sb
-        bases = len(layers) * per_layer_bases  # V [width, rank] in the solve dtype, every layer
-        disk_tmp = feats + bases  # the pipeline persists features and projector bases as artifacts
-        notes.append(f"features {feats / 2**30:.2f} GiB (float32, host), projector bases {bases / 2**30:.2f} GiB "
-                     f"({cfg.stage1.solve_dtype}, host; one layer's {per_layer_bases / 2**30:.2f} GiB at a time on "
-                     "the device in the probe merge and stage 3)")
-    biggest = 0
-    if arch is not None:
-        biggest = max((math.prod(arch.weight_shape(m)) for m in modules), default=0)
-    weights_fwd = reasoning.params * fb
-    if arch is not None:
-        q, kv = arch.num_heads * arch.head_dim, arch.num_kv_heads * arch.head_dim
-        per_tok = (4 * arch.hidden + q + 2 * kv + 3 * arch.intermediate) * fb * 2
-
-        def act(t: int) -> int:
-            return t * per_tok
-    else:
-        def act(t: int) -> int:
-            return 0
-    # the output is streamed (io.stream): a few tensors are in flight (read ahead, being made, queued and
-    # being written), never a whole shard; the largest is usually the embedding
-    sizes = sorted((math.prod(shape) * DTYPE_BYTES.get(dt, 4) for shape, dt in metas["reasoning"].tensors.values()),
-                   reverse=True)
-    in_flight = sum(sizes[:IN_FLIGHT_TENSORS])
-    # one merged tensor on the device: the three inputs as stored, one working buffer and one upcast input
-    # in the solve dtype, the output in the stored dtype; float32 adds a float64 redo (fallback) at worst
-    wb = max(1, round(reasoning.weight_bytes / max(reasoning.params, 1)))
-    merge_work = biggest * (4 * wb + 2 * sb + (16 if sb == 4 else 0))
-    if cfg.method == "rain" and arch is not None:
-        widest = max((rows * w for w in (arch.hidden, arch.intermediate)), default=0)
-        gpu["stage1_features"] = weights_fwd + act(t_reason)
-        gpu["stage1_solve"] = weights_fwd + widest * (4 + 8 + 8) + rows * min(rows, arch.intermediate) * 8
-        if cfg.stage2.enabled:
-            chunk = min(cfg.stage2.row_chunk, max(t_instr, 1)) * max(t_instr, 1) * arch.num_heads * 4 * 3
-            gpu["stage2_probe_merge"] = weights_fwd + per_layer_bases + merge_work
-            gpu["stage2_attention"] = weights_fwd + act(t_instr) + chunk
-        gpu["stage3_merge"] = per_layer_bases + merge_work
-    else:
-        gpu["stage3_merge"] = merge_work
-    host_forward = weights_fwd + act(max(t_reason, t_instr)) if cfg.device == "cpu" else 0
-    host += max(feats + host_forward, bases + in_flight + merge_work + host_forward)
-    if cfg.device == "cpu":
-        notes.append("device cpu: the forward passes run in host memory (counted in host RAM)")
-        gpu = {}
-    notes.append(f"activations for {t_reason} (stage 1) / {t_instr} (stage 2) tokens at {fdt}; "
-                 "SDPA without T x T buffers assumed")
-    dl = sum(by_role.values())
-    return Resources(download_bytes=dl, download_by_role=by_role, disk_output_bytes=out_bytes,
-                     disk_temp_bytes=disk_tmp, disk_total_bytes=out_bytes + disk_tmp + dl, host_ram_bytes=host,
-                     gpu_bytes=gpu, gpu_peak_bytes=max(gpu.values(), default=0), forward_dtype=fdt,
-                     device=device, notes=notes)
-
-
 def _norm(name: str | None) -> str:
     return (name or "").strip().lower().rstrip("/")
 
@@ -374,6 +292,12 @@ def _lineage(metas: dict[str, _Meta], warnings: list[str], notes: list[str]) -> 
         if not base.name:
             notes.append(f"lineage: the LRM declares base {declared} ({source}); the configured base is a local "
                          "folder that names no origin, so it cannot be compared")
+        elif _norm(metas["instruct"].report.name) in {_norm(d) for d in declared}:
+            lin.caveat = (f"lineage: the LRM descends from the configured ITM {metas['instruct'].report.name} "
+                          f"({source}), not from a base: tau_I = ITM - {base.name} is applied a second time to a "
+                          "model that already carries it (the merge re-applies instruction tuning, it does not "
+                          "transfer it)")
+            warnings.append(lin.caveat)
         elif _norm(base.name) not in {_norm(d) for d in declared}:
             lin.caveat = (f"lineage: the LRM descends from {', '.join(declared)} ({source}), not from the configured "
                           f"base {base.name}; tau_I = ITM - base is applied to a model that shares only a common "

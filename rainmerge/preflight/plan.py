@@ -11,8 +11,9 @@ from typing import Any, TextIO
 from ..config import RainConfig
 from ..errors import RainMergeError
 from ..methods import METHODS
-from .checks import (_arch_checks, _calibration, _lineage, _load_tokenizer, _resources, _rows_vs_width,
-                     _shape_checks, _template_check, _think_tokens)
+from .checks import (_arch_checks, _calibration, _lineage, _load_tokenizer, _rows_vs_width, _shape_checks,
+                     _template_check, _think_tokens)
+from .resources import MEAN_TOKENS, resources
 from .report import PlanReport, Problem, TemplateReport, format_plan
 from .sources import _inspect
 
@@ -102,6 +103,7 @@ def build_plan(cfg: RainConfig, api: Any = None, *, hash_weights: bool | None = 
                     tpl = Template(tok, cfg.think_open, cfg.think_close, cfg.append_think_prefix)
         # calibration, rows vs width
         t_reason, t_instr = cfg.stage1.max_seq_len, cfg.stage2.max_seq_len
+        tokens = {"reasoning": 0, "instruction": 0}
         rows, exact = 0, False
         if cfg.method == "rain":
             if cfg.reasoning_calibration is not None:
@@ -109,10 +111,12 @@ def build_plan(cfg: RainConfig, api: Any = None, *, hash_weights: bool | None = 
                 rep.calibration.append(c)
                 rows, exact = c.rows or 0, c.exact
                 t_reason = c.max_tokens or t_reason
+                tokens["reasoning"] = _tokens(c, "reasoning", t_reason)
             if cfg.stage2.enabled and cfg.instruction_calibration is not None:
                 c, _ = _calibration(cfg, "instruction", cfg.instruction_calibration, tpl, problems)
                 rep.calibration.append(c)
                 t_instr = c.max_tokens or t_instr
+                tokens["instruction"] = _tokens(c, "instruction", t_instr)
             if arch is not None:
                 rep.rows_vs_width = _rows_vs_width(arch, list(cfg.modules), rows, exact, cfg, warnings)
         # output
@@ -123,11 +127,19 @@ def build_plan(cfg: RainConfig, api: Any = None, *, hash_weights: bool | None = 
                 check_output_path(Path(cfg.output).expanduser().resolve(), cfg.overwrite)
             except RainMergeError as exc:
                 problems.append(Problem(code="output", message=str(exc)))
-        rep.resources = _resources(cfg, arch, metas, rows, layers, list(cfg.modules), t_reason, t_instr)
+        rep.resources = resources(cfg, arch, metas, rows, layers, list(cfg.modules), t_reason, t_instr,
+                                  tokens["reasoning"], tokens["instruction"])
         rep.lineage = _lineage(metas, warnings, notes)
     rep.problems, rep.warnings, rep.notes, rep.hub_files_fetched = problems, warnings, notes, fetched
     rep.ok = not problems
     return rep
+
+
+def _tokens(c: Any, which: str, longest: int) -> int:
+    """All kept samples' tokens: exact when the file was encoded, else records x the authors' mean."""
+    if c.tokens is not None:
+        return c.tokens
+    return (c.kept or c.records or 0) * min(MEAN_TOKENS[which], longest)
 
 
 def run_plan(cfg: RainConfig, *, api: Any = None, out: TextIO | None = None) -> int:

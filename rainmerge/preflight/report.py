@@ -91,6 +91,7 @@ class CalibrationReport(BaseModel):
     positions_per_sample: float | None = None
     rows: int | None = None
     max_tokens: int | None = None
+    tokens: int | None = None  # all kept samples' tokens (exact only): the hidden states' size
     note: str | None = None
 
 
@@ -107,6 +108,16 @@ class RowsWidth(BaseModel):
     exact_rows: bool
 
 
+class PathReport(BaseModel):
+    """Stages 1-3 on one path (rainmerge/memory.py has the formulas)."""
+
+    gpu_bytes: dict[str, int]
+    gpu_peak_bytes: int
+    host_ram_bytes: int
+    disk_total_bytes: int
+    hidden_states: str | None = None  # sequential: where the hidden states wait (device | host | disk)
+
+
 class Resources(BaseModel):
     download_bytes: int
     download_by_role: dict[str, int]
@@ -119,6 +130,15 @@ class Resources(BaseModel):
     forward_dtype: str
     device: str
     notes: list[str] = []
+    # the chosen Stages 1-2 path; the fields above are its figures, `paths` has both
+    stages_path: str = "whole"
+    stages_path_reason: str = ""
+    paths: dict[str, PathReport] = {}
+    gpu_budget_bytes: list[int] = []
+    gpu_budget_source: str = ""
+    hidden_state_bytes: int = 0
+    k8s: dict[str, Any] = Field(default_factory=dict, description="what a pod needs: volume size, memory "
+                                "request/limit, GPUs (for k8s/ and the ZenML run config)")
 
 
 class Lineage(BaseModel):
@@ -238,6 +258,16 @@ def format_plan(rep: PlanReport) -> str:
             L.append(f"  GPU {k:17s} {_gb(v)}")
         if s.gpu_bytes:
             L.append(f"  GPU peak   {_gb(s.gpu_peak_bytes)}")
+        if s.paths:
+            L.append(f"  stages 1-2 path: {s.stages_path.upper()} - {s.stages_path_reason} "
+                     f"(budget: {s.gpu_budget_source})")
+            L.append(f"    {'path':11s} {'GPU peak':>10s} {'host RAM':>10s} {'disk':>10s}  hidden states  per stage (GPU)")
+            for name, pr in s.paths.items():
+                stages = ", ".join(f"{k} {_gb(v)}" for k, v in pr.gpu_bytes.items())
+                L.append(f"    {name:11s} {_gb(pr.gpu_peak_bytes):>10s} {_gb(pr.host_ram_bytes):>10s} "
+                         f"{_gb(pr.disk_total_bytes):>10s}  {pr.hidden_states or '-':13s}  {stages or 'host only'}")
+        if s.k8s:
+            L.append("  pod (k8s/ and the ZenML run config): " + ", ".join(f"{k} {v}" for k, v in s.k8s.items()))
         for n in s.notes:
             L.append(f"  - {n}")
     if rep.lineage:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import CalibrationSpec, CoefficientConfig, ModelRef, ModelsSpec, ProjectionConfig, RainConfig, Runtime
-from ..context import MergeContext, open_models, load_reasoning_model, resolve_device
+from ..context import MergeContext, open_models, resolve_device
 from ..merge import PROVENANCE_FILE, write_merged_model
 from ..methods import METHODS, build_method
 from ..provenance import git_commit, provenance
@@ -114,7 +114,7 @@ def collect_features(models: dict[str, Any], calibration: A.DirRef, runtime: Run
         ctx = _open(models, runtime)
         reasoning, _ = A.load_samples(calibration.verify().path)
         with stages.timed(timings, "seconds"):
-            feats = stages.stage1_features(ctx, load_reasoning_model(ctx), reasoning)
+            feats = stages.stage1_features_any_path(ctx, reasoning)
         out.mkdir(parents=True, exist_ok=True)
         A.save_features(out, feats)
         mlflow.log_metrics(timings)
@@ -155,8 +155,7 @@ def score_attention_heads(models: dict[str, Any], calibration: A.DirRef, project
         if stage2.enabled:
             _, instruction = A.load_samples(calibration.verify().path)
             bases = A.load_bases(projectors.verify().path)
-            coeffs, detail = stages.stage2_coefficients(ctx, load_reasoning_model(ctx), bases, instruction, stage2,
-                                                        strength)
+            coeffs, detail = stages.stage2_coefficients_any_path(ctx, bases, instruction, stage2, strength)
             alpha_heatmap(detail["alpha"], detail["layers"], out / "alpha_heatmap.png")
         else:
             from ..coefficients import uniform_coefficients
