@@ -102,3 +102,34 @@ def test_overwrite_checks_sizes_against_the_provenance(tmp_path):
     (out / "model.safetensors").write_bytes(b"y" * 11)
     with pytest.raises(ConfigError, match="changed size"):
         check_output_path(out, True)
+
+
+# ----------------------------------------------------------------------------------------------
+# bad values refused at config load, before any merge or evaluation
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_non_finite_strength_is_refused_at_load(trio_factory, calib, tmp_path, capsys, value):
+    out = tmp_path / "o"
+    rc, line = _cli(capsys, _args(trio_factory(), calib, out, f"--strength={value}"))
+    assert rc == 2 and "strength" in line and "finite" in line and not out.exists()
+    from rainmerge.product.config import load_pipeline_config
+
+    with pytest.raises(ConfigError, match="finite"):
+        load_pipeline_config(ROOT / "configs" / "toy.yaml", {"sweep.strengths": [0.5, float(value)]})
+
+
+@pytest.mark.parametrize("name", ["team/model", "a:b", "with space", "-lead"])
+def test_an_invalid_registered_model_name_is_refused_before_the_pipeline(capsys, monkeypatch, name):
+    import pipelines.run
+
+    from rainmerge.cli import main
+
+    monkeypatch.setattr(pipelines.run, "run_pipeline", lambda *a, **k: pytest.fail("the pipeline started"))
+
+    rc = main(["run", "--config", str(ROOT / "configs" / "toy.yaml"), "--set", f"tracking.registered_model={name}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert "tracking.registered_model" in err and "not a valid model name" in err
