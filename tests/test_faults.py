@@ -133,3 +133,179 @@ def test_an_invalid_registered_model_name_is_refused_before_the_pipeline(capsys,
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err
     assert "tracking.registered_model" in err and "not a valid model name" in err
+
+
+# ----------------------------------------------------------------------------------------------
+# the tracking store: down, read-only, two first runs at once; secrets never echoed
+
+SECRET_URI = "http://alice:S3cretPW@127.0.0.1:{port}"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _one_error_line(err: str) -> str:
+    assert "Traceback" not in err, err
+    lines = [l for l in err.splitlines() if l.startswith("rainmerge: error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("cmd", [["audit", "rainmerge-toy"], ["lineage", "rainmerge-toy", "1"]])
+def test_a_down_tracking_server_is_answered_in_seconds_with_the_password_masked(capsys, cmd):
+    import time
+
+    from rainmerge.cli import main
+
+    uri = SECRET_URI.format(port=_free_port())
+    t0 = time.monotonic()
+    rc = main([*cmd, "--tracking-uri", uri])
+    line = _one_error_line(capsys.readouterr().err)
+    assert rc == 2 and time.monotonic() - t0 < 10
+    assert "not reachable" in line and "alice:***@" in line and "S3cretPW" not in line
+    assert "no registered model" not in line
+
+
+def test_a_silent_tracking_server_times_out(monkeypatch, capsys):
+    import socket
+
+    from rainmerge.cli import main
+    from rainmerge.product import tracking
+
+    monkeypatch.setattr(tracking, "PROBE_SECONDS", 1.0)
+    with socket.socket() as srv:  # accepts connections, never answers
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        rc = main(["audit", "m", "--tracking-uri", f"http://127.0.0.1:{srv.getsockname()[1]}"])
+    line = _one_error_line(capsys.readouterr().err)
+    assert rc == 2 and "no answer within 1 s" in line
+
+
+def test_run_against_a_down_server_stops_before_the_pipeline(capsys, monkeypatch):
+    from rainmerge.cli import main
+
+    uri = SECRET_URI.format(port=_free_port())
+    rc = main(["run", "--config", str(ROOT / "configs" / "toy.yaml"), "--set", f"tracking.tracking_uri={uri}"])
+    line = _one_error_line(capsys.readouterr().err)
+    assert rc == 2 and "not reachable" in line and "S3cretPW" not in line
+
+
+def _read_only(folder: Path) -> list[str]:
+    """A command prefix under which `folder` is read-only (a read-only bind mount for root, whom
+    permissions do not stop), or skip."""
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0:
+        for p in [folder, *folder.iterdir()]:
+            p.chmod(0o555 if p.is_dir() else 0o444)
+        return []
+    if not shutil.which("unshare") or subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode:
+        pytest.skip("no mount namespace to make a read-only store in")
+    f = str(folder)
+    return ["unshare", "-m", "sh", "-c", f'mount --bind "{f}" "{f}" && mount -o remount,ro,bind "{f}" && exec "$@"',
+            "sh"]
+
+
+def test_a_read_only_store_is_one_line_before_any_step(tmp_path):
+    import sqlite3
+    import subprocess
+    import sys
+
+    store = tmp_path / "mlflow"
+    store.mkdir()
+    sqlite3.connect(store / "mlflow.db").execute("create table t (x)").connection.commit()
+    cmd = [*_read_only(store), sys.executable, "-m", "rainmerge", "run", "--config", str(ROOT / "configs" / "toy.yaml"),
+           "--set", f"tracking.tracking_uri=sqlite:///{store / 'mlflow.db'}"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    line = _one_error_line(p.stderr)
+    assert p.returncode == 2 and "read-only" in line and str(store) in line
+
+
+@pytest.mark.slow
+def test_two_first_runs_at_once_on_a_fresh_store_all_work(tmp_path):
+    """Three processes open the same fresh MLflow store at once, as the first steps of runs started
+    together do: without the store-init lock one died in the schema migrations (`duplicate column name:
+    step`, 2 of 2 tries in the report). pipelines.run.prepare_stores takes the same lock for ZenML."""
+    import subprocess
+    import sys
+
+    code = "import sys; from rainmerge.product.tracking import experiment; experiment('race', sys.argv[1])"
+    uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+    procs = [subprocess.Popen([sys.executable, "-c", code, uri], cwd=ROOT, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(3)]
+    outs = [p.communicate(timeout=240)[0] for p in procs]
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-2000:]
+
+
+def test_uri_credentials_are_masked_in_messages_logs_and_params(caplog):
+    import logging
+
+    from rainmerge.logs import setup
+    from rainmerge.product.tracking import flatten
+    from rainmerge.redact import redact
+
+    assert redact("http://alice:S3cretPW@host:5000/x") == "http://alice:***@host:5000/x"
+    assert redact("https://hf_token123@huggingface.co") == "https://***@huggingface.co"
+    assert redact("http://h/api?token=abc&x=1") == "http://h/api?token=***&x=1"
+    assert redact("sqlite:////tmp/a.db and a@b.c") == "sqlite:////tmp/a.db and a@b.c"
+    assert flatten({"tracking": {"tracking_uri": "http://alice:S3cretPW@h"}}) == {
+        "tracking.tracking_uri": "http://alice:***@h"}
+    log = setup()
+    handler = next(h for h in log.handlers if type(h).__name__ == "_ConsoleHandler")
+    record = logging.LogRecord("rainmerge", logging.WARNING, __file__, 1, "store %s failed", ("http://bob:pw1@h",), None)
+    assert all(f.filter(record) for f in handler.filters)
+    assert record.getMessage() == "store http://bob:***@h failed"
+
+
+# ----------------------------------------------------------------------------------------------
+# Ctrl-C and SIGTERM: one line, the temporary folder and the lock removed
+
+_SLOW_MERGE = """
+import sys, time
+import rainmerge.merge as m
+real = m.write_sharded
+def slow(tmp, *a, **k):
+    (tmp / "partial.bin").write_bytes(b"0" * 1000)
+    print("writing", flush=True)
+    time.sleep(60)
+m.write_sharded = slow
+from rainmerge.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_stopped_merge_prints_one_line_and_leaves_no_temporary_or_lock(trio_factory, calib, tmp_path, sig):
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "merged"
+    p = subprocess.Popen([sys.executable, "-c", _SLOW_MERGE, *_args(trio_factory(), calib, out)], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "writing"
+    assert list(tmp_path.glob(".merged.tmp-*")) and lock_path(out).exists()
+    p.send_signal(getattr(signal, sig))
+    _, err = p.communicate(timeout=60)
+    assert "Traceback" not in err and p.returncode == (130 if sig == "SIGINT" else 143), err
+    lines = [l for l in err.splitlines() if l.startswith("rainmerge:")]
+    assert len(lines) == 1 and ("interrupted" in lines[0] or "terminated" in lines[0])
+    assert not list(tmp_path.glob(".merged.*")) and not out.exists()
+
+
+def test_a_corrupted_cached_artifact_names_the_way_out(tmp_path):
+    from rainmerge.errors import RainMergeError
+    from rainmerge.product.artifacts import make_ref
+
+    (tmp_path / "a.json").write_text("[1]")
+    ref = make_ref("features", tmp_path)
+    (tmp_path / "a.json").write_text("[2]")
+    with pytest.raises(RainMergeError, match="rainmerge run --no-cache"):
+        ref.verify()
