@@ -309,3 +309,23 @@ def test_a_corrupted_cached_artifact_names_the_way_out(tmp_path):
     (tmp_path / "a.json").write_text("[2]")
     with pytest.raises(RainMergeError, match="rainmerge run --no-cache"):
         ref.verify()
+
+
+# ----------------------------------------------------------------------------------------------
+# issue 26.7: `rainmerge plan` offline prints nothing it does not know
+
+
+def test_plan_offline_prints_no_placeholders_and_names_hub_ids(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from rainmerge.config import load_config
+    from rainmerge.preflight import build_plan, format_plan
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
+    text = format_plan(build_plan(load_config(ROOT / "configs" / "qwen2.5-7b.yaml")))
+    assert "not in the local HF cache" in text
+    for placeholder in (" 0 B", "None", "(?)", "0 tensors", "local folder"):
+        assert placeholder not in text, f"{placeholder!r} in:\n{text}"
+    assert "metadata not read" in text and "resources: not estimated" in text
+    assert "configured base Qwen/Qwen2.5-7B" in text  # the Hub id is compared with the LRM's declared base
