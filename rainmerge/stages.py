@@ -164,6 +164,7 @@ def check_plan(cfg: RainConfig) -> dict[str, Any]:
     if capped:  # one line for all inputs; the per-input table is `rainmerge plan`'s
         log.warning("plan: the rank cap binds on %s: the identity will not be exact there "
                     "(see `rainmerge plan` and docs/deviations.md)", ", ".join(capped))
+    _warn_large_features(cfg, rep)
     if not rep.ok:
         calibration_only = all(p.code.startswith("calibration") for p in rep.problems)
         raise (CalibrationError if calibration_only else ConfigError)(
@@ -171,6 +172,23 @@ def check_plan(cfg: RainConfig) -> dict[str, Any]:
                                                                  for p in rep.problems))
     lineage = rep.lineage.model_dump(exclude={"inputs"}) if rep.lineage else {}
     return {"warnings": rep.warnings, "lineage": lineage}
+
+
+# Stage 1 features (+ bases) above this many bytes, and above twice the merged weights, are worth a warning
+# before any forward: a 10,000-record calibration file made 5.7 GB of artifacts from a 7 MB toy model
+LARGE_FEATURES_BYTES = 1 << 30
+
+
+def _warn_large_features(cfg: RainConfig, rep: Any) -> None:
+    s = rep.resources
+    if s is None or s.disk_temp_bytes <= max(LARGE_FEATURES_BYTES, 2 * s.disk_output_bytes):
+        return
+    cal = next((c for c in rep.calibration if c.role == "reasoning_calibration"), None)
+    what = f"{cal.records} reasoning calibration records ({cal.rows} rows)" if cal and cal.rows else "the calibration"
+    log.warning("plan: Stage 1 features and bases for %s take ~%.1f GiB (host memory, and pipeline artifacts on "
+                "disk), %.0fx the merged model; to bound them set reasoning_calibration.max_samples (e.g. --set "
+                "reasoning_calibration.max_samples=256)", what, s.disk_temp_bytes / 2**30,
+                s.disk_temp_bytes / max(1, s.disk_output_bytes))
 
 
 def run_merge(cfg: RainConfig, progress: bool = True) -> Path:

@@ -329,3 +329,28 @@ def test_plan_offline_prints_no_placeholders_and_names_hub_ids(tmp_path, monkeyp
         assert placeholder not in text, f"{placeholder!r} in:\n{text}"
     assert "metadata not read" in text and "resources: not estimated" in text
     assert "configured base Qwen/Qwen2.5-7B" in text  # the Hub id is compared with the LRM's declared base
+
+
+@pytest.mark.slow
+def test_a_very_large_calibration_file_warns_with_its_feature_size_before_any_forward(tmp_path, caplog):
+    """10,000 records on the toy trio made 5.7 GB of features with no warning."""
+    import logging
+
+    from rainmerge.config import load_config
+    from rainmerge.stages import check_plan
+
+    toy = ROOT / "assets" / "toy" / "data"
+    recs = json.loads((toy / "reasoning_calibration.json").read_text())
+    big = [{**recs[i % len(recs)], "sample_id": f"r{i}"} for i in range(10_000)]
+    (tmp_path / "big.json").write_text(json.dumps(big))
+    over = {"reasoning_calibration": {"path": str(tmp_path / "big.json")}}
+    with caplog.at_level(logging.WARNING, logger="rainmerge"):
+        check_plan(load_config(ROOT / "configs" / "toy.yaml", over))
+    warned = [r.getMessage() for r in caplog.records if "Stage 1 features" in r.getMessage()]
+    assert len(set(warned)) == 1 and "10000 reasoning calibration records" in warned[0]
+    assert "GiB" in warned[0] and "reasoning_calibration.max_samples" in warned[0]
+    caplog.clear()
+    over["reasoning_calibration"]["max_samples"] = 64  # the documented way out
+    with caplog.at_level(logging.WARNING, logger="rainmerge"):
+        check_plan(load_config(ROOT / "configs" / "toy.yaml", over))
+    assert not [r for r in caplog.records if "Stage 1 features" in r.getMessage()]
