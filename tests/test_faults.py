@@ -354,3 +354,23 @@ def test_a_very_large_calibration_file_warns_with_its_feature_size_before_any_fo
     with caplog.at_level(logging.WARNING, logger="rainmerge"):
         check_plan(load_config(ROOT / "configs" / "toy.yaml", over))
     assert not [r for r in caplog.records if "Stage 1 features" in r.getMessage()]
+
+
+# ----------------------------------------------------------------------------------------------
+# issue 26.5: set-up is never silent for long
+
+
+def test_setup_prints_a_heartbeat_while_a_step_runs(tmp_path):
+    import re
+    import subprocess
+
+    text = (ROOT / "scripts" / "setup.sh").read_text()
+    beat = re.search(r"^beat\(\) \{.*?^\}", text, re.S | re.M)
+    assert beat, "scripts/setup.sh has no beat()"
+    assert re.search(r'beat "installing the locked stack" pip install', text)
+    script = tmp_path / "t.sh"
+    script.write_text("set -euo pipefail\nt0=$SECONDS\n" + beat[0] + '\nbeat "waiting" sleep 3.5\nbeat "x" false || exit 7\n')
+    p = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=30,
+                       env={**os.environ, "SETUP_HEARTBEAT_S": "1"})
+    assert p.returncode == 7  # a failing step's status is kept
+    assert p.stderr.count("still waiting") >= 2, p.stderr
