@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -133,7 +134,16 @@ def main(argv: list[str] | None = None) -> int:
             from .stages import run_merge
 
             cfg = load_config(a.config, _overrides(a))
-            out = run_merge(cfg, progress=not a.quiet)
+            before = os.environ.get("TQDM_DISABLE")
+            if a.quiet:  # also the bars of library steps that take no `progress` flag (tqdm reads TQDM_*)
+                os.environ["TQDM_DISABLE"] = "1"
+            try:
+                out = run_merge(cfg, progress=not a.quiet)
+            finally:  # main may run in-process (tests): leave the environment as it was
+                if before is None:
+                    os.environ.pop("TQDM_DISABLE", None)
+                else:
+                    os.environ["TQDM_DISABLE"] = before
             print(out)
             return 0
         if a.cmd == "plan":

@@ -85,13 +85,17 @@ def stage1_features(ctx: MergeContext, model: torch.nn.Module, reasoning: list[R
     return collect_features(model, ctx.arch, reasoning, list(ctx.layers), groups, progress)
 
 
-def stage1_projectors(ctx: MergeContext, feats: Features, s1: ProjectionConfig, consume: bool = False) -> Bases:
+def stage1_projectors(ctx: MergeContext, feats: Features, s1: ProjectionConfig, consume: bool = False,
+                      progress: bool = True) -> Bases:
     """Stage 1b (paper Eq. 4): one factorisation per feature group per layer.
     `consume`: drop each layer's features from `feats` once its bases exist, so the host holds the
     features and the bases (about the same size) at once for one layer only, not for the whole model."""
+    from tqdm.auto import tqdm
+
     kw = s1.basis_kwargs()
     bases = {}
-    for layer in ctx.layers:
+    # `delay`: a bar (with ETA) only when the solve takes more than a few seconds (7B: minutes; toy: none)
+    for layer in tqdm(list(ctx.layers), desc="stage 1: projectors", unit="layer", delay=3, disable=not progress):
         f = {g: x.to(ctx.device) for g, x in (feats.pop(layer) if consume else feats[layer]).items()}
         bases[layer] = {k: b.to("cpu") if ctx.device != "cpu" else b
                         for k, b in bases_from_features(f, ctx.arch.num_heads, ctx.arch.head_dim, **kw).items()}
@@ -229,7 +233,7 @@ def _run_merge_locked(cfg: RainConfig, progress: bool) -> Path:
         with timed(timings, "stage1_features_s"):
             feats = stage1_features(ctx, model, cal.reasoning, progress)
         with timed(timings, "stage1_solve_s"):
-            bases = stage1_projectors(ctx, feats, cfg.stage1, consume=True)
+            bases = stage1_projectors(ctx, feats, cfg.stage1, consume=True, progress=progress)
         del feats
         if cfg.stage2.enabled:
             with timed(timings, "stage2_s"):

@@ -374,3 +374,24 @@ def test_setup_prints_a_heartbeat_while_a_step_runs(tmp_path):
                        env={**os.environ, "SETUP_HEARTBEAT_S": "1"})
     assert p.returncode == 7  # a failing step's status is kept
     assert p.stderr.count("still waiting") >= 2, p.stderr
+
+
+def test_long_library_steps_show_a_bar_with_eta(tmp_path, capsys, monkeypatch):
+    """Hashing the inputs (and the finite scan, the Stage 1 solve) had no progress at all; the bars appear
+    only after a few seconds (tqdm `delay`), so the toy's short steps stay quiet."""
+    import time
+
+    from rainmerge.io import lazy
+
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"\0" * (1 << 20))
+    real = lazy.sha256_file
+
+    def slow(path, *a, **k):
+        time.sleep(3.5)
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(lazy, "sha256_file", slow)
+    lazy.sha256_files([f])
+    err = capsys.readouterr().err
+    assert "hashing input weights" in err and "100%" in err and "<" in err  # elapsed<remaining: the ETA
