@@ -13,6 +13,12 @@ from rainmerge.product.tracking import PROJECT
 def run_pipeline(cfg: PipelineConfig, cache: bool = True, run_name: str | None = None,
                  zenml_config: str | None = None) -> dict[str, Any]:
     """Run the RAIN (or baseline) pipeline; returns the promote step's decision (with registry version)."""
+    from rainmerge.product.tracking import check_store
+
+    # a down server or a read-only store: one line now, not retries and a traceback at the first step
+    uri = check_store(cfg.tracking.tracking_uri)
+    prepare_stores(uri)
+
     from zenml import Model
     from zenml.utils.source_utils import set_custom_source_root
 
@@ -20,13 +26,11 @@ def run_pipeline(cfg: PipelineConfig, cache: bool = True, run_name: str | None =
 
     from rainmerge.logs import quiet_third_party
     from rainmerge.product import hygiene
-    from rainmerge.product.tracking import tracking_uri
     from steps._common import code_digest
 
     quiet_third_party()
 
     # crash hygiene: runs a killed earlier process left RUNNING are marked FAILED; ours are on termination
-    uri = tracking_uri(cfg.tracking.tracking_uri)
     hygiene.mark_dead_runs(uri)
     hygiene.install_termination_handler(uri)
 
@@ -48,6 +52,19 @@ def run_pipeline(cfg: PipelineConfig, cache: bool = True, run_name: str | None =
         **({"config_path": zenml_config} if zenml_config else {}),
     )(config=cfg.model_dump(mode="json"), fingerprint=fingerprint(cfg), code=code_digest())
     return step_output(run, "promote", "decision")
+
+
+def prepare_stores(uri: str) -> None:
+    """Create (or migrate) the MLflow and ZenML stores one process at a time: two runs started together
+    on fresh stores would both run the schema migrations, and one died (`duplicate column name: step`)."""
+    from zenml.client import Client
+    from zenml.utils.io_utils import get_global_config_directory
+
+    from rainmerge.product.tracking import init_lock, prepare_store
+
+    prepare_store(uri)
+    with init_lock(get_global_config_directory()):
+        Client().zen_store  # noqa: B018  (initialises the local store and runs its migrations)
 
 
 def create_snapshot(cfg: PipelineConfig, name: str, zenml_config: str | None = None) -> str:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
 from .errors import RainMergeError
 from .methods import METHOD_NAMES
+from .redact import redact
 
 
 def _merge_parser(sub: argparse._SubParsersAction) -> None:
@@ -127,13 +129,23 @@ def main(argv: list[str] | None = None) -> int:
     from .logs import setup
 
     setup()
+    restore = _on_sigterm()
     try:
         if a.cmd == "merge":
             from .config import load_config
             from .stages import run_merge
 
             cfg = load_config(a.config, _overrides(a))
-            out = run_merge(cfg, progress=not a.quiet)
+            before = os.environ.get("TQDM_DISABLE")
+            if a.quiet:  # also the bars of library steps that take no `progress` flag (tqdm reads TQDM_*)
+                os.environ["TQDM_DISABLE"] = "1"
+            try:
+                out = run_merge(cfg, progress=not a.quiet)
+            finally:  # main may run in-process (tests): leave the environment as it was
+                if before is None:
+                    os.environ.pop("TQDM_DISABLE", None)
+                else:
+                    os.environ["TQDM_DISABLE"] = before
             print(out)
             return 0
         if a.cmd == "plan":
@@ -152,5 +164,32 @@ def main(argv: list[str] | None = None) -> int:
             return run_plan(cfg)
         return product_cli.dispatch(a, _sets)
     except RainMergeError as exc:
-        print(f"rainmerge: error: {exc}", file=sys.stderr)
+        print(f"rainmerge: error: {redact(exc)}", file=sys.stderr)
         return 2
+    except (KeyboardInterrupt, Terminated) as exc:
+        # the with-blocks on the way out removed the temporary folder and released the lock
+        what = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else "terminated (SIGTERM)"
+        print(f"rainmerge: {what}: stopped; its temporary files and output lock were removed, nothing was "
+              "written to the output; run the same command again to start over", file=sys.stderr)
+        return 130 if isinstance(exc, KeyboardInterrupt) else 143
+    finally:
+        restore()
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that every with-block (output lock, temporary folder) unwinds."""
+
+
+def _on_sigterm() -> Any:
+    """SIGTERM unwinds like Ctrl-C instead of killing the process with its temporary folder and lock in
+    place; returns the function that puts the previous handler back (main may be called in-process)."""
+    import signal
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    try:
+        prev = signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # not the main thread
+        return lambda: None
+    return lambda: signal.signal(signal.SIGTERM, prev)

@@ -156,7 +156,8 @@ class RainConfig(_Strict):
                                "to their artifact store)")
     overwrite: bool = False
     method: Method = Field(default="rain", description="merge method (rainmerge.methods.METHODS)")
-    strength: float = Field(default=1.0, description="global lambda in theta = theta_LRM + lambda*alpha*P(tau)")
+    strength: float = Field(default=1.0, allow_inf_nan=False,
+                            description="global lambda in theta = theta_LRM + lambda*alpha*P(tau)")
     density: float = Field(default=0.5, gt=0, le=1, description="TIES/DARE keep ratio")
     layers: list[int] | None = Field(default=None, description="decoder layers to merge; default all")
     modules: list[Module] = Field(default_factory=lambda: list(ALL_MODULES))

@@ -27,3 +27,7 @@ class NonFiniteError(ConfigError):
 
 class DiskSpaceError(ConfigError):
     """The output's filesystem is too small (or became full) for the merged model."""
+
+
+class TrackingStoreError(RainMergeError):
+    """The MLflow tracking store cannot be reached or written (server down, read-only store)."""

@@ -24,6 +24,22 @@ class _DropUpsell(logging.Filter):
         return not any(u in msg for u in _UPSELL)
 
 
+class _Redact(logging.Filter):
+    """Credentials in URIs never reach the console or a log store (`http://alice:***@host`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from .redact import redact
+
+        try:
+            msg = record.getMessage()
+        except Exception:  # a malformed record is the handler's to report
+            return True
+        clean = redact(msg)
+        if clean != msg:
+            record.msg, record.args = clean, None
+        return True
+
+
 class _ConsoleHandler(logging.Handler):
     """Writes through tqdm, so a line never lands inside a progress bar; resolves sys.stderr at each
     write, so an orchestrator capturing a step's stderr (ZenML) captures these lines too."""
@@ -44,6 +60,7 @@ def setup(level: int = logging.INFO) -> logging.Logger:
     if not any(isinstance(h, _ConsoleHandler) for h in log.handlers):
         h = _ConsoleHandler()
         h.setFormatter(logging.Formatter("%(levelname)s rainmerge: %(message)s"))
+        h.addFilter(_Redact())
         log.addHandler(h)
     log.setLevel(level)
     log.propagate = False
@@ -57,7 +74,8 @@ def quiet_third_party() -> None:
         warnings.filterwarnings("ignore", message=pattern)
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
-    for name in ("", "zenml"):
+    for name in ("", "zenml", "mlflow"):
         for h in logging.getLogger(name).handlers:
-            if not any(isinstance(f, _DropUpsell) for f in h.filters):
-                h.addFilter(_DropUpsell())
+            for kind in (_DropUpsell, _Redact):
+                if not any(isinstance(f, kind) for f in h.filters):
+                    h.addFilter(kind())

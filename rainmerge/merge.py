@@ -23,7 +23,7 @@ import torch
 
 from .arch import ArchSpec
 from .io.lazy import ModelSource, all_finite, check_finite
-from .io.writer import AtomicDir, copy_side_files, write_sharded
+from .io.writer import AtomicDir, copy_side_files, folder_contents, write_sharded
 from .methods import MergeMethod, Site
 from .methods.task_arithmetic import acc_dtype
 
@@ -146,6 +146,8 @@ def write_merged_model(
                       "merge_seconds": round(time.time() - t0, 3)}
         for fname, obj in (extra_files or {}).items():
             (tmp / fname).write_text(json.dumps(obj, indent=2, sort_keys=True))
+        # what --overwrite later checks the folder against (io.writer._not_owned)
+        provenance["contents"] = folder_contents(tmp)
         (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2, sort_keys=True, default=str))
         final = Path(output).expanduser().resolve()
     return final

@@ -99,8 +99,12 @@ def dtype_warnings(sources: Mapping[str, ModelSource], names: Iterable[str]) -> 
 
 def scan_nonfinite(source: ModelSource, names: Iterable[str], role: str | None = None) -> None:
     """Read the named float tensors one at a time; NaN/Inf raises NonFiniteError naming tensor and role."""
+    from tqdm.auto import tqdm
+
     role = role or source.role
-    for name in names:
+    names = list(names)
+    # reading every LRM tensor takes minutes on a 7B: a bar with ETA once it has run a few seconds
+    for name in tqdm(names, desc=f"checking {role} weights are finite", unit="tensor", delay=3):
         if not source.has(name) or not source.dtype_str(name).startswith(("F", "BF")):
             continue
         f = source.file_of(name)

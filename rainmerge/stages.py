@@ -87,11 +87,17 @@ def stage1_features(ctx: MergeContext, model: torch.nn.Module, reasoning: list[R
     return collect_features(model, ctx.arch, reasoning, list(ctx.layers), groups, progress)
 
 
-def stage1_projectors(ctx: MergeContext, feats: Features, s1: ProjectionConfig, consume: bool = False) -> Bases:
+def stage1_projectors(ctx: MergeContext, feats: Features, s1: ProjectionConfig, consume: bool = False,
+                      progress: bool = True) -> Bases:
     """Stage 1b (paper Eq. 4): one factorisation per feature group per layer.
     `consume`: drop each layer's features from `feats` once its bases exist, so the host holds the
     features and the bases (about the same size) at once for one layer only, not for the whole model."""
-    return {layer: stage1_layer_bases(ctx, feats.pop(layer) if consume else feats[layer], s1) for layer in ctx.layers}
+    from tqdm.auto import tqdm
+
+    # `delay`: a bar (with ETA) only when the solve takes more than a few seconds (7B: minutes; toy: none)
+    return {layer: stage1_layer_bases(ctx, feats.pop(layer) if consume else feats[layer], s1)
+            for layer in tqdm(list(ctx.layers), desc="stage 1: projectors", unit="layer", delay=3,
+                              disable=not progress)}
 
 
 @torch.no_grad()
@@ -191,6 +197,7 @@ def check_plan(cfg: RainConfig) -> dict[str, Any]:
     if capped:  # one line for all inputs; the per-input table is `rainmerge plan`'s
         log.warning("plan: the rank cap binds on %s: the identity will not be exact there "
                     "(see `rainmerge plan` and docs/deviations.md)", ", ".join(capped))
+    _warn_large_features(cfg, rep)
     if not rep.ok:
         calibration_only = all(p.code.startswith("calibration") for p in rep.problems)
         raise (CalibrationError if calibration_only else ConfigError)(
@@ -207,7 +214,7 @@ def _stages12_whole(ctx: MergeContext, cfg: RainConfig, cal: CalibrationSets, ti
     with timed(timings, "stage1_features_s"):
         feats = stage1_features(ctx, model, cal.reasoning, progress)
     with timed(timings, "stage1_solve_s"):
-        bases = stage1_projectors(ctx, feats, cfg.stage1, consume=True)
+        bases = stage1_projectors(ctx, feats, cfg.stage1, consume=True, progress=progress)
     del feats
     if not cfg.stage2.enabled:
         return bases, uniform_coefficients(list(ctx.layers), ctx.arch), None
@@ -230,6 +237,23 @@ def _stages12_sequential(ctx: MergeContext, cfg: RainConfig, cal: CalibrationSet
     assert res.a1 is not None and res.u1 is not None
     coeffs, detail = stage2_solve(ctx, res.a1, res.u1, res.a0, res.u0, cfg.stage2)
     return res.bases, coeffs, detail
+
+
+# Stage 1 features (+ bases) above this many bytes, and above twice the merged weights, are worth a warning
+# before any forward: a 10,000-record calibration file made 5.7 GB of artifacts from a 7 MB toy model
+LARGE_FEATURES_BYTES = 1 << 30
+
+
+def _warn_large_features(cfg: RainConfig, rep: Any) -> None:
+    s = rep.resources
+    if s is None or s.disk_temp_bytes <= max(LARGE_FEATURES_BYTES, 2 * s.disk_output_bytes):
+        return
+    cal = next((c for c in rep.calibration if c.role == "reasoning_calibration"), None)
+    what = f"{cal.records} reasoning calibration records ({cal.rows} rows)" if cal and cal.rows else "the calibration"
+    log.warning("plan: Stage 1 features and bases for %s take ~%.1f GiB (host memory, and pipeline artifacts on "
+                "disk), %.0fx the merged model; to bound them set reasoning_calibration.max_samples (e.g. --set "
+                "reasoning_calibration.max_samples=256)", what, s.disk_temp_bytes / 2**30,
+                s.disk_temp_bytes / max(1, s.disk_output_bytes))
 
 
 def run_merge(cfg: RainConfig, progress: bool = True) -> Path:

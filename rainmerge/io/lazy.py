@@ -45,9 +45,15 @@ def sha256_files(paths: list[Path], workers: int | None = None) -> list[str]:
     todo = {k: p for k, p in zip(keys, paths) if k not in _DIGESTS}
     workers = workers or min(8, os.cpu_count() or 1)
     if todo:
-        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(todo)))) as pool:
+        from tqdm.auto import tqdm
+
+        # a 7B's shards take a minute or more: a bar (bytes, ETA) once it has run a few seconds
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(todo)))) as pool, \
+                tqdm(total=sum(k[2] for k in todo), desc="hashing input weights", unit="B", unit_scale=True,
+                     delay=3) as bar:
             for k, digest in zip(todo, pool.map(sha256_file, todo.values())):
                 _DIGESTS[k] = digest
+                bar.update(k[2])
     return [_DIGESTS[k] for k in keys]
 
 

@@ -7,10 +7,12 @@ processes are removed (and reported) by the next writer that holds the lock.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
 import shutil
+import stat
 import threading
 import uuid
 from pathlib import Path
@@ -75,6 +77,42 @@ def _lock_owner(path: Path) -> str:
         return "pid unknown"
 
 
+_PID_TEXT = re.compile(rb"\d{0,10}\n?")
+
+
+def _open_lock_file(path: Path) -> tuple[int, bool]:
+    """Open the lock file without following a symlink; returns (fd, created by us).
+
+    A file already there is only used when it is one a rainmerge process left (a regular file of ours,
+    one link, holding at most a pid): a symlink, a hard link or any other file planted at the lock's name
+    could point at someone's data, which the lock must never write to or delete.
+    """
+    flags = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        return os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o644), True
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise ConfigError(f"cannot create the lock file {path}: {exc.strerror}") from None
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:  # its holder released it meanwhile: try again from the start
+        return _open_lock_file(path)
+    except OSError as exc:
+        what = "is a symlink" if exc.errno == errno.ELOOP else f"cannot be opened ({exc.strerror})"
+        raise ConfigError(f"the lock file {path} {what}; rainmerge never follows or replaces it: remove it "
+                          "yourself (or choose another output)") from None
+    st = os.fstat(fd)
+    head = os.pread(fd, 16, 0) if stat.S_ISREG(st.st_mode) else b""
+    if (not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_uid != os.getuid() or st.st_size > 11
+            or not _PID_TEXT.fullmatch(head)):
+        os.close(fd)
+        raise ConfigError(f"{path} is in the way of the output's lock and is not a rainmerge lock file (not a "
+                          "plain file of yours holding a pid); rainmerge leaves it untouched: move it away "
+                          "or choose another output")
+    return fd, False
+
+
 class OutputLock:
     """Exclusive, non-blocking lock on an output folder, held from entry to exit.
 
@@ -106,10 +144,7 @@ class OutputLock:
             except OSError as exc:
                 raise ConfigError(f"cannot create the output's folder {self.final.parent}: {exc.strerror}") from None
             while True:
-                try:
-                    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-                except OSError as exc:
-                    raise ConfigError(f"cannot create the lock file {self.path}: {exc.strerror}") from None
+                fd, created = _open_lock_file(self.path)
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
@@ -121,16 +156,17 @@ class OutputLock:
                     os.close(fd)
                     raise ConfigError(f"cannot lock {self.path}: {exc.strerror}") from None
                 try:  # the holder before us may have removed the file between our open and flock
-                    same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+                    same = os.stat(self.path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
                 except FileNotFoundError:
                     same = False
                 if same:
                     break
                 os.close(fd)
-            try:  # the pid is only for the message of a second writer; a full disk must not stop us here
-                os.ftruncate(fd, 0)
-                os.write(fd, f"{os.getpid()}\n".encode())
-            except OSError:
+            try:  # the pid is only for a second writer's message (the file is ours: _open_lock_file checked)
+                if not created:
+                    os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            except OSError:  # a full disk must not stop us here
                 pass
             _HELD[self.final] = _Held(fd)
             self._entered = True

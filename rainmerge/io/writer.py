@@ -1,7 +1,8 @@
 """Write a model folder atomically: into a temporary sibling, renamed only once complete.
 
 Safety rules (issue #13):
-- `--overwrite` replaces only a folder we wrote (it carries `rainmerge_provenance.json`) or an empty one,
+- `--overwrite` replaces only a folder we wrote (its `rainmerge_provenance.json` lists exactly its other
+  files and their sizes) or an empty one,
   and never an input: an output that is, contains or lies inside an input model folder or calibration
   file is refused (`check_output_path(..., protected=...)`; open `ModelSource` roots are always protected).
 - One writer per output: `OutputLock(final)` takes a non-blocking `flock` on `.NAME.lock` beside the output
@@ -80,8 +81,51 @@ def check_overlap(final: str | Path, protected: Protected) -> None:
             raise ConfigError(f"output {final} contains the {label} ({p}); choose another output folder")
 
 
-def _owned(folder: Path, markers: Iterable[str]) -> bool:
-    return any((folder / m).is_file() for m in markers)
+# the key of a marker file listing every other file of the folder: the provenance's `contents`
+# ({path: bytes}), the toy manifest's `files` ({path: sha256})
+CONTENTS_KEYS = ("contents", "files")
+
+
+def folder_contents(folder: Path, skip: Iterable[str] = OWNED_MARKERS) -> dict[str, int]:
+    """{relative path: bytes} of every file under `folder` except `skip`: what the provenance lists, so a
+    later --overwrite can tell the folder is still the one rainmerge wrote."""
+    skip = set(skip)
+    return {str(f.relative_to(folder)): f.lstat().st_size for f in sorted(folder.rglob("*"))
+            if (f.is_file() or f.is_symlink()) and str(f.relative_to(folder)) not in skip}
+
+
+def _not_owned(folder: Path, markers: Iterable[str]) -> str | None:
+    """Why `folder` is not a rainmerge output that --overwrite may replace (None when it is one): a marker
+    must be a JSON object written by rainmerge that lists exactly the folder's other files (and their
+    sizes, where recorded). A marker that lists nothing (`{}`) or a folder holding anything unlisted is
+    the user's."""
+    reasons = []
+    for m in markers:
+        path = folder / m
+        if not path.is_file() or path.is_symlink():
+            reasons.append(f"no {m}")
+            continue
+        try:
+            rec = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            reasons.append(f"{m} is not readable JSON ({type(exc).__name__})")
+            continue
+        listed = next((rec[k] for k in CONTENTS_KEYS if isinstance(rec, dict) and isinstance(rec.get(k), dict)), None)
+        if not listed:
+            reasons.append(f"{m} lists none of the folder's files")
+            continue
+        have = folder_contents(folder, (m,))
+        extra = sorted(set(have) - set(listed))
+        missing = sorted(set(listed) - set(have))
+        resized = sorted(k for k, v in listed.items() if isinstance(v, int) and k in have and have[k] != v)
+        if extra or missing or resized:
+            what = (f"{len(extra)} file(s) it does not list, e.g. {extra[0]}" if extra else
+                    f"{len(missing)} listed file(s) missing, e.g. {missing[0]}" if missing else
+                    f"{len(resized)} file(s) changed size, e.g. {resized[0]}")
+            reasons.append(f"its contents differ from {m}: {what}")
+            continue
+        return None
+    return "; ".join(reasons) or "no marker"
 
 
 def check_output_path(final: Path, overwrite: bool, protected: Protected = None,
@@ -104,11 +148,12 @@ def check_output_path(final: Path, overwrite: bool, protected: Protected = None,
             empty = next(final.iterdir(), None) is None
         except OSError as exc:
             raise ConfigError(f"output {final}: cannot list it: {exc.strerror}") from None
-        if not empty and not _owned(final, markers):
+        why = None if empty else _not_owned(final, markers)
+        if why is not None:
             raise ConfigError(
-                f"output {final} exists and was not written by rainmerge (no {' / '.join(markers)}); "
-                "--overwrite only replaces a previous rainmerge output or an empty folder: remove it yourself "
-                "or choose another output")
+                f"output {final} exists and was not written by rainmerge, or was changed since ({why}); "
+                "--overwrite only replaces an unchanged earlier rainmerge output or an empty folder: remove it "
+                "yourself or choose another output")
     parent = final.parent
     while not parent.exists():
         parent = parent.parent

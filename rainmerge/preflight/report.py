@@ -188,10 +188,14 @@ def format_plan(rep: PlanReport) -> str:
     L.append(f"rainmerge plan - method {rep.method}: {'OK' if rep.ok else 'WOULD FAIL'}")
     L.append("")
     L.append("inputs:")
+    unread = [role for role, r in rep.inputs.items() if not r.tensors]
     for role, r in rep.inputs.items():
         where = r.commit and f"commit {r.commit}" or r.resolved_dir or ""
+        if role in unread:  # nothing is known about it: say so once, no placeholders
+            L.append(f"  {role:9s} {r.path} [{r.source}] metadata not read (see PROBLEMS)")
+            continue
         tie = {True: "tied", False: "untied", None: "?"}[r.tie_word_embeddings]
-        L.append(f"  {role:9s} {r.path} [{r.source}] {where}")
+        L.append(f"  {role:9s} {r.path} [{r.source}] {where}".rstrip())
         L.append(f"            {r.model_type} {','.join(r.architectures)}; {r.tensors} tensors, {r.params / 1e9:.3f} B "
                  f"params, {_gb(r.weight_bytes)} ({', '.join(sorted(r.dtypes))}); embed {r.embed_shape}, "
                  f"lm_head {r.lm_head_shape or 'none'} ({tie}); download {_gb(r.download_bytes)}")
@@ -245,7 +249,10 @@ def format_plan(rep: PlanReport) -> str:
             note = "rank cap binds: identity not exact" if r.cap_binds else "exact null space"
             L.append(f"  {r.group:8s} {','.join(r.modules):14s} {w:>6s} {r.rows:>6d} {r.removed:>8d} {r.cap:>6d} "
                      f"{r.kept_norm:>6.3f}  {note}{'' if r.exact_rows else ' (rows estimated)'}")
-    if rep.resources:
+    if rep.resources and unread:
+        L.append("")
+        L.append(f"resources: not estimated until the metadata of {', '.join(unread)} can be read (see PROBLEMS)")
+    elif rep.resources:
         s = rep.resources
         L.append("")
         L.append(f"resources (estimates; device {s.device}, forward {s.forward_dtype}):")
@@ -274,7 +281,8 @@ def format_plan(rep: PlanReport) -> str:
         L.append("")
         L.append("lineage:")
         for role, e in rep.lineage.inputs.items():
-            ident = e["commit"] or ", ".join(f"{k}={(v or 'None')[:16]}" for k, v in e["weights_sha256"].items())
+            hashes = ", ".join(f"{k}={v[:16]}" for k, v in e["weights_sha256"].items() if v)
+            ident = e["commit"] and f"commit {e['commit']}" or hashes or "not pinned (metadata not read)"
             L.append(f"  {role:9s} {e['name'] or e['path']}: {ident}")
         if rep.lineage.lrm_declared_base:
             L.append(f"  LRM declared base: {', '.join(rep.lineage.lrm_declared_base)} ({rep.lineage.lrm_declared_from})")

@@ -271,6 +271,8 @@ def _inspect(role: str, ref: ModelRef, api: Any, problems: list[Problem], fetche
 
                 api = HfApi()
             _read_hub(meta, api, problems, fetched, workdir, want_tokenizer)
+        # the Hub id names the origin even when its metadata could not be read (offline, not cached)
+        meta.report.name = meta.report.name or ref.path
     else:
         problems.append(Problem(code="missing_model", role=role,
                                 message=f"'{ref.path}' is neither a model directory nor a Hub id (owner/name)"))

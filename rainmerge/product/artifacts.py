@@ -37,7 +37,9 @@ class DirRef(BaseModel):
         for rel, digest in self.files.items():
             f = self.path / rel
             if not f.is_file() or sha256_file(f) != digest:
-                raise RainMergeError(f"{self.kind} artifact at {self.uri}: {rel} is missing or changed")
+                raise RainMergeError(
+                    f"{self.kind} artifact at {self.uri}: {rel} is missing or changed since its step wrote it (a "
+                    "cached step output is reused by every rerun); rerun without the cache: rainmerge run --no-cache")
         return self
 
 

@@ -127,5 +127,10 @@ def _snapshot(a: argparse.Namespace, sets: Callable[[list[str]], dict[str, Any]]
 
 
 def dispatch(a: argparse.Namespace, sets: Callable[[list[str]], dict[str, Any]]) -> int:
+    if a.cmd in ("promote", "lineage", "audit") and (a.tracking_uri or a.cmd != "promote"):
+        from .tracking import check_store
+
+        # a down server: one line within seconds, never "no registered model" after minutes of retries
+        check_store(a.tracking_uri, write=a.cmd == "promote")
     return {"run": _run, "promote": _promote, "lineage": _lineage, "audit": _audit,
             "snapshot": _snapshot}[a.cmd](a, sets)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,10 +41,24 @@ class HubConfig(_Strict):
     extra_tags: list[str] = Field(default_factory=list, description="extra Hub card tags")
 
 
+# a model name both registries accept, checked at config load (MLflow refuses '/' and ':' only at
+# registration, after the merge and the evaluation); the method suffix of a baseline stays within it
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
 class TrackingConfig(_Strict):
     tracking_uri: str | None = Field(default=None, description="default: $MLFLOW_TRACKING_URI or ./.mlflow sqlite")
-    registered_model: str = Field(default="rainmerge", description="MLflow registered model name")
-    zenml_model: str = Field(default="rainmerge", description="ZenML model name")
+    registered_model: str = Field(default="rainmerge", description="MLflow registered model name "
+                                  "(letters, digits, '.', '_', '-'; at most 100)")
+    zenml_model: str = Field(default="rainmerge", description="ZenML model name (same characters)")
+
+    @field_validator("registered_model", "zenml_model")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _MODEL_NAME.fullmatch(v):
+            raise ValueError(f"'{v}' is not a valid model name: use letters, digits, '.', '_' and '-' (no '/', "
+                             "':' or spaces), starting with a letter or digit, at most 100 characters")
+        return v
 
 
 class SweepConfig(_Strict):
@@ -56,6 +72,8 @@ class SweepConfig(_Strict):
     @field_validator("strengths")
     @classmethod
     def _distinct(cls, v: list[float]) -> list[float]:
+        if not all(math.isfinite(x) for x in v):
+            raise ValueError(f"strengths must be finite numbers, got {v}")
         if len(set(v)) != len(v):
             raise ValueError("strengths must be distinct")
         return v

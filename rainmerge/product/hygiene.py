@@ -51,7 +51,9 @@ def _client(uri: str | None):
     from mlflow import MlflowClient
 
 
-    mlflow.set_tracking_uri(tracking_uri(uri))
+    from .tracking import prepare_store
+
+    mlflow.set_tracking_uri(prepare_store(uri))
     return MlflowClient()
 
 

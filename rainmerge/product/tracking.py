@@ -9,6 +9,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ..errors import TrackingStoreError
+from ..redact import redact
+
 # which process holds a run: crash hygiene (product.hygiene) marks the runs of dead processes failed
 PID_TAG, HOST_TAG = "rainmerge.pid", "rainmerge.host"
 
@@ -34,6 +37,102 @@ def tracking_uri(configured: str | None = None) -> str:
     return configured or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT / '.mlflow' / 'mlflow.db'}"
 
 
+# a tracking server that does not answer a probe within this many seconds is reported as down, instead of
+# MLflow's default of 7 retries with backoff (minutes) ending in a long traceback
+PROBE_SECONDS = 5.0
+_FIX = "start it, or point tracking.tracking_uri (or $MLFLOW_TRACKING_URI) at a reachable store"
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+
+
+def _probe_server(uri: str, timeout: float) -> None:
+    import requests
+
+    base = uri.rstrip("/")
+    try:  # any HTTP answer (even 401/404) means a server is there; auth is MLflow's business
+        requests.get(f"{base}/health", timeout=timeout, allow_redirects=False)
+    except requests.RequestException as exc:
+        why = "no answer within %.0f s" % timeout if isinstance(exc, requests.Timeout) else "connection failed"
+        raise TrackingStoreError(f"the MLflow tracking server {redact(base)} is not reachable ({why}); {_FIX}") from None
+
+
+def _probe_writable(db: Path) -> None:
+    """A read-only store fails here, in one line, instead of at the first step: the folder must take a new
+    file and an existing database a write transaction (works for permissions, read-only mounts, root)."""
+    import sqlite3
+    import tempfile
+
+    folder = db.parent
+    while not folder.exists():
+        folder = folder.parent
+    fix = "make it writable, or point tracking.tracking_uri (or $MLFLOW_TRACKING_URI) at a writable store"
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".rainmerge-probe-"):
+            pass
+        if db.exists():
+            con = sqlite3.connect(db, timeout=30)
+            try:
+                con.execute("BEGIN IMMEDIATE")
+                con.rollback()
+            finally:
+                con.close()
+    except (OSError, sqlite3.Error) as exc:
+        why = getattr(exc, "strerror", None) or str(exc)
+        raise TrackingStoreError(f"the MLflow store {db} is read-only ({why}); {fix}") from None
+
+
+def check_store(uri: str | None = None, write: bool = True, timeout: float | None = None) -> str:
+    """One clear line before any work when the tracking store cannot serve the run: a server that does not
+    answer within `timeout` seconds, a local store that cannot be written (when `write`). Returns the URI."""
+    u = tracking_uri(uri)
+    if u.startswith(("http://", "https://")):
+        _probe_server(u, PROBE_SECONDS if timeout is None else timeout)
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")  # a server lost mid-run: seconds, not minutes
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    elif write and _sqlite_path(u) is not None:
+        _probe_writable(_sqlite_path(u))
+    return u
+
+
+@contextmanager
+def init_lock(folder: str | Path, name: str = ".rainmerge-store-init.lock") -> Iterator[None]:
+    """Serialise the first use of a store between processes: two runs started together on fresh stores
+    would both run the schema migrations (`duplicate column name: step`)."""
+    import fcntl
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / name, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def prepare_store(uri: str | None = None) -> str:
+    """Create (or migrate) a local MLflow store under an inter-process lock; a no-op for a server."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    u = tracking_uri(uri)
+    db = _sqlite_path(u)
+    mlflow.set_tracking_uri(u)
+    if db is None or _PREPARED.get(u):
+        return u
+    with init_lock(db.parent):
+        MlflowClient(tracking_uri=u).search_experiments(max_results=1)
+    _PREPARED[u] = True
+    return u
+
+
+_PREPARED: dict[str, bool] = {}
+
+
 def _artifact_root(uri: str) -> str | None:
     if uri.startswith("sqlite:///"):
         db = Path(uri.removeprefix("sqlite:///"))
@@ -52,15 +151,14 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         if isinstance(v, dict):
             out.update(flatten(v, key + "."))
         else:
-            out[key] = str(v)[:500]
+            out[key] = redact(v)[:500]
     return out
 
 
 def experiment(name: str, uri: str | None = None):
     import mlflow
 
-    u = tracking_uri(uri)
-    mlflow.set_tracking_uri(u)
+    u = prepare_store(uri)
     exp = mlflow.get_experiment_by_name(name)
     if exp is None:
         mlflow.create_experiment(name, artifact_location=_artifact_root(u),

@@ -227,7 +227,7 @@ def build(out: str | Path, spec: ToySpec | None = None, progress: bool = True, o
                              pad_id=tok.pad_token_id, desc=f"toy: {role}", progress=progress, log=log)
         models[role] = m
 
-    with AtomicDir(out, overwrite) as tmp:
+    with AtomicDir(out, overwrite, markers=("manifest.json",)) as tmp:
         for role, m in models.items():
             m.generation_config.eos_token_id = tok.eos_token_id
             m.generation_config.pad_token_id = tok.pad_token_id
