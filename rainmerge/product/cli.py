@@ -86,6 +86,9 @@ def _promote(a: argparse.Namespace, sets: Callable[[list[str]], dict[str, Any]])
     # metrics None: read from the version's exact metric tags, the very values the pipeline decided on
     d = registry.promote_version(a.model, a.version, None, None, cfg.promotion, uri, force=a.force,
                                  operator=operator, reason=a.reason)
+    from .describe import refresh_description
+
+    refresh_description(a.model, a.version, uri)  # the description shows the new history entry
     head = registry.PROMOTED if d.promote else registry.REJECTED
     if d.forced:
         head += f" (forced by {d.operator}: {d.reason}; gates: {d.gates_decision})"

@@ -239,6 +239,7 @@ def push_recorded(folder: Path, repo_id: str, token: str | None, name: str, vers
         records.append(c, name, version, {"event": "push_failed", "repo_id": repo_id, "why": why})
         for k, v in {"hub.status": "push_failed", "hub.repo_id": repo_id, "hub.error": why}.items():
             c.set_model_version_tag(name, version, k, v)
+        _describe(name, version, uri)
         raise RainMergeError(f"Hub push of {name} v{version} to {repo_id} failed: {why}; recorded on the "
                              "version (hub.status push_failed); fix it and re-run (nothing was published)") from None
     records.append(c, name, version, {"event": "pushed", "repo_id": repo_id, "commit": res["commit"],
@@ -248,4 +249,14 @@ def push_recorded(folder: Path, repo_id: str, token: str | None, name: str, vers
         c.set_model_version_tag(name, version, k, v)
     if "hub.error" in c.get_model_version(name, version).tags:  # an earlier failure, now superseded
         c.delete_model_version_tag(name, version, "hub.error")
+    _describe(name, version, uri)
     return res
+
+
+def _describe(name: str, version: str, uri: str | None) -> None:
+    from .describe import refresh_description
+
+    try:
+        refresh_description(name, version, uri)
+    except Exception as exc:  # noqa: BLE001 - the tags and history already hold the outcome
+        log.warning("version description not refreshed: %s", type(exc).__name__)
