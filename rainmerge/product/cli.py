@@ -66,6 +66,9 @@ def _run(a: argparse.Namespace, sets: Callable[[list[str]], dict[str, Any]]) -> 
     check_plan(cfg)  # the same metadata checks as `rainmerge plan`, before the pipeline starts
     decision = run_pipeline(cfg, cache=not a.no_cache, zenml_config=a.zenml_config)
     name = decision.get("model") or registered_name(cfg.tracking.registered_model, cfg.method)
+    if decision.get("linked"):
+        print(f"\nsame weights (sha256) and decision inputs as {name} v{decision['version']}: linked to it, "
+              "no new version registered")
     print("\n" + format_lineage(lineage(name, decision["version"], cfg.tracking.tracking_uri)))
     return 0
 

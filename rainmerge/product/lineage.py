@@ -9,7 +9,7 @@ from typing import Any
 
 from ..errors import RainMergeError
 from . import records
-from .registry import CHALLENGER, CHAMPION, PROMOTED, _client
+from .records import CHALLENGER, CHAMPION, PROMOTED, _client
 
 MANAGED = (CHALLENGER, CHAMPION)
 

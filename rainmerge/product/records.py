@@ -20,9 +20,21 @@ from typing import Any
 # files of a merged folder that are not part of its weights' identity: the provenance record holds a
 # creation time (two identical merges differ there) and README.md is written only for the Hub
 NOT_WEIGHTS = ("rainmerge_provenance.json", "README.md")
+CHALLENGER, CHAMPION = "challenger", "champion"
+PROMOTED, REJECTED = "promoted", "rejected"
 HISTORY = "history."
 ALIAS_TAG = "rainmerge.alias."  # registered-model tag: where rainmerge last put this alias
 WEIGHTS_SHA, WEIGHTS_FILES = "weights.sha256", "weights.files"
+
+
+def _client(uri: str | None):
+    import mlflow
+    from mlflow import MlflowClient
+
+    from .tracking import tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri(uri))
+    return MlflowClient()
 
 
 def now() -> str:

@@ -16,10 +16,9 @@ from typing import Any
 from ..errors import RainMergeError
 from . import records
 from .config import PromotionGates
+from .records import CHALLENGER, CHAMPION, PROMOTED, REJECTED, _client  # noqa: F401 - the registry's names
 
-CHALLENGER, CHAMPION = "challenger", "champion"
 INPUTS_SHA = "decision_inputs.sha256"
-PROMOTED, REJECTED = "promoted", "rejected"
 log = logging.getLogger("rainmerge")
 
 
@@ -74,16 +73,6 @@ def decide(merged: dict[str, float], lrm: dict[str, float], champion: dict[str, 
     elif gates.require_beats_champion:
         d.reasons.append("PASS no current champion")
     return d
-
-
-def _client(uri: str | None):
-    import mlflow
-    from mlflow import MlflowClient
-
-    from .tracking import tracking_uri
-
-    mlflow.set_tracking_uri(tracking_uri(uri))
-    return MlflowClient()
 
 
 def _numeric(v: Any) -> bool:
