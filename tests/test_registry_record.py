@@ -51,8 +51,8 @@ def _pipeline_promote(tmp_path: Path, name: str, metrics: dict, weights: bytes =
 
     inputs = _inputs(tmp_path / uuid.uuid4().hex[:6])
     merged = merged or _merged(tmp_path, weights)
-    return promote(merged, metrics | {"model": "merged"}, LRM | {"model": "reasoning"}, {"inputs": inputs}, None, _config(inputs), gates or _toy_gates(), name,
-                   tmp_path / f"out-{uuid.uuid4().hex[:6]}", None)
+    return promote(merged, metrics | {"model": "merged"}, LRM | {"model": "reasoning"}, {"inputs": inputs}, None,
+                   _config(inputs), gates or _toy_gates(), name, tmp_path / f"out-{uuid.uuid4().hex[:6]}", None)
 
 
 def _tags(name: str, v: str) -> dict:

@@ -98,12 +98,12 @@ def _record_sections(t: dict[str, str], config: dict[str, Any] | None) -> list[s
     sets = sorted((k.removeprefix("eval_set."), v) for k, v in t.items() if k.startswith("eval_set."))
     if sets:
         out += ["### Evaluation sets (sha256)", ""] + [f"- {n}: `{d}`" for n, d in sets] + [""]
-    cfg = config or (json.loads(t["config.json"]) if t.get("config.json") else None)
-    if cfg:
-        out += ["### Full resolved config", "", "```json", json.dumps(cfg, indent=1, sort_keys=True), "```", ""]
     ev = history(t)
     if ev:
         out += ["### Decision history (append-only)", ""] + [f"- {event_line(e)}" for e in ev] + [""]
+    cfg = config or (json.loads(t["config.json"]) if t.get("config.json") else None)
+    if cfg:
+        out += ["### Full resolved config", "", "```json", json.dumps(cfg, indent=1, sort_keys=True), "```", ""]
     return out
 
 

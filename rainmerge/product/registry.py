@@ -100,8 +100,16 @@ def tag_metrics(tags: dict[str, str], prefix: str = "metric.") -> dict[str, floa
 
 
 def decision_inputs_digest(metrics: dict[str, Any], lrm_metrics: dict[str, Any], gates: PromotionGates) -> str:
-    """What a gate verdict depends on besides the champion: the exact metrics and the gate settings."""
-    doc = {"metrics": metric_tags(metrics, lrm_metrics), "gates": gates.model_dump(mode="json")}
+    """What a gate verdict depends on besides the champion: the exact quality metrics (the key metrics,
+    the gate's own and the sample counts; never a timing, which differs between identical runs) and
+    the gate settings."""
+    from .tracking import KEY_METRICS
+
+    def keep(k: str) -> bool:
+        return k in KEY_METRICS or k == gates.metric or k.startswith("n_")
+
+    doc = {"metrics": {k: v for k, v in metric_tags(metrics, lrm_metrics).items() if keep(k.split(".", 1)[1])},
+           "gates": gates.model_dump(mode="json")}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
@@ -309,14 +317,16 @@ def _against(name: str, version: str, prev: str | None, champ: dict[str, float] 
 def promote_version(name: str, version: str, merged: dict[str, float] | None = None,
                     lrm: dict[str, float] | None = None, gates: PromotionGates | None = None,
                     uri: str | None = None, force: bool = False, operator: str | None = None,
-                    reason: str | None = None, retries: int = 5) -> Decision:
+                    reason: str | None = None, retries: int = 5, verified: bool = False) -> Decision:
     """Compare-and-set promotion: verify the weights, read the champion, decide, re-read it right before
     moving the alias (retrying the decision when it changed), all under `promotion_lock`, so concurrent
     candidates are compared with each other. Metrics left None are read from the version's exact
-    metric tags: the pipeline and `rainmerge promote` pass None and so decide on the same values."""
+    metric tags: the pipeline and `rainmerge promote` pass None and so decide on the same values.
+    `verified`: the caller has just re-hashed the registered folder (skips a second pass)."""
     version, gates = str(version), gates or PromotionGates()
     with promotion_lock(name, uri):
-        verify_version(name, version, uri, action="forced promotion" if force else "promotion")
+        if not verified:  # the pipeline has just checked these very files against the merge's digests
+            verify_version(name, version, uri, action="forced promotion" if force else "promotion")
         tags = dict(_client(uri).get_model_version(name, version).tags)
         merged = tag_metrics(tags) if merged is None else merged
         lrm = tag_metrics(tags, "lrm_metric.") if lrm is None else lrm

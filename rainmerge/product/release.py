@@ -119,7 +119,7 @@ def promote(merged: A.DirRef, metrics: dict[str, Any], lrm_metrics: dict[str, An
             decision = prior  # the same weights and inputs were decided already: no second verdict
         else:
             who = f"pipeline {run_ids().get('zenml.run_name') or 'run'} ({records.who()})"
-            decision = registry.promote_version(name, version, None, None, gates, uri, operator=who)
+            decision = registry.promote_version(name, version, None, None, gates, uri, operator=who, verified=True)
         decision.linked = linked
         # the auditor's view: version description, parent-run summary and the HTML lineage report
         describe.set_version_description(name, version, tags, metrics, lrm_metrics, decision, uri, config=config,
@@ -169,7 +169,7 @@ def push_to_hub(merged: A.DirRef, decision: dict[str, Any], metrics: dict[str, A
     recorded on the version (history event and hub.* tags), so the registry and the Hub never disagree."""
     import mlflow
 
-    from . import hub
+    from . import hub, records
 
     if not hub_cfg.enabled:
         return {"status": "disabled"}
@@ -179,8 +179,10 @@ def push_to_hub(merged: A.DirRef, decision: dict[str, Any], metrics: dict[str, A
         return {"status": "skipped", "reason": why_not}
     config = _config_of(merged, config)
     name, version = str(decision["model"]), str(decision["version"])
+    mv = registry._client(uri).get_model_version(name, version)
     registry.verify_version(name, version, uri, action="Hub push")
-    hub.check_same_weights(merged.verify(), registry._client(uri).get_model_version(name, version).tags)
+    same_folder = records.local_folder(mv.source) == merged.path
+    hub.check_same_weights(merged if same_folder else merged.verify(), mv.tags)
     with step_run("push_to_hub", uri):
         card = hub.model_card(config.model_dump(mode="json"), models["inputs"], [lrm_metrics, metrics],
                               version, hub_cfg.extra_tags, repo_id=hub_cfg.repo_id)

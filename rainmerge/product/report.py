@@ -90,8 +90,8 @@ def _rows(pairs: list[tuple[Any, Any]]) -> str:
 
 
 def _record_html(info: dict[str, Any]) -> str:
-    """Weights digests (and whether they still match), the merge that produced them, evaluation sets,
-    the full resolved config and the append-only decision history."""
+    """Weights digests (and whether they still match), the merge that produced them, evaluation sets
+    and the append-only decision history (the full config closes the page: it is long)."""
     w, m = info.get("weights") or {}, info.get("merge") or {}
     status = w.get("status", "-") + (f": {w['detail']}" if w.get("detail") else "")
     parts = ["<h2>Merged weights (sha256)</h2><table><tr><th>file</th><th>sha256</th></tr>",
@@ -112,10 +112,14 @@ def _record_html(info: dict[str, Any]) -> str:
     parts += ["<h2>Decision history (append-only)</h2><table><tr><th>#</th><th>time (UTC)</th><th>who</th>"
               "<th>event</th><th>verdict</th><th>why</th></tr>",
               hist or "<tr><td colspan=6 class=muted>no events recorded</td></tr>", "</table>"]
-    if info.get("config"):
-        parts.append("<h2>Full resolved config</h2><pre class=mono>"
-                     f"{_e(json.dumps(info['config'], indent=1, sort_keys=True))}</pre>")
     return "".join(parts)
+
+
+def _config_html(info: dict[str, Any]) -> str:
+    if not info.get("config"):
+        return ""
+    return ("<h2>Full resolved config</h2><pre class=mono>"
+            f"{_e(json.dumps(info['config'], indent=1, sort_keys=True))}</pre>")
 
 
 def html_report(lineage_info: dict[str, Any], out: Path, plots: dict[str, Path] | None = None) -> Path:
@@ -169,6 +173,7 @@ or '<li class=muted>no gate record</li>'}</ul>
 <tr><td>ZenML pipeline</td><td class=mono>{_e(t.get('zenml.pipeline'))}</td></tr>
 <tr><td>MLflow parent run</td><td class=mono>{_e(info.get('mlflow_parent_run_id'))}</td></tr>
 <tr><td>git commit</td><td class=mono>{_e(t.get('git_commit'))}</td></tr></table>
+{_config_html(info)}
 </body></html>"""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
