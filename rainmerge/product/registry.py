@@ -330,10 +330,16 @@ def promote_version(name: str, version: str, merged: dict[str, float] | None = N
         tags = dict(_client(uri).get_model_version(name, version).tags)
         merged = tag_metrics(tags) if merged is None else merged
         lrm = tag_metrics(tags, "lrm_metric.") if lrm is None else lrm
-        check_metrics(name, version, merged, lrm, gates)
+        try:
+            check_metrics(name, version, merged, lrm, gates)
+            missing = None
+        except RainMergeError as exc:
+            if not force:
+                raise
+            missing = Decision(False, [f"FAIL {exc}"])  # forced anyway: the record says what was missing
         for _ in range(retries + 1):
             prev, champ = champion(name, uri)
-            d = _against(name, version, prev, champ, gates, merged, lrm, force, uri)
+            d = missing or _against(name, version, prev, champ, gates, merged, lrm, force, uri)
             now, _m = champion(name, uri)
             if now == prev:
                 break
