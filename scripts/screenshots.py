@@ -125,8 +125,8 @@ def main() -> None:
         ml = "workflowType=machine_learning"
         shot(f"{base}/#/experiments/{exp_id}/runs?{ml}", out / "1_experiment_classic_view.png")
         shot(f"{base}/#/experiments/{exp_id}/runs/{parent}?{ml}", out / "2_parent_run_overview.png", "1440,1800")
-        shot(f"{base}/#/models/{args.model}/versions/{version}?{ml}", out / "3_registered_version.png", "1440,1800")
-        shot(report.as_uri(), out / "4_lineage_report.png", "1280,2600", 3000)
+        shot(f"{base}/#/models/{args.model}/versions/{version}?{ml}", out / "3_registered_version.png", "1440,2600")
+        shot(report.as_uri(), out / "4_lineage_report.png", "1280,3400", 3000)
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -75,13 +75,17 @@ def test_run_registers_challenger_lineage_and_stage2_change_reuses_stage1(capsys
     err = capsys.readouterr().err
     assert "has no version 999" in err and "Traceback" not in err
 
-    run_pipeline(_cfg("t-cache", **{"stage2.rho": 0.25}))
+    d2 = run_pipeline(_cfg("t-cache", **{"stage2.rho": 0.25}))
     _, st2 = _statuses()
     for name in ("load_models", "build_calibration_sets", "collect_features", "compute_projectors",
                  "evaluate_reasoning"):
         assert st2[name] == "cached", (name, st2)
     for name in ("score_attention_heads", "merge", "evaluate_merged", "promote"):
         assert st2[name] == "completed", (name, st2)
+    # the same run again: the same weights and decision inputs, so no new version (issue 26)
+    d3 = run_pipeline(_cfg("t-cache", **{"stage2.rho": 0.25}))
+    assert d3["version"] == d2["version"] and d3["linked"] and not d2["linked"]
+    assert len(registry._client(None).search_model_versions("name = 't-cache'")) == 2
 
 
 def test_failed_merge_leaves_no_model_and_rerun_resumes(monkeypatch):
@@ -166,9 +170,15 @@ def test_strength_sweep_shares_stage1_2_and_the_gates_pick_a_strength():
     # the rule, independently: every candidate passes these gates, so the best IF (then lowest L_think) wins
     want = max(range(2), key=lambda i: (ms[i]["if_inst_strict"], ms[i]["if_inst_strict"], -ms[i]["l_think"]))
     assert sel["selected_strength"] == [0.25, 1.0][want]
-    prov = json.loads(Path(registry.lineage("t-sweep", d["version"])["source"].removeprefix("file://"),
-                           "rainmerge_provenance.json").read_text())
+    info = registry.lineage("t-sweep", d["version"])
+    prov = json.loads(Path(info["source"].removeprefix("file://"), "rainmerge_provenance.json").read_text())
     assert prov["config"]["strength"] == sel["selected_strength"]
+    # the lineage names the merge that produced the registered weights, and its strength (issue 26)
+    step = f"merge_{want}"
+    assert info["merge"]["step"] == step and float(info["merge"]["strength"]) == sel["selected_strength"]
+    made = [s for s in info["steps"] if s.get("produced_registered_weights")]
+    assert [s["zenml_step"] for s in made] == [step], info["steps"]
+    assert f"merged by: step {step}" in registry.format_lineage(info)
 
     run_pipeline(_cfg("t-sweep", **{"sweep.strengths": [0.25, 1.0, 0.5], **loose}))
     _, st = _statuses()

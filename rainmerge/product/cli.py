@@ -38,15 +38,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reason", help="why the gates are overridden (required with --force)")
     p.add_argument("--operator", help="who forces it (default: the OS user)")
     p.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or ./.mlflow)")
-    lg = sub.add_parser("lineage", help="print the full chain behind a registered model version")
+    lg = sub.add_parser("lineage", help="print the full chain behind a registered model version (weights "
+                        "re-hashed against their recorded sha256; a difference is printed as a FLAG)")
     lg.add_argument("model", help="registered model name")
     lg.add_argument("version", help="registered model version")
     lg.add_argument("--json", action="store_true", help="machine-readable output")
     lg.add_argument("--html", metavar="OUT.html", help="also write a self-contained HTML lineage report "
                     "(steps, artifact digests, inputs, metrics, plots, decision) to open in any browser")
     lg.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or ./.mlflow)")
-    au = sub.add_parser("audit", help="list a registered model's versions, aliases and promotion records; "
-                        "exit 1 when an alias holder has no recorded promotion")
+    au = sub.add_parser("audit", help="list a registered model's versions, aliases, weights check and decision "
+                        "history; exit 1 when registered weights differ from their recorded sha256 or an alias "
+                        "is not where rainmerge recorded it")
     au.add_argument("model", help="registered model name")
     au.add_argument("--json", action="store_true", help="machine-readable output")
     au.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or ./.mlflow)")
@@ -64,6 +66,9 @@ def _run(a: argparse.Namespace, sets: Callable[[list[str]], dict[str, Any]]) -> 
     check_plan(cfg)  # the same metadata checks as `rainmerge plan`, before the pipeline starts
     decision = run_pipeline(cfg, cache=not a.no_cache, zenml_config=a.zenml_config)
     name = decision.get("model") or registered_name(cfg.tracking.registered_model, cfg.method)
+    if decision.get("linked"):
+        print(f"\nsame weights (sha256) and decision inputs as {name} v{decision['version']}: linked to it, "
+              "no new version registered")
     print("\n" + format_lineage(lineage(name, decision["version"], cfg.tracking.tracking_uri)))
     return 0
 
@@ -80,11 +85,13 @@ def _promote(a: argparse.Namespace, sets: Callable[[list[str]], dict[str, Any]])
         return 2
     cfg = load_pipeline_config(a.config)
     uri = a.tracking_uri or cfg.tracking.tracking_uri
-    tags = registry.lineage(a.model, a.version, uri)["tags"]
-    merged, lrm = registry.tag_metrics(tags), registry.tag_metrics(tags, "lrm_metric.")
     operator = a.operator or getpass.getuser()
-    d = registry.promote_version(a.model, a.version, merged, lrm, cfg.promotion, uri, force=a.force,
+    # metrics None: read from the version's exact metric tags, the very values the pipeline decided on
+    d = registry.promote_version(a.model, a.version, None, None, cfg.promotion, uri, force=a.force,
                                  operator=operator, reason=a.reason)
+    from .describe import refresh_description
+
+    refresh_description(a.model, a.version, uri)  # the description shows the new history entry
     head = registry.PROMOTED if d.promote else registry.REJECTED
     if d.forced:
         head += f" (forced by {d.operator}: {d.reason}; gates: {d.gates_decision})"

@@ -73,11 +73,47 @@ def version_description(tags: dict[str, str], metrics: dict[str, Any] | None = N
     if keys_m:
         out += ["### Metrics vs LRM (held-out)", "", "| metric | merged | LRM |", "|---|---:|---:|"]
         out += [f"| {k} | {_f(metrics.get(k))} | {_f(lrm_metrics.get(k))} |" for k in keys_m] + [""]
+    out += _record_sections(t, config)
     out += ["### Provenance", "",
             f"- ZenML run: `{t.get('zenml.run_name', '-')}` (`{t.get('zenml.run_id', '-')}`), "
             f"pipeline `{t.get('zenml.pipeline', '-')}`",
             f"- git commit: `{t.get('git_commit', '-')}`", f"- weights: `{t.get('weights_uri', '-')}`"]
     return "\n".join(x for x in out if x is not None)
+
+
+def _record_sections(t: dict[str, str], config: dict[str, Any] | None) -> list[str]:
+    """Weights digests, the merge that made them, evaluation sets, the full config, the decision history."""
+    from .lineage import event_line
+    from .records import WEIGHTS_FILES, WEIGHTS_SHA, history
+
+    out: list[str] = []
+    if WEIGHTS_SHA in t:
+        files = json.loads(t.get(WEIGHTS_FILES) or "{}")
+        out += ["### Merged weights (sha256)", "", f"- overall: `{t[WEIGHTS_SHA]}`"]
+        out += [f"- `{f}`: `{d}`" for f, d in sorted(files.items())] + [""]
+    merge = {k.removeprefix("merge."): v for k, v in t.items() if k.startswith("merge.")}
+    if merge:
+        out += ["### Produced by", "", f"- merge step `{merge.get('step', 'merge')}`, strength λ = "
+                f"`{merge.get('strength', '?')}`, MLflow run `{merge.get('mlflow_run_id', '-')}`", ""]
+    sets = sorted((k.removeprefix("eval_set."), v) for k, v in t.items() if k.startswith("eval_set."))
+    if sets:
+        out += ["### Evaluation sets (sha256)", ""] + [f"- {n}: `{d}`" for n, d in sets] + [""]
+    ev = history(t)
+    if ev:
+        out += ["### Decision history (append-only)", ""] + [f"- {event_line(e)}" for e in ev] + [""]
+    cfg = config or (json.loads(t["config.json"]) if t.get("config.json") else None)
+    if cfg:
+        out += ["### Full resolved config", "", "```json", json.dumps(cfg, indent=1, sort_keys=True), "```", ""]
+    return out
+
+
+def refresh_description(name: str, version: str, uri: str | None = None) -> str:
+    """Rewrite the version's description from its tags (after a decision or a push outside the pipeline)."""
+    from .registry import _client, tag_metrics
+
+    t = dict(_client(uri).get_model_version(name, version).tags)
+    return set_version_description(name, version, {}, tag_metrics(t), tag_metrics(t, "lrm_metric."), None, uri,
+                                   config=json.loads(t["config.json"]) if t.get("config.json") else None)
 
 
 def set_version_description(name: str, version: str, tags: dict[str, Any], metrics: dict[str, Any],

@@ -26,7 +26,8 @@ log = logging.getLogger("rainmerge")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 # an absolute path inside a longer string (not the "//" of a URL, not "a/b" Hub ids)
 _SEP = r"\s'\"`,;()|<>\[\]{}"
-_ABS_IN_TEXT = re.compile(rf"(?:file://|(?<![\w:/.~<-]))/[^{_SEP}/]+/[^{_SEP}]+")
+_ABS_IN_TEXT = re.compile(rf"(?:file://|(?<![\w:/.~<-]))/[^{_SEP}/]+/[^{_SEP}]+(?: [^{_SEP}/]+/[^{_SEP}]+)*")
+# (a space followed by a word holding another "/" continues the path: "/srv/my models/lrm" is one path)
 PROVENANCE_NAME = "rainmerge_provenance.json"
 
 
@@ -77,6 +78,8 @@ def redact(obj: Any, mapping: dict[str, str] | None = None) -> Any:
         return obj
     if obj in mapping:
         return mapping[obj]
+    if "\n" not in obj and (os.path.isabs(obj) or obj.startswith("file://")):
+        return _local(obj)  # a whole value that is a path (spaces included): its name only
     s = obj
     for k in sorted(mapping, key=len, reverse=True):
         if os.path.isabs(k):
@@ -161,10 +164,39 @@ def resolve_token(token_env: str, zenml_secret: str | None) -> str | None:
     return None
 
 
+def _status(exc: Exception) -> int | None:
+    return getattr(getattr(exc, "response", None), "status_code", None)
+
+
 def _transient(exc: Exception) -> bool:
-    status = getattr(getattr(exc, "response", None), "status_code", None)
-    return isinstance(exc, (ConnectionError, TimeoutError, OSError)) or (status is not None and status >= 500) \
-        or status == 429
+    """Worth retrying: a server error, 408/429, or a network failure. An HTTP answer such as 401/403/404
+    is final (the Hub's HTTP errors are OSErrors too, so the status decides first), and offline mode
+    will not change between tries."""
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    status = _status(exc)
+    if status is not None:
+        return status >= 500 or status in (408, 429)
+    return isinstance(exc, (ConnectionError, TimeoutError, OSError)) and not isinstance(exc, OfflineModeIsEnabled)
+
+
+def _short(exc: Exception) -> str:
+    """One line about a failed push, with no URL query, header or token in it."""
+    status = _status(exc)
+    what = {401: "401 Unauthorized: the token is missing, invalid or expired",
+            403: "403 Forbidden: the token may not write to this repo"}.get(status or 0)
+    first = (str(exc).splitlines() or [""])[0][:200]
+    return f"{type(exc).__name__}" + (f" ({what})" if what else f" (HTTP {status})" if status else f": {first}")
+
+
+def check_same_weights(ref: Any, version_tags: dict[str, str]) -> None:
+    """The folder to publish holds the registered version's weights (its recorded overall digest)."""
+    from . import records
+
+    want = version_tags.get(records.WEIGHTS_SHA)
+    if want and records.overall(records.weight_files(ref.files)) != want:
+        raise ConfigError(f"the folder {ref.uri} does not hold the registered weights (sha256 {want[:16]}…); "
+                          "not publishing")
 
 
 def push(folder: Path, repo_id: str, token: str, version: str, private: bool = True, max_retries: int = 3,
@@ -186,7 +218,45 @@ def push(folder: Path, repo_id: str, token: str, version: str, private: bool = T
             if attempt == max_retries or not _transient(exc):
                 raise
             wait = 2 ** attempt
-            log.warning("Hub upload failed (%s); retry %d/%d in %ds", type(exc).__name__, attempt + 1,
-                        max_retries, wait)
+            log.warning("Hub upload failed (%s); retry %d/%d in %ds", _short(exc), attempt + 1, max_retries, wait)
             time.sleep(wait)
     raise AssertionError("unreachable")
+
+
+def push_recorded(folder: Path, repo_id: str, token: str | None, name: str, version: str, private: bool,
+                  max_retries: int, uri: str | None = None, api: Any = None) -> dict[str, str]:
+    """`push`, with the outcome appended to the registered version's history and mirrored in hub.* tags:
+    a failed push leaves `hub.status = push_failed` and its reason, then fails in one line."""
+    from ..errors import RainMergeError
+    from . import records
+    from .registry import _client
+
+    c = _client(uri)
+    try:
+        res = push(folder, repo_id, token or "", version, private, max_retries, api=api)
+    except Exception as exc:
+        why = _short(exc) if not isinstance(exc, ConfigError) else str(exc)
+        records.append(c, name, version, {"event": "push_failed", "repo_id": repo_id, "why": why})
+        for k, v in {"hub.status": "push_failed", "hub.repo_id": repo_id, "hub.error": why}.items():
+            c.set_model_version_tag(name, version, k, v)
+        _describe(name, version, uri)
+        raise RainMergeError(f"Hub push of {name} v{version} to {repo_id} failed: {why}; recorded on the "
+                             "version (hub.status push_failed); fix it and re-run (nothing was published)") from None
+    records.append(c, name, version, {"event": "pushed", "repo_id": repo_id, "commit": res["commit"],
+                                      "tag": res["tag"]})
+    for k, v in {"hub.status": "pushed", "hub.repo_id": repo_id, "hub.commit": res["commit"],
+                 "hub.tag": res["tag"]}.items():
+        c.set_model_version_tag(name, version, k, v)
+    if "hub.error" in c.get_model_version(name, version).tags:  # an earlier failure, now superseded
+        c.delete_model_version_tag(name, version, "hub.error")
+    _describe(name, version, uri)
+    return res
+
+
+def _describe(name: str, version: str, uri: str | None) -> None:
+    from .describe import refresh_description
+
+    try:
+        refresh_description(name, version, uri)
+    except Exception as exc:  # noqa: BLE001 - the tags and history already hold the outcome
+        log.warning("version description not refreshed: %s", type(exc).__name__)

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
+import hashlib
 import json
 import logging
+import math
 import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import RainMergeError
+from . import records
 from .config import PromotionGates
+from .records import CHALLENGER, CHAMPION, PROMOTED, REJECTED, _client  # noqa: F401 - the registry's names
 
-CHALLENGER, CHAMPION = "challenger", "champion"
-PROMOTED, REJECTED = "promoted", "rejected"
+INPUTS_SHA = "decision_inputs.sha256"
 log = logging.getLogger("rainmerge")
 
 
@@ -39,6 +42,7 @@ class Decision:
     operator: str | None = None
     reason: str | None = None
     time: str | None = None
+    linked: bool = False  # a re-run that found this version already registered (same weights and inputs)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,35 +75,120 @@ def decide(merged: dict[str, float], lrm: dict[str, float], champion: dict[str, 
     return d
 
 
-def _client(uri: str | None):
-    import mlflow
-    from mlflow import MlflowClient
+def _numeric(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
+
+def metric_tags(metrics: dict[str, Any], lrm_metrics: dict[str, Any]) -> dict[str, str]:
+    """Every numeric metric as `metric.<k>` / `lrm_metric.<k>`, written with repr: a float's repr reads
+    back as the very same float, so the gates compare what evaluation measured (no rounding)."""
+    out = {f"metric.{k}": repr(float(v)) for k, v in metrics.items() if _numeric(v)}
+    return out | {f"lrm_metric.{k}": repr(float(v)) for k, v in lrm_metrics.items() if _numeric(v)}
+
+
+def tag_metrics(tags: dict[str, str], prefix: str = "metric.") -> dict[str, float]:
+    """Metrics stored as `<prefix><name>` tags on a model version; a non-numeric value is left out
+    (and so reported as missing by the gates' metric check), never a crash."""
+    out = {}
+    for k, v in tags.items():
+        if k.startswith(prefix):
+            try:
+                out[k.removeprefix(prefix)] = float(v)
+            except (TypeError, ValueError):
+                log.warning("tag %s=%r is not a number; ignored", k, str(v)[:40])
+    return {k: v for k, v in out.items() if math.isfinite(v)}
+
+
+def decision_inputs_digest(metrics: dict[str, Any], lrm_metrics: dict[str, Any], gates: PromotionGates) -> str:
+    """What a gate verdict depends on besides the champion: the exact quality metrics (the key metrics,
+    the gate's own and the sample counts; never a timing, which differs between identical runs) and
+    the gate settings."""
+    from .tracking import KEY_METRICS
+
+    def keep(k: str) -> bool:
+        return k in KEY_METRICS or k == gates.metric or k.startswith("n_")
+
+    doc = {"metrics": {k: v for k, v in metric_tags(metrics, lrm_metrics).items() if keep(k.split(".", 1)[1])},
+           "gates": gates.model_dump(mode="json")}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def _blocked(c: Any, name: str, version: str, what: str, detail: str, event: str = "blocked") -> RainMergeError:
+    records.append(c, name, version, {"event": event, "what": what, "why": detail})
+    return RainMergeError(f"{name} v{version}: {what} blocked: {detail}")
+
+
+def verify_version(name: str, version: str, uri: str | None = None, action: str | None = None) -> dict[str, Any]:
+    """Re-hash a registered version's weights against its recorded digests. With `action` (promotion,
+    push, re-registration), a change or a missing folder blocks it: recorded on the version, then raised."""
     from .tracking import tracking_uri
 
-    mlflow.set_tracking_uri(tracking_uri(uri))
-    return MlflowClient()
+    c = _client(uri)
+    try:
+        mv = c.get_model_version(name, str(version))
+    except Exception:
+        raise RainMergeError(f"registered model '{name}' has no version {version} in {tracking_uri(uri)}") from None
+    res = records.verify(mv.source, dict(mv.tags))
+    if action and res["status"] in ("changed", "missing"):
+        raise _blocked(c, name, str(version), action, res["detail"] + "; re-run the pipeline with --no-cache to "
+                       "rebuild the weights, or restore the registered folder")
+    return res
+
+
+def find_same(name: str, weights_sha256: str, inputs_sha256: str, uri: str | None = None) -> str | None:
+    """The existing version with these weights (by digest) and these decision inputs, if any."""
+    c = _client(uri)
+    try:
+        c.get_registered_model(name)
+    except Exception:
+        return None
+    for mv in sorted(c.search_model_versions(f"name = '{name}'"), key=lambda m: int(m.version)):
+        t = mv.tags or {}
+        if t.get(records.WEIGHTS_SHA) == weights_sha256 and t.get(INPUTS_SHA) == inputs_sha256:
+            return str(mv.version)
+    return None
 
 
 def register(name: str, model_dir: str, run_id: str | None, tags: dict[str, str], uri: str | None = None) -> str:
-    """Register the merged folder by reference (its artifact-store URI), tagged, alias `challenger`."""
+    """Register the merged folder by reference (its artifact-store URI), tagged, alias `challenger`;
+    the history starts with a `registered` event."""
     c = _client(uri)
     try:
         c.get_registered_model(name)
     except Exception:
         c.create_registered_model(name, description="RAIN-Merging outputs (rainmerge)")
     source = model_dir if "://" in model_dir else f"file://{model_dir}"
-    mv = c.create_model_version(name, source=source, run_id=run_id, tags={k: str(v)[:5000] for k, v in tags.items()})
-    c.set_registered_model_alias(name, CHALLENGER, mv.version)
-    return str(mv.version)
+    mv = c.create_model_version(name, source=source, run_id=run_id, tags={k: str(v) for k, v in tags.items()})
+    version = str(mv.version)
+    records.append(c, name, version, {"event": "registered", "run": tags.get("zenml.run_name") or run_id,
+                                      "weights_sha256": tags.get(records.WEIGHTS_SHA)})
+    records.set_alias(c, name, CHALLENGER, version)
+    return version
 
 
-def tag_metrics(tags: dict[str, str], prefix: str = "metric.") -> dict[str, float]:
-    """Metrics stored as `<prefix><name>` tags on a model version."""
-    return {k.removeprefix(prefix): float(v) for k, v in tags.items() if k.startswith(prefix)}
+def register_or_link(name: str, model_dir: str, run_id: str | None, tags: dict[str, str],
+                     uri: str | None = None) -> tuple[str, bool]:
+    """Idempotent on content: when a version already holds the same weights (digest) with the same
+    decision inputs, verify its weights, link to it (history event `linked`, alias `challenger`) and
+    return (version, True); otherwise register a new version: (version, False)."""
+    same = None
+    if tags.get(records.WEIGHTS_SHA) and tags.get(INPUTS_SHA):
+        same = find_same(name, tags[records.WEIGHTS_SHA], tags[INPUTS_SHA], uri)
+    if same is None:
+        return register(name, model_dir, run_id, tags, uri), False
+    verify_version(name, same, uri, action="re-registration")
+    c = _client(uri)
+    records.append(c, name, same, {"event": "linked", "run": tags.get("zenml.run_name") or run_id,
+                                   "why": "same weights sha256 and decision inputs; no new version"})
+    records.set_alias(c, name, CHALLENGER, same)
+    log.info("%s: the same weights (sha256 %s) and decision inputs are already v%s; linked to it, no new version",
+             name, tags[records.WEIGHTS_SHA][:16], same)
+    return same, True
 
 
 def champion(name: str, uri: str | None = None) -> tuple[str | None, dict[str, float] | None]:
+    """(version, its exact metrics) of the current champion; (None, None) when there is none. A champion
+    whose metrics are missing comes back with an empty dict, never as "no champion"."""
     c = _client(uri)
     try:
         mv = c.get_model_version_by_alias(name, CHAMPION)
@@ -109,14 +198,15 @@ def champion(name: str, uri: str | None = None) -> tuple[str | None, dict[str, f
 
 
 def record_decision(name: str, version: str, decision: Decision, uri: str | None = None) -> None:
-    """Log the decision on the version either way (with the audit fields); move `champion` only when
-    it passed. Callers that compare against the champion go through `promote_version` (locked)."""
+    """Append the decision to the version's history (never replacing an earlier one), mirror the latest
+    in the promotion.* tags, and move `champion` only when it passed. Callers that compare against the
+    champion go through `promote_version` (locked)."""
     c = _client(uri)
     decision.model = decision.model or name
     decision.gates_decision = decision.gates_decision or (PROMOTED if decision.promote else REJECTED)
-    decision.time = decision.time or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    tags = {"promotion.decision": PROMOTED if decision.promote else REJECTED,
-            "promotion.gates_decision": decision.gates_decision,
+    decision.time = decision.time or records.now()
+    latest = PROMOTED if decision.promote else REJECTED
+    tags = {"promotion.decision": latest, "promotion.gates_decision": decision.gates_decision,
             "promotion.forced": str(decision.forced).lower(),
             "promotion.reasons": json.dumps(decision.reasons), "promotion.time": decision.time,
             "promotion.previous_champion": str(decision.previous_champion or "")}
@@ -126,8 +216,15 @@ def record_decision(name: str, version: str, decision: Decision, uri: str | None
         tags["promotion.reason"] = decision.reason[:5000]
     for k, v in tags.items():
         c.set_model_version_tag(name, version, k, v)
+    kept = not decision.promote and decision.previous_champion == str(version)
+    records.append(c, name, version, {
+        "event": "decision", "decision": latest, "promote": decision.promote, "gates_decision": decision.gates_decision,
+        "forced": decision.forced, "who": records.who(decision.operator), "time": decision.time,
+        "why": decision.reason, "reasons": decision.reasons, "previous_champion": decision.previous_champion,
+        "champion_after": str(version) if decision.promote else decision.previous_champion,
+        "note": "re-check of the current champion: champion kept (a gate re-check never demotes)" if kept else None})
     if decision.promote:
-        c.set_registered_model_alias(name, CHAMPION, version)
+        records.set_alias(c, name, CHAMPION, version)
 
 
 _THREAD_LOCKS: dict[str, threading.Lock] = {}
@@ -178,25 +275,76 @@ def promotion_lock(name: str, uri: str | None = None) -> Iterator[None]:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def promote_version(name: str, version: str, merged: dict[str, float], lrm: dict[str, float],
-                    gates: PromotionGates, uri: str | None = None, force: bool = False,
-                    operator: str | None = None, reason: str | None = None, retries: int = 5) -> Decision:
-    """Compare-and-set promotion: read the champion, decide, re-read it right before moving the alias
-    (retrying the decision when it changed), all under `promotion_lock`, so concurrent candidates are
-    compared with each other."""
-    version = str(version)
+# what the gates read from each side; a name missing here is an error before anything is recorded
+NEEDED = {"merged": ("think_well_formed", "reasoning_acc"), "lrm": ("reasoning_acc",)}
+
+
+def check_metrics(name: str, version: str, merged: dict[str, float], lrm: dict[str, float],
+                  gates: PromotionGates) -> None:
+    """A misspelt `promotion.metric` (or an evaluation that lacks a gate's metric) is a clear error
+    before any verdict is written, so no half-recorded state is left for audit to misread."""
+    for side, got in (("merged", merged), ("lrm", lrm)):
+        missing = [k for k in (gates.metric, *NEEDED[side]) if k not in got]
+        if missing:
+            known = ", ".join(sorted(got)) or "none"
+            raise RainMergeError(f"{name} v{version}: no numeric {side} metric {', '.join(map(repr, missing))} "
+                                 f"recorded (recorded: {known}); check promotion.metric in the config")
+
+
+def _against(name: str, version: str, prev: str | None, champ: dict[str, float] | None, gates: PromotionGates,
+             merged: dict[str, float], lrm: dict[str, float], force: bool, uri: str | None) -> Decision:
+    """One gate verdict. No champion -> compared with none; this version is the champion -> a re-check
+    of the gates alone; a champion without the gate metric -> an error to resolve (forced: recorded FAIL)."""
+    if prev is None or prev == version:
+        g = gates.model_copy(update={"require_beats_champion": False}) if prev == version else gates
+        d = decide(merged, lrm, None, g)
+        if prev == version:
+            d.reasons.append(f"PASS v{version} is the current champion (re-check of the gates)")
+        return d
+    if gates.require_beats_champion and gates.metric not in (champ or {}):
+        msg = (f"champion v{prev} of '{name}' has no numeric '{gates.metric}' recorded, so v{version} cannot be "
+               f"compared with it; re-register the champion's evaluation, or replace it with "
+               f"`rainmerge promote {name} <version> --force --reason ...`")
+        if not force:
+            raise _blocked(_client(uri), name, version, "promotion", msg)
+        d = decide(merged, lrm, None, gates.model_copy(update={"require_beats_champion": False}))
+        d.promote = False
+        d.reasons.append(f"FAIL champion v{prev} has no recorded '{gates.metric}' (error to resolve)")
+        return d
+    return decide(merged, lrm, champ, gates, champion_version=prev)
+
+
+def promote_version(name: str, version: str, merged: dict[str, float] | None = None,
+                    lrm: dict[str, float] | None = None, gates: PromotionGates | None = None,
+                    uri: str | None = None, force: bool = False, operator: str | None = None,
+                    reason: str | None = None, retries: int = 5, verified: bool = False) -> Decision:
+    """Compare-and-set promotion: verify the weights, read the champion, decide, re-read it right before
+    moving the alias (retrying the decision when it changed), all under `promotion_lock`, so concurrent
+    candidates are compared with each other. Metrics left None are read from the version's exact
+    metric tags: the pipeline and `rainmerge promote` pass None and so decide on the same values.
+    `verified`: the caller has just re-hashed the registered folder (skips a second pass)."""
+    version, gates = str(version), gates or PromotionGates()
     with promotion_lock(name, uri):
+        if not verified:  # the pipeline has just checked these very files against the merge's digests
+            verify_version(name, version, uri, action="forced promotion" if force else "promotion")
+        tags = dict(_client(uri).get_model_version(name, version).tags)
+        merged = tag_metrics(tags) if merged is None else merged
+        lrm = tag_metrics(tags, "lrm_metric.") if lrm is None else lrm
+        try:
+            check_metrics(name, version, merged, lrm, gates)
+            missing = None
+        except RainMergeError as exc:
+            if not force:
+                raise
+            missing = Decision(False, [f"FAIL {exc}"])  # forced anyway: the record says what was missing
         for _ in range(retries + 1):
             prev, champ = champion(name, uri)
-            d = decide(merged, lrm, champ if prev != version else None, gates,
-                       champion_version=prev if prev != version else None)
+            d = missing or _against(name, version, prev, champ, gates, merged, lrm, force, uri)
             now, _m = champion(name, uri)
             if now == prev:
                 break
             log.info("champion of %s moved %s -> %s during the decision; deciding again", name, prev, now)
         else:
-            from ..errors import RainMergeError
-
             raise RainMergeError(f"champion of '{name}' kept changing; promotion of v{version} not recorded")
         d.version, d.previous_champion, d.model = version, prev, name
         d.gates_decision = PROMOTED if d.promote else REJECTED
@@ -207,128 +355,6 @@ def promote_version(name: str, version: str, merged: dict[str, float], lrm: dict
             d.operator = operator
         record_decision(name, version, d, uri)
     return d
-
-
-def audit(name: str, uri: str | None = None) -> dict[str, Any]:
-    """Every version with its aliases, decision and audit fields; flags a `champion` (or any version)
-    whose alias has no recorded "promoted" decision (e.g. an alias moved in the MLflow UI)."""
-    from ..errors import RainMergeError
-    from .tracking import tracking_uri
-
-    c = _client(uri)
-    try:
-        rm = c.get_registered_model(name)
-    except Exception:
-        raise RainMergeError(f"no registered model '{name}' in {tracking_uri(uri)}") from None
-    by_version: dict[str, list[str]] = {}
-    for a, v in (rm.aliases or {}).items():
-        by_version.setdefault(str(v), []).append(a)
-    rows, flags = [], []
-    for mv in sorted(c.search_model_versions(f"name = '{name}'"), key=lambda m: int(m.version)):
-        t = dict(mv.tags)
-        v = str(mv.version)
-        row = {"version": v, "aliases": sorted(by_version.get(v, [])), "decision": t.get("promotion.decision"),
-               "gates_decision": t.get("promotion.gates_decision"), "forced": t.get("promotion.forced") == "true",
-               "operator": t.get("promotion.operator"), "reason": t.get("promotion.reason"),
-               "time": t.get("promotion.time"), "method": t.get("method")}
-        f = champion_flag(row["aliases"], t)
-        if f:
-            row["flag"] = f
-            flags.append(f"v{v}: {f}")
-        rows.append(row)
-    return {"model": name, "versions": rows, "flags": flags}
-
-
-def champion_flag(aliases: list[str], tags: dict[str, str]) -> str | None:
-    if CHAMPION in aliases and tags.get("promotion.decision") != PROMOTED:
-        return (f"holds '{CHAMPION}' without a recorded promoted decision "
-                f"(decision: {tags.get('promotion.decision') or 'none'}); alias moved outside rainmerge?")
-    return None
-
-
-def format_audit(info: dict[str, Any]) -> str:
-    lines = [f"{info['model']}: {len(info['versions'])} version(s)"]
-    for r in info["versions"]:
-        forced = f" FORCED by {r['operator']} at {r['time']}: {r['reason']}" if r["forced"] else ""
-        lines.append(f"  v{r['version']:<4} aliases={','.join(r['aliases']) or '-':<22} "
-                     f"decision={r['decision'] or '-'} gates={r['gates_decision'] or '-'}{forced}")
-        if r.get("flag"):
-            lines.append(f"    FLAG {r['flag']}")
-    lines += [f"FLAGGED {f}" for f in info["flags"]] or ["no flags"]
-    return "\n".join(lines)
-
-
-def lineage(name: str, version: str, uri: str | None = None) -> dict[str, Any]:
-    """Everything an auditor needs about one registered version, from MLflow (and ZenML when reachable)."""
-    from ..errors import RainMergeError
-    from .tracking import tracking_uri
-
-    c = _client(uri)
-    try:
-        mv = c.get_model_version(name, version)
-    except Exception:
-        raise RainMergeError(f"registered model '{name}' has no version {version} in {tracking_uri(uri)} "
-                             "(set MLFLOW_TRACKING_URI or --tracking-uri to the store the pipeline used)") from None
-    rm = c.get_registered_model(name)
-    aliases = sorted(a for a, v in (rm.aliases or {}).items() if str(v) == str(version))
-    out: dict[str, Any] = {"model": name, "version": str(version), "aliases": aliases, "source": mv.source,
-                           "tags": dict(mv.tags), "mlflow_run_id": mv.run_id, "steps": []}
-    flag = champion_flag(aliases, dict(mv.tags))
-    out["flags"] = [flag] if flag else []
-    if mv.run_id:
-        run = c.get_run(mv.run_id)
-        parent = run.data.tags.get("mlflow.parentRunId") or mv.run_id
-        out["mlflow_parent_run_id"] = parent
-        children = c.search_runs([run.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
-        for ch in sorted(children, key=lambda r: r.info.start_time):
-            out["steps"].append({"step": ch.info.run_name, "mlflow_run_id": ch.info.run_id,
-                                 "zenml_step_run_id": ch.data.tags.get("zenml.step_run_id"),
-                                 "params": dict(ch.data.params), "metrics": dict(ch.data.metrics)})
-    zid = mv.tags.get("zenml.run_id")
-    if zid:
-        try:
-            from zenml.client import Client
-
-            run = Client().get_pipeline_run(zid)
-            out["zenml"] = {"run_id": zid, "run_name": run.name, "status": str(run.status),
-                            "steps": {n: {"id": str(s.id), "status": str(s.status)} for n, s in run.steps.items()}}
-        except Exception as exc:  # the ZenML store may be elsewhere; MLflow alone still answers
-            out["zenml"] = {"run_id": zid, "unavailable": str(exc)[:200]}
-    return out
-
-
-def format_lineage(info: dict[str, Any]) -> str:
-    t = info["tags"]
-    lines = [f"{info['model']} v{info['version']}  aliases: {', '.join(info['aliases']) or '-'}",
-             f"  weights: {info['source']}", f"  method: {t.get('method')}  git: {t.get('git_commit')}",
-             "  inputs:"]
-    for role in ("base", "instruct", "reasoning"):
-        rev, commit = t.get(f"input.{role}.revision"), t.get(f"input.{role}.commit")
-        pinned = f"revision={rev} commit={commit}" if commit not in (None, "", "None") else "local folder"
-        lines.append(f"    {role:<9} {t.get(f'input.{role}')}  {pinned} "
-                     f"weights_sha256={t.get(f'input.{role}.weights_sha256')}")
-    lines.append("  calibration:")
-    for k in sorted(k for k in t if k.startswith("calibration.")):
-        lines.append(f"    {k.removeprefix('calibration.'):<12} sha256={t[k]}")
-    lines.append(f"  config sha256: {t.get('config_sha256')}")
-    z = info.get("zenml", {})
-    lines.append(f"  zenml run: {t.get('zenml.run_name')} ({t.get('zenml.run_id')})")
-    for n, s in z.get("steps", {}).items():
-        lines.append(f"    step {n:<24} {s['id']}  {s['status']}")
-    lines.append(f"  mlflow parent run: {info.get('mlflow_parent_run_id')}")
-    for s in info["steps"]:
-        lines.append(f"    step {s['step']:<24} mlflow={s['mlflow_run_id']} zenml={s['zenml_step_run_id']}")
-    lines.append("  metrics: " + ", ".join(f"{k.removeprefix('metric.')}={v}" for k, v in sorted(t.items())
-                                          if k.startswith("metric.")))
-    lines.append(f"  promotion: {t.get('promotion.decision')}  gates: {t.get('promotion.gates_decision')}")
-    if t.get("promotion.forced") == "true":
-        lines.append(f"    forced by {t.get('promotion.operator')} at {t.get('promotion.time')}: "
-                     f"{t.get('promotion.reason')}")
-    for f in info.get("flags", []):
-        lines.append(f"  FLAG {f}")
-    for r in json.loads(t.get("promotion.reasons", "[]")):
-        lines.append(f"    {r}")
-    return "\n".join(lines)
 
 
 def select_candidate(candidates: list[dict[str, Any]], lrm: dict[str, float], gates: PromotionGates
@@ -352,3 +378,7 @@ def select_candidate(candidates: list[dict[str, Any]], lrm: dict[str, float], ga
     for row in table:
         row["selected"] = row is best
     return best["index"], table
+
+
+# the auditor's reads live in lineage.py; re-exported so `registry.lineage` / `registry.audit` keep working
+from .lineage import audit, champion_flag, format_audit, format_lineage, lineage  # noqa: E402,F401

@@ -85,6 +85,43 @@ def _metric_rows(t: dict[str, str]) -> str:
     return "".join(rows)
 
 
+def _rows(pairs: list[tuple[Any, Any]]) -> str:
+    return "".join(f"<tr><td>{_e(k)}</td><td class=mono>{_e(v)}</td></tr>" for k, v in pairs)
+
+
+def _record_html(info: dict[str, Any]) -> str:
+    """Weights digests (and whether they still match), the merge that produced them, evaluation sets
+    and the append-only decision history (the full config closes the page: it is long)."""
+    w, m = info.get("weights") or {}, info.get("merge") or {}
+    status = w.get("status", "-") + (f": {w['detail']}" if w.get("detail") else "")
+    parts = ["<h2>Merged weights (sha256)</h2><table><tr><th>file</th><th>sha256</th></tr>",
+             _rows([("overall", w.get("recorded_sha256") or "-"), ("re-hashed now", status)]
+                   + sorted((w.get("files") or {}).items())), "</table>"]
+    if m:
+        parts.append(f"<p>produced by merge step <code>{_e(m.get('step') or 'merge')}</code>, strength λ = "
+                     f"<code>{_e(m.get('strength', '?'))}</code>, MLflow run <code>{_e(m.get('mlflow_run_id', '-'))}"
+                     "</code></p>")
+    sets = sorted((info.get("eval_sets") or {}).items())
+    parts += ["<h2>Evaluation sets</h2><table><tr><th>set</th><th>sha256</th></tr>",
+              _rows(sets) or "<tr><td colspan=2 class=muted>none recorded</td></tr>", "</table>"]
+    hist = "".join(
+        f"<tr><td>{_e(e.get('seq'))}</td><td class=mono>{_e(e.get('time'))}</td><td>{_e(e.get('who'))}</td>"
+        f"<td>{_e(e.get('event'))}{' FORCED' if e.get('forced') else ''}</td><td>{_e(e.get('decision') or '')}</td>"
+        f"<td>{_e(e.get('why') or '; '.join(e.get('reasons') or []))}"
+        f"{(' <i>(' + _e(e['note']) + ')</i>') if e.get('note') else ''}</td></tr>" for e in info.get("history", []))
+    parts += ["<h2>Decision history (append-only)</h2><table><tr><th>#</th><th>time (UTC)</th><th>who</th>"
+              "<th>event</th><th>verdict</th><th>why</th></tr>",
+              hist or "<tr><td colspan=6 class=muted>no events recorded</td></tr>", "</table>"]
+    return "".join(parts)
+
+
+def _config_html(info: dict[str, Any]) -> str:
+    if not info.get("config"):
+        return ""
+    return ("<h2>Full resolved config</h2><pre class=mono>"
+            f"{_e(json.dumps(info['config'], indent=1, sort_keys=True))}</pre>")
+
+
 def html_report(lineage_info: dict[str, Any], out: Path, plots: dict[str, Path] | None = None) -> Path:
     """Write one self-contained HTML file for a registered version (registry.lineage's dict) to `out`."""
     info, t = lineage_info, {k: v for k, v in lineage_info.get("tags", {}).items() if v not in (None, "None")}
@@ -117,6 +154,7 @@ def html_report(lineage_info: dict[str, Any], out: Path, plots: dict[str, Path] 
 <h1>{_e(info['model'])} <span class=muted>version {_e(info['version'])}</span></h1>
 <p>aliases: <b>{_e(', '.join(info.get('aliases', [])) or '-')}</b> &middot; method <code>{_e(t.get('method'))}</code>
 &middot; decision <span class="badge {badge}">{_e(decision)}</span></p>
+{''.join(f'<p class=fail><b>FLAG</b> {_e(f)}</p>' for f in info.get('flags', []))}
 <h2>Decision</h2><ul>{''.join(f"<li class={'pass' if r.startswith('PASS') else 'fail'}>{_e(r)}</li>" for r in reasons)
 or '<li class=muted>no gate record</li>'}</ul>
 <h2>Pipeline steps</h2>{dag_svg([s['step'] for s in steps])}
@@ -125,7 +163,8 @@ or '<li class=muted>no gate record</li>'}</ul>
 {''.join(inputs)}</table>
 <h2>Artifact digests</h2><table><tr><th>artifact</th><th>sha256</th></tr>
 {''.join(f'<tr><td>{_e(k)}</td><td class=mono>{_e(v)}</td></tr>' for k, v in digests)}
-<tr><td>merged weights</td><td class=mono>{_e(info.get('source'))}</td></tr></table>
+<tr><td>merged weights (folder)</td><td class=mono>{_e(info.get('source'))}</td></tr></table>
+{_record_html(info)}
 <h2>Metrics (held-out evaluation)</h2><table><tr><th>metric</th><th>merged</th><th>LRM</th><th>delta</th></tr>
 {_metric_rows(t)}</table>
 <h2>Plots</h2><div class=plots>{plot_html or '<p class=muted>none logged</p>'}</div>
@@ -134,6 +173,7 @@ or '<li class=muted>no gate record</li>'}</ul>
 <tr><td>ZenML pipeline</td><td class=mono>{_e(t.get('zenml.pipeline'))}</td></tr>
 <tr><td>MLflow parent run</td><td class=mono>{_e(info.get('mlflow_parent_run_id'))}</td></tr>
 <tr><td>git commit</td><td class=mono>{_e(t.get('git_commit'))}</td></tr></table>
+{_config_html(info)}
 </body></html>"""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

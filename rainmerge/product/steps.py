@@ -16,12 +16,11 @@ from ..config import CalibrationSpec, CoefficientConfig, ModelRef, ModelsSpec, P
 from ..context import MergeContext, open_models, resolve_device
 from ..merge import PROVENANCE_FILE, write_merged_model
 from ..methods import METHODS, build_method
-from ..provenance import git_commit, provenance
+from ..provenance import provenance
 from .. import stages
 from . import artifacts as A
 from . import registry
-from .config import DiagnosticsConfig, EvaluationConfig, HubConfig, PromotionGates
-from .describe import clean_tags
+from .config import DiagnosticsConfig, EvaluationConfig, PromotionGates
 from .tracking import flatten, log_calibration_datasets, run_ids, step_run
 
 log = logging.getLogger("rainmerge")
@@ -208,7 +207,10 @@ def merge(models: dict[str, Any], config: RainConfig, calibration: A.DirRef | No
                                     "projection.max_cast_residual_vs_lrm": max(s["cast_residual_vs_lrm"] for s in cast)})
             mlflow.log_artifact(str(projection_plot(stats, out / "projection_stats.png")))
         mlflow.log_metric("warnings", len(prov["warnings"]))
-    return A.make_ref("merged_model", model_dir, {"method": config.method, "warnings": prov["warnings"]})
+        # which step and run made these weights: the registered version names them (a sweep has several)
+        made_by = {"step": run_ids().get("zenml.step"), "mlflow_run_id": mlflow.active_run().info.run_id}
+    return A.make_ref("merged_model", model_dir, {"method": config.method, "warnings": prov["warnings"],
+                                                  "strength": config.strength, **made_by})
 
 
 def evaluate(models: dict[str, Any], target: str, evaluation: EvaluationConfig, data_dir: str,
@@ -260,126 +262,12 @@ def select_candidate(merged: list[A.DirRef], metrics: list[dict[str, Any]], stre
         log.info("strength sweep: chose %g of %s (%s)", strengths[best], strengths,
                  "passes the gates" if table[best]["passes"] else "none passes; the best is registered as rejected")
     selection = {"selected_strength": strengths[best], "candidates": table}
-    return merged[best], metrics[best], selection
+    chosen = merged[best].model_copy(update={"meta": {**merged[best].meta, "candidate": best}})
+    return chosen, metrics[best], selection
 
 
-def _config_of(merged: A.DirRef, fallback: RainConfig) -> RainConfig:
-    """The config that produced these weights, from their provenance (a strength sweep picks one of
-    several candidates, so the pipeline's own `strength` need not be the one promoted)."""
-    from pydantic import ValidationError
-
-    prov = merged.path / PROVENANCE_FILE
-    try:
-        return RainConfig.model_validate(json.loads(prov.read_text())["config"])
-    except (OSError, KeyError, ValueError, ValidationError):  # not ours, or an older record: the pipeline's
-        return fallback
-
-
-def lineage_tags(config: RainConfig, models: dict[str, Any], calibration: A.DirRef | None, merged: A.DirRef,
-                 metrics: dict[str, Any], lrm_metrics: dict[str, Any]) -> dict[str, str]:
-    """What an auditor needs on the registered version: inputs, digests, config, run ids, metrics."""
-    import hashlib
-
-    ids = run_ids()
-    cfg_json = config.model_dump(mode="json")
-    tags = {"method": config.method, "git_commit": str(git_commit()), "weights_uri": merged.uri,
-            "config_sha256": hashlib.sha256(json.dumps(cfg_json, sort_keys=True).encode()).hexdigest(),
-            "zenml.run_id": ids.get("zenml.run_id", ""), "zenml.run_name": ids.get("zenml.run_name", ""),
-            "zenml.pipeline": ids.get("zenml.pipeline", "")}
-    for role, d in models["inputs"].items():
-        tags |= {f"input.{role}": d["path"], f"input.{role}.revision": str(d["revision"]),
-                 f"input.{role}.commit": str(d["commit"]), f"input.{role}.config_sha256": d["config_sha256"]}
-        if d.get("weights_sha256"):  # one digest over the per-file digests
-            tags[f"input.{role}.weights_sha256"] = hashlib.sha256(
-                json.dumps(d["weights_sha256"], sort_keys=True).encode()).hexdigest()
-    for role, rec in ((calibration.meta.get("calibration", {}) if calibration else {}) or {}).items():
-        tags[f"calibration.{role}"] = rec["sha256"]
-    for k in ("if_prompt_strict", "if_inst_strict", "if_prompt_loose", "if_inst_loose", "reasoning_acc",
-              "think_well_formed", "think_close_missing", "l_think"):
-        if k in metrics:
-            tags[f"metric.{k}"] = str(round(metrics[k], 6))
-        if k in lrm_metrics:
-            tags[f"lrm_metric.{k}"] = str(round(lrm_metrics[k], 6))
-    return clean_tags(tags)  # no "None" strings (local inputs have no revision or commit)
-
-
-def promote(merged: A.DirRef, metrics: dict[str, Any], lrm_metrics: dict[str, Any], models: dict[str, Any],
-            calibration: A.DirRef | None, config: RainConfig, gates: PromotionGates, registered_model: str,
-            out: Path, uri: str) -> registry.Decision:
-    """Register the merged folder (alias `challenger`), apply the gates, move `champion` if they pass.
-
-    A baseline method registers under `<registered_model>-<method>` (registry.registered_name), so it never
-    moves the RAIN model's aliases; the gate and the alias move are one locked compare-and-set."""
-    import mlflow
-
-    from ..eval.report import write as write_report
-    from . import describe
-    from .tracking import parent_run_id
-
-    config = _config_of(merged, config)
-    name = registry.registered_name(registered_model, config.method)
-    with step_run("promote", uri):
-        mlflow.log_params(flatten({"gates": gates.model_dump(mode="json"), "registered_model": name}))
-        report = write_report([lrm_metrics, metrics], out)
-        mlflow.log_artifact(str(report["plot"]))
-        mlflow.log_artifact(str(report["markdown"]))
-        tags = lineage_tags(config, models, calibration, merged, metrics, lrm_metrics)
-        version = registry.register(name, merged.uri, parent_run_id(), tags, uri)
-        decision = registry.promote_version(name, version, metrics, lrm_metrics, gates, uri, operator="pipeline")
-        # the auditor's view: version description, parent-run summary and the HTML lineage report
-        describe.set_version_description(name, version, tags, metrics, lrm_metrics, decision, uri, config=config,
-                                         out=out)
-        mlflow.set_tags({"promotion.decision": registry.PROMOTED if decision.promote else registry.REJECTED,
-                         "registered_model": name, "registered_version": version})
-        mlflow.log_dict(decision.as_dict(), "decision.json")
-    return decision
-
-
-def _published_decision(decision: dict[str, Any], uri: str) -> str | None:
-    """None when the version may be published (its decision and its registry tag both say promoted),
-    else the reason it may not."""
-    if not decision.get("promote"):
-        return f"version {decision.get('version')} was rejected by the promotion gates"
-    name, version = decision.get("model"), decision.get("version")
-    if not name or not version:
-        return "the decision names no registered model version"
-    try:
-        tag = registry._client(uri).get_model_version(name, str(version)).tags.get("promotion.decision")
-    except Exception as exc:
-        return f"registry version {name} v{version} unreadable ({type(exc).__name__})"
-    if tag != registry.PROMOTED:
-        return f"registry tag promotion.decision of {name} v{version} is {tag!r}, not 'promoted'"
-    return None
-
-
-def push_to_hub(merged: A.DirRef, decision: dict[str, Any], metrics: dict[str, Any], lrm_metrics: dict[str, Any],
-                models: dict[str, Any], config: RainConfig, hub_cfg: HubConfig, out: Path, uri: str) -> dict[str, Any]:
-    """Publish a promoted version only (forced or not), with a model card naming all three parents by Hub id
-    or redacted local name; off by default, dry run writes the folder. A rejected version makes no Hub request."""
-    import mlflow
-
-    from . import hub
-
-    if not hub_cfg.enabled:
-        return {"status": "disabled"}
-    why_not = _published_decision(decision, uri)
-    if why_not:
-        log.warning("not publishing: %s", why_not)
-        return {"status": "skipped", "reason": why_not}
-    config = _config_of(merged, config)
-    with step_run("push_to_hub", uri):
-        card = hub.model_card(config.model_dump(mode="json"), models["inputs"], [lrm_metrics, metrics],
-                              decision.get("version"), hub_cfg.extra_tags, repo_id=hub_cfg.repo_id)
-        folder = hub.stage_folder(merged.verify().path, card, out / "upload", models["inputs"])
-        mlflow.log_text(card, "model_card.md")
-        mlflow.log_params({"hub.repo_id": str(hub_cfg.repo_id), "hub.dry_run": hub_cfg.dry_run})
-        if hub_cfg.dry_run:
-            return {"status": "dry_run", "folder": str(folder)}
-        token = hub.resolve_token(hub_cfg.token_env, hub_cfg.zenml_secret)
-        res = hub.push(folder, str(hub_cfg.repo_id), token, str(decision.get("version")), hub_cfg.private,
-                       hub_cfg.max_retries)
-        mlflow.set_tags({"hub.commit": res["commit"], "hub.tag": res["tag"]})
-        return {"status": "pushed", **res}
+# register, gate and publish (release.py): re-exported here so STEPS stays the one table
+from .release import promote, push_to_hub  # noqa: E402
 
 
 # The one table of pipeline steps: the ZenML wrappers (steps/) and the Kubeflow entry read it.
