@@ -21,7 +21,7 @@ from typing import Any
 
 import requests as http
 
-from .base import Completion, Request
+from .types import Completion, Request
 from .config import EngineConfig
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .base import Completion, Request, finish_reason
+from .types import Completion, Request, finish_reason
 from .config import EngineConfig
 from .hf import eos_ids, group_by_params, load
 
