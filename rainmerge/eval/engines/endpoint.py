@@ -21,8 +21,8 @@ from typing import Any
 
 import requests as http
 
-from .types import Completion, Request
 from .config import EngineConfig
+from .types import Completion, Request
 
 log = logging.getLogger(__name__)
 
