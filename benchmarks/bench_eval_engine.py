@@ -45,8 +45,9 @@ Path(out).write_text(json.dumps(res))
 """
 
 
-def child(mode: str, n: int, budget: int, batch: int) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+def child(mode: str, n: int, budget: int, batch: int, threads: int) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "res.json"
         p = subprocess.Popen([sys.executable, "-c", CHILD, str(ROOT), mode, str(n), str(budget), str(batch), str(out)],
@@ -65,12 +66,14 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=100)
     ap.add_argument("--budget", type=int, default=160, help="max_new_tokens (configs/toy.yaml: 160)")
     ap.add_argument("--batch", type=int, default=50, help="padded batch / in-process concurrency (toy.yaml: 50)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per child (1: CPU time is not inflated "
+                    "by idle OpenMP workers spinning on a busy machine)")
     a = ap.parse_args()
     modes = ("padded", "inprocess", "load")
     runs: dict[str, list[dict]] = {m: [] for m in modes}
     for r in range(a.rounds):
         for m in (modes if r % 2 == 0 else modes[::-1][1:] + modes[:1]):  # alternate who goes first
-            runs[m].append(child(m, a.prompts, a.budget, a.batch))
+            runs[m].append(child(m, a.prompts, a.budget, a.batch, a.threads))
             x = runs[m][-1]
             print(f"round {r + 1} {m:9s} wall {x['wall']:6.2f} s  cpu {x['cpu']:6.2f} s  peak RSS {x['rss_mib']:7.1f} MiB",
                   flush=True)
@@ -78,7 +81,8 @@ def main() -> None:
     same = [sum(run["texts"].get(k) == v for k, v in ref.items()) for run in runs["inprocess"] + runs["padded"][1:]]
     med = {m: {k: statistics.median(x[k] for x in runs[m]) for k in ("wall", "cpu", "rss_mib")} for m in modes}
     base = med["load"]["rss_mib"]
-    print(f"\n{a.prompts} prompts x budget {a.budget}, batch/concurrency {a.batch}, {a.rounds} rounds (medians):")
+    print(f"\n{a.prompts} prompts x budget {a.budget}, batch/concurrency {a.batch}, {a.threads} thread(s), {a.rounds} "
+          f"rounds (medians); load average at the end {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs:")
     print(f"  identical greedy outputs: {min(same)}/{len(ref)} (worst run vs the first padded run)")
     print(f"  generated tokens: padded {runs['padded'][0]['tokens']}, inprocess {runs['inprocess'][0]['tokens']}")
     for m in ("padded", "inprocess"):
