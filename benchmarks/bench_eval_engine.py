@@ -63,7 +63,7 @@ def child(mode: str, n: int, budget: int, batch: int, threads: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--prompts", type=int, default=100)
+    ap.add_argument("--prompts", type=int, default=200, help="half problems, half instructions (toy: 200 + 200)")
     ap.add_argument("--budget", type=int, default=160, help="max_new_tokens (configs/toy.yaml: 160)")
     ap.add_argument("--batch", type=int, default=50, help="padded batch / in-process concurrency (toy.yaml: 50)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per child (1: CPU time is not inflated "
@@ -72,7 +72,7 @@ def main() -> None:
     modes = ("padded", "inprocess", "load")
     runs: dict[str, list[dict]] = {m: [] for m in modes}
     for r in range(a.rounds):
-        for m in (modes if r % 2 == 0 else modes[::-1][1:] + modes[:1]):  # alternate who goes first
+        for m in (modes if r % 2 == 0 else ("inprocess", "padded", "load")):  # alternate who goes first
             runs[m].append(child(m, a.prompts, a.budget, a.batch, a.threads))
             x = runs[m][-1]
             print(f"round {r + 1} {m:9s} wall {x['wall']:6.2f} s  cpu {x['cpu']:6.2f} s  peak RSS {x['rss_mib']:7.1f} MiB",
