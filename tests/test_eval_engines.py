@@ -22,12 +22,18 @@ def _render(tok, prompt):
 
 @pytest.fixture(scope="module")
 def toy():
+    import torch
+
+    # one thread: on a busy 2-core machine the padded loop's OpenMP workers spin (minutes instead of seconds)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     model, tok = load(LRM, "cpu")
     rows = []
     for name in ("eval_problems.jsonl", "eval_instructions.jsonl"):
         lines = (TOY / "data" / name).read_text().splitlines()
-        rows += [json.loads(l) for l in lines[:24]]
-    return model, tok, rows
+        rows += [json.loads(l) for l in lines[:16]]
+    yield model, tok, rows
+    torch.set_num_threads(threads)
 
 
 def _requests(tok, rows, budget=160):
@@ -37,8 +43,9 @@ def _requests(tok, rows, budget=160):
 def test_greedy_inprocess_equals_padded_reference(toy):
     model, tok, rows = toy
     reqs = _requests(tok, rows)
-    padded = build_engine(EngineConfig(kind="padded", max_concurrency=16), LRM, model=model, tokenizer=tok)
-    cb = build_engine(EngineConfig(kind="inprocess", max_concurrency=16), LRM, model=model, tokenizer=tok)
+    # 32 prompts, 8 at a time: padded runs 4 batches, continuous batching refills freed slots
+    padded = build_engine(EngineConfig(kind="padded", max_concurrency=8), LRM, model=model, tokenizer=tok)
+    cb = build_engine(EngineConfig(kind="inprocess", max_concurrency=8), LRM, model=model, tokenizer=tok)
     ref = {c.key: c for c in padded.generate(reqs)}
     got = {c.key: c for c in cb.generate(reqs)}
     assert set(got) == {r.key for r in reqs}
@@ -46,7 +53,7 @@ def test_greedy_inprocess_equals_padded_reference(toy):
     assert any("</think>" in c.text for c in got.values())  # special tokens kept: think tags visible
     # the cache was sized from the model and the budget, not from free memory
     s = cb.last_sizing
-    assert s.num_blocks * s.page_size >= 16 * 160 and s.gib < 0.01
+    assert s.num_blocks * s.page_size >= 8 * 160 and s.gib < 0.01
 
 
 def test_small_budget_is_truncated_not_malformed_and_wrong(toy):
