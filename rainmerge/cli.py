@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from typing import Any
@@ -150,18 +151,23 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if a.cmd == "plan":
             from .config import load_config
-            from .preflight import build_plan, run_plan
+            from .preflight import build_plan, format_plan
 
             cfg = load_config(a.config, _sets(a.set))
-            if a.json or a.k8s:
-                import json
-
-                rep = build_plan(cfg)
+            rep = build_plan(cfg)
+            if a.k8s:
                 res = rep.resources
-                print(json.dumps(res.k8s | {"stages_path": res.stages_path}, indent=2) if a.k8s and res
-                      else rep.to_json())
+                print(json.dumps(res.k8s | {"stages_path": res.stages_path}, indent=2) if res else rep.to_json())
                 return 0 if rep.ok else 2
-            return run_plan(cfg)
+            params = (rep.inputs.get("reasoning") and rep.inputs["reasoning"].params) or 0
+            from .preflight.evaluation import estimate_from_config, format_evaluation
+
+            ev = estimate_from_config(a.config, _sets(a.set), params)
+            if a.json:
+                print(json.dumps(json.loads(rep.to_json()) | {"evaluation": ev and ev.model_dump()}, indent=2))
+            else:
+                print(format_plan(rep) + (format_evaluation(ev) if ev else ""))
+            return 0 if rep.ok else 2
         return product_cli.dispatch(a, _sets)
     except RainMergeError as exc:
         print(f"rainmerge: error: {redact(exc)}", file=sys.stderr)
