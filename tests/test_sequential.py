@@ -243,3 +243,22 @@ def test_spill_folder_errors_are_clear_before_any_forward(tmp_path):
         _spill_folder(tmp_path, 1 << 60)
     assert list(tmp_path.iterdir()) == []  # nothing left behind
     assert _spill_folder(tmp_path, 10).is_dir()
+
+
+def test_plan_k8s_flag_prints_the_pod_sizes(trio_factory, calib, tmp_path, capsys):
+    import json
+
+    import yaml
+
+    from rainmerge.cli import main
+
+    trio = trio_factory("qwen2", num_hidden_layers=3)
+    r, i = calib
+    cfg = {"base": str(trio["base"]), "instruct": str(trio["instruct"]), "reasoning": str(trio["reasoning"]),
+           "reasoning_calibration": str(r), "instruction_calibration": str(i), "output": str(tmp_path / "o"),
+           "device": "cuda", "gpu_memory": ["1MB"], "hash_inputs": False, "stage1": {"positions": "tags"}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["plan", "--config", str(tmp_path / "c.yaml"), "--k8s"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["stages_path"] == "sequential" and out["gpus"] == 1
+    assert out["volume_size"].endswith("Gi") and out["memory_limit"].endswith("Gi")
