@@ -60,6 +60,7 @@ def both_paths(request, trio_factory, calib, tmp_path_factory):
     return cfg, ctx, cal, whole, seq, tmp
 
 
+@pytest.mark.slow  # both paths on two trios: ~1 min on 2 cores
 @pytest.mark.parametrize("where", ["host", "disk"])
 def test_stage1_features_equal_the_whole_model_path(both_paths, where):
     _, ctx, _, whole, seq, tmp = both_paths
@@ -74,6 +75,7 @@ def test_stage1_features_equal_the_whole_model_path(both_paths, where):
     assert not any(tmp.glob("rainmerge-hidden-*")), "spilled hidden states were not cleaned up"
 
 
+@pytest.mark.slow  # both paths on two trios: ~1 min on 2 cores
 @pytest.mark.parametrize("where", ["host", "disk"])
 def test_projectors_and_alpha_equal_the_whole_model_path(both_paths, where):
     _, _, _, whole, seq, _ = both_paths
@@ -92,6 +94,7 @@ def test_projectors_and_alpha_equal_the_whole_model_path(both_paths, where):
         _close(torch.tensor(got["detail"][k]), torch.tensor(whole["detail"][k]), k)
 
 
+@pytest.mark.slow  # both paths on two trios: ~1 min on 2 cores
 def test_merged_weights_equal_the_whole_model_path(both_paths):
     from rainmerge.merge import write_merged_model
     from rainmerge.methods import build_method
@@ -111,6 +114,7 @@ def test_merged_weights_equal_the_whole_model_path(both_paths):
     assert changed == len(ctx.sites)  # every merged tensor moved, every other one is the LRM's
 
 
+@pytest.mark.slow  # both paths on two trios: ~1 min on 2 cores
 def test_two_pass_statistics_differ_between_the_lrm_and_the_probe_stream(both_paths):
     """The Stage-2 streams are really two: the probe merge's hidden states are not the LRM's."""
     cfg, ctx, cal, _, _, tmp = both_paths
@@ -142,6 +146,7 @@ def test_placement_choice():
         choose_placement(10, "cpu", "gpu")
 
 
+@pytest.mark.slow  # both paths on two trios: ~1 min on 2 cores
 def test_run_merge_takes_either_path_with_equal_results(trio_factory, calib, tmp_path):
     """`stages_path` routes the CLI's merge; both paths write the same model (float32 tolerance)."""
     import json
@@ -192,6 +197,7 @@ def test_plan_reports_both_paths_and_the_pod_sizes(trio_factory, calib, tmp_path
     assert build_plan(big).resources.stages_path == "whole"
 
 
+@pytest.mark.slow  # both paths on two trios: ~1 min on 2 cores
 def test_pipeline_step_functions_route_to_the_sequential_path(both_paths):
     """What collect_features / score_attention_heads call: forced sequential, same features and alpha."""
     from dataclasses import replace
@@ -237,3 +243,22 @@ def test_spill_folder_errors_are_clear_before_any_forward(tmp_path):
         _spill_folder(tmp_path, 1 << 60)
     assert list(tmp_path.iterdir()) == []  # nothing left behind
     assert _spill_folder(tmp_path, 10).is_dir()
+
+
+def test_plan_k8s_flag_prints_the_pod_sizes(trio_factory, calib, tmp_path, capsys):
+    import json
+
+    import yaml
+
+    from rainmerge.cli import main
+
+    trio = trio_factory("qwen2", num_hidden_layers=3)
+    r, i = calib
+    cfg = {"base": str(trio["base"]), "instruct": str(trio["instruct"]), "reasoning": str(trio["reasoning"]),
+           "reasoning_calibration": str(r), "instruction_calibration": str(i), "output": str(tmp_path / "o"),
+           "device": "cuda", "gpu_memory": ["1MB"], "hash_inputs": False, "stage1": {"positions": "tags"}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["plan", "--config", str(tmp_path / "c.yaml"), "--k8s"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["stages_path"] == "sequential" and out["gpus"] == 1
+    assert out["volume_size"].endswith("Gi") and out["memory_limit"].endswith("Gi")
