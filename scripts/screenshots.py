@@ -40,7 +40,7 @@ def browser() -> str:
 def shot(url: str, png: Path, size: str = "1440,1000", wait_ms: int = 20000) -> Path:
     subprocess.run([browser(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                     f"--window-size={size}", f"--virtual-time-budget={wait_ms}", f"--screenshot={png}", url],
-                   check=True, capture_output=True, timeout=180)
+                   check=True, capture_output=True, timeout=600)  # a loaded 2-core machine
     small(png)
     print(f"{png}  {png.stat().st_size // 1024} KB")
     return png
@@ -75,6 +75,7 @@ def main() -> None:
     ap.add_argument("--model", default="rainmerge-toy")
     ap.add_argument("--version", default=None, help="default: the latest version")
     ap.add_argument("--out", default=str(ROOT / "docs" / "screenshots"))
+    ap.add_argument("--only", default="1,2,3,4", help="which shots, e.g. 3,4 (version page and report)")
     args = ap.parse_args()
     if args.run_toy:
         stores = Path(tempfile.mkdtemp(prefix="rainmerge-shots-"))
@@ -123,10 +124,15 @@ def main() -> None:
         # workflowType=machine_learning is what a user's toggle stores; the experiment's own
         # mlflow.experimentKind=custom_model_development tag picks the classic tabs (Runs) inside it
         ml = "workflowType=machine_learning"
-        shot(f"{base}/#/experiments/{exp_id}/runs?{ml}", out / "1_experiment_classic_view.png")
-        shot(f"{base}/#/experiments/{exp_id}/runs/{parent}?{ml}", out / "2_parent_run_overview.png", "1440,1800")
-        shot(f"{base}/#/models/{args.model}/versions/{version}?{ml}", out / "3_registered_version.png", "1440,2600")
-        shot(report.as_uri(), out / "4_lineage_report.png", "1280,3400", 3000)
+        only = set(args.only.split(","))
+        shots = {"1": (f"{base}/#/experiments/{exp_id}/runs?{ml}", "1_experiment_classic_view.png", "1440,1000"),
+                 "2": (f"{base}/#/experiments/{exp_id}/runs/{parent}?{ml}", "2_parent_run_overview.png", "1440,1800"),
+                 "3": (f"{base}/#/models/{args.model}/versions/{version}?{ml}", "3_registered_version.png",
+                       "1440,2600"),
+                 "4": (report.as_uri(), "4_lineage_report.png", "1280,3400")}
+        for k, (url, png, size) in shots.items():
+            if k in only:
+                shot(url, out / png, size, 3000 if k == "4" else 20000)
     finally:
         server.terminate()
         server.wait(timeout=30)
