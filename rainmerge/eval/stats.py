@@ -92,3 +92,21 @@ def paired_se(candidate: Units, reference: Units) -> float:
     # linearised per-prompt contribution of each ratio, then the variance of their mean difference
     z = (cn - c * cd) / cd.mean() - (rn - r * rd) / rd.mean()
     return float(np.sqrt(z.var(ddof=1) / n)) if n > 1 else 0.0
+
+
+# Simulated paired IF records, for the gates' error rate and power (tests, benchmarks/bench_gates.py).
+# Per instruction a latent follow probability p ~ Beta(a, b) with mean `base`; the LRM follows with p,
+# the merge with p + gain (1 - p) / (1 - base) (mean gain exactly `gain`), independently given p.
+# concentration 0.45 reproduces the paired SE the issue measured on IFEval's held-out 176 prompts
+# (about 0.023 over 280 instructions); prompts carry 1-3 instructions (IFEval averages about 1.5).
+def simulate_if_units(n_prompts: int, gain: float, rng: np.random.Generator, base: float = 0.6,
+                      concentration: float = 0.45) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    k = rng.choice([1, 2, 3], size=n_prompts, p=[0.6, 0.3, 0.1])
+    p = rng.beta(base * concentration, (1 - base) * concentration, size=int(k.sum()))
+    q = np.clip(p + gain * (1 - p) / (1 - base), 0.0, 1.0)
+    lrm, merged = rng.random(p.size) < p, rng.random(p.size) < q
+    ends = np.cumsum(k)
+    cand, ref = {}, {}
+    for i, (s, e) in enumerate(zip(ends - k, ends)):
+        cand[str(i)], ref[str(i)] = [float(merged[s:e].sum()), float(e - s)], [float(lrm[s:e].sum()), float(e - s)]
+    return cand, ref

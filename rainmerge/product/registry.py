@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import PromotionGates
+from .gates import decide  # noqa: F401  (the one decision function; re-exported for callers)
 
 CHALLENGER, CHAMPION = "challenger", "champion"
 PROMOTED, REJECTED = "promoted", "rejected"
@@ -42,33 +43,6 @@ class Decision:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def decide(merged: dict[str, float], lrm: dict[str, float], champion: dict[str, float] | None,
-           gates: PromotionGates, champion_version: str | None = None) -> Decision:
-    """Apply every gate; the reasons say which passed and which failed, with the numbers."""
-    d = Decision(True)
-    m = gates.metric
-
-    def check(ok: bool, text: str) -> None:
-        d.reasons.append(("PASS " if ok else "FAIL ") + text)
-        d.promote &= ok
-
-    if m not in merged or m not in lrm:
-        check(False, f"metric '{m}' missing from the evaluation")
-        return d
-    check(merged[m] >= lrm[m] + gates.min_gain_over_lrm,
-          f"{m} {merged[m]:.4f} >= LRM {lrm[m]:.4f} + {gates.min_gain_over_lrm}")
-    check(merged["think_well_formed"] >= gates.min_think_well_formed,
-          f"think_well_formed {merged['think_well_formed']:.4f} >= {gates.min_think_well_formed}")
-    check(merged["reasoning_acc"] >= lrm["reasoning_acc"] - gates.max_reasoning_drop,
-          f"reasoning_acc {merged['reasoning_acc']:.4f} >= LRM {lrm['reasoning_acc']:.4f} - {gates.max_reasoning_drop}")
-    if gates.require_beats_champion and champion is not None and m in champion:
-        who = f"champion v{champion_version}" if champion_version else "champion"
-        check(merged[m] >= champion[m], f"{m} {merged[m]:.4f} >= {who} {champion[m]:.4f}")
-    elif gates.require_beats_champion:
-        d.reasons.append("PASS no current champion")
-    return d
 
 
 def _client(uri: str | None):
