@@ -9,25 +9,36 @@ import torch
 import torch.nn.functional as F
 
 
+STATUSES = ("ok", "truncated", "malformed")
+
+
 @dataclass
 class Parsed:
     well_formed: bool  # exactly one <think>...</think> block and a non-empty answer after it
     has_think: bool
     close_missing: bool  # opened (or pre-filled) but never closed
-    answer: str
+    answer: str  # text after the (last) </think>; the whole text when no tag at all
+    status: str = "ok"  # "truncated": hit the budget (whatever the tags); "malformed": finished, not well-formed
 
 
-def parse(completion: str, prefilled_open: bool, open_tag: str = "<think>", close_tag: str = "</think>") -> Parsed:
+def parse(completion: str, prefilled_open: bool, finish_reason: str = "stop", open_tag: str = "<think>",
+          close_tag: str = "</think>") -> Parsed:
+    """Split a completion into think block and answer. `prefilled_open`: the chat template already
+    ended the prompt with the opening tag, so the completion starts inside the block. A completion cut
+    by the budget is "truncated", never "malformed": running out of tokens is not a format error."""
+    if finish_reason not in ("stop", "length"):
+        raise ValueError(f"finish_reason must be 'stop' or 'length', got {finish_reason!r}")
     text = (open_tag + "\n" if prefilled_open else "") + completion
     n_open, n_close = text.count(open_tag), text.count(close_tag)
     has = n_open > 0 or n_close > 0
     if n_close:
-        answer = text.split(close_tag, 1)[1] if n_close == 1 else text.rsplit(close_tag, 1)[1]
+        answer = text.rsplit(close_tag, 1)[1]
     else:
         answer = "" if n_open else text
     answer = answer.strip()
     ok = n_open == 1 and n_close == 1 and text.index(open_tag) < text.index(close_tag) and bool(answer)
-    return Parsed(ok, has, n_open > 0 and n_close == 0, answer)
+    status = "truncated" if finish_reason == "length" else "ok" if ok else "malformed"
+    return Parsed(ok, has, n_open > 0 and n_close == 0, answer, status)
 
 
 _NUM = re.compile(r"-?\d+")

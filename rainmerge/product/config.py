@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from ..config import RainConfig, _Strict, load_config
+from ..eval.engines.config import EngineConfig, SamplingConfig
 
 
 class EvaluationConfig(_Strict):
@@ -16,6 +17,9 @@ class EvaluationConfig(_Strict):
     device: Literal["cpu", "cuda", "auto"] = Field(default="auto", description="where evaluation generates")
     batch_size: int = Field(default=32, ge=1, description="prompts generated at once")
     max_new_tokens: int = Field(default=160, ge=8, description="generation budget per prompt")
+    engine: EngineConfig = Field(default_factory=EngineConfig, description="how completions are generated")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="decoding: temperature, top-p, "
+                                     "samples per prompt, seed")
 
 
 class PromotionGates(_Strict):

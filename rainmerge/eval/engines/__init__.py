@@ -1,0 +1,8 @@
+"""Generation engines for evaluation: one interface (`base.py`), three implementations."""
+
+from .base import (Completion, Engine, Request, SamplingParams, build_engine, finish_reason, read_records,
+                   run_requests, sampling_requests)
+from .config import EngineConfig, SamplingConfig
+
+__all__ = ["Completion", "Engine", "EngineConfig", "Request", "SamplingConfig", "SamplingParams", "build_engine",
+           "finish_reason", "read_records", "run_requests", "sampling_requests"]
