@@ -8,18 +8,37 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from ..config import RainConfig, _Strict, load_config
+from ..eval.benchmarks import BenchmarkSpec
 from ..eval.engines.config import EngineConfig, SamplingConfig
 
 
 class EvaluationConfig(_Strict):
+    """What is evaluated (pinned benchmarks, or the toy's embedded sets), under which budgets and
+    decoding, and where the per-sample records live (a killed evaluation resumes from them)."""
+
+    benchmarks: list[BenchmarkSpec] = Field(default_factory=list, description="pinned evaluation sets; empty: "
+                                            "the embedded eval_*.jsonl in `data`")
     data: str | None = Field(default=None, description="folder with eval_*.jsonl; default: next to the calibration")
-    limit: int | None = Field(default=None, ge=1)
+    limit: int | None = Field(default=None, ge=1, description="first N prompts of each set (smoke runs)")
     device: Literal["cpu", "cuda", "auto"] = Field(default="auto", description="where evaluation generates")
     batch_size: int = Field(default=32, ge=1, description="prompts generated at once")
-    max_new_tokens: int = Field(default=160, ge=8, description="generation budget per prompt")
+    max_new_tokens: int = Field(default=160, ge=8, description="generation budget per sample (a benchmark's own "
+                                "max_new_tokens overrides it)")
+    records_dir: str = Field(default="runs/eval-records", description="per-sample records (JSONL) by content key; "
+                             "a killed evaluation resumes here")
+    reuse_lrm: bool = Field(default=True, description="reuse the LRM's evaluation from the MLflow store when its "
+                            "weights, these settings and the data digests are unchanged")
     engine: EngineConfig = Field(default_factory=EngineConfig, description="how completions are generated")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="decoding: temperature, top-p, "
                                      "samples per prompt, seed")
+
+    @field_validator("benchmarks")
+    @classmethod
+    def _unique(cls, v: list[BenchmarkSpec]) -> list[BenchmarkSpec]:
+        names = [b.name for b in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"benchmark names must be distinct: {names}")
+        return v
 
 
 class PromotionGates(_Strict):
