@@ -153,7 +153,8 @@ def load_benchmark(spec: BenchmarkSpec, calibration: str | Path | None = None) -
         raise ConfigError(f"benchmark {spec.name}: rows digest {digest} differs from the pinned sha256 "
                           f"{spec.sha256}: the data at {source} changed")
     meta = {"name": spec.name, "kind": spec.kind, "path": spec.path, "source": source, "revision": spec.revision,
-            "split": spec.split, "sha256": digest, "rows_total": len(rows), "held_out": held_out, "rows_used": len(kept)}
+            "split": spec.split, "sha256": digest, "rows_total": len(rows), "held_out": held_out, "rows_used": len(kept),
+            "max_new_tokens": spec.max_new_tokens}
     return Benchmark(spec.name, spec.kind, spec.checker, kept, spec.max_new_tokens, meta)
 
 

@@ -11,8 +11,10 @@ prompts, paired by prompt, through a confidence interval of the difference (rain
   `max_malformed_increase`;
 - optional absolute floors, and the champion (point values: the champion's records are not paired here).
 
-Arithmetic is exact: each value is compared as the decimal it prints as (Python's shortest repr), so
-`0.6 >= 0.55 + 0.05` holds. Tie rule: a value that reaches its bar exactly passes (>=, <=) every gate
+Comparisons carry a documented tolerance, TOL = 1e-9: a value within TOL of its bar counts as equal to
+it, so binary noise such as 0.6 - 0.55 = 0.04999999999999993 or 0.55 + 0.05 = 0.6000000000000001 never
+flips a verdict (metrics are ratios of counts; two distinct ratios with denominators below ~30,000 differ by
+far more than TOL). Tie rule: a value that reaches its bar exactly passes (>=, <=) every gate
 (reasoning, truncation, malformed, floors, and a tie with the champion) except the IF gain, which
 asks for evidence and so needs its lower bound strictly above the margin. Intervals come from the per-prompt `paired` units when both
 evaluations carry them, else from the `ci.<metric>.*` values stored with the merged metrics (what
@@ -22,7 +24,6 @@ evaluations carry them, else from the `ci.<metric>.*` values stored with the mer
 from __future__ import annotations
 
 import math
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from ..errors import RainMergeError
@@ -40,9 +41,17 @@ class GateError(RainMergeError):
     """The gates cannot be applied (a metric missing or not a number, a champion without metrics)."""
 
 
-def exact(x: float | int | str) -> Decimal:
-    """The decimal a metric prints as (shortest round-trip repr), so sums of margins carry no binary error."""
-    return Decimal(repr(float(x))) if not isinstance(x, str) else Decimal(x)
+TOL = 1e-9
+
+
+def reaches(value: float, bar: float) -> bool:
+    """value >= bar, equality within TOL (the tie rule: reaching the bar passes)."""
+    return value >= bar - TOL
+
+
+def exceeds(value: float, bar: float) -> bool:
+    """value > bar beyond TOL (the IF gain must be shown, a tie is not a gain)."""
+    return value > bar + TOL
 
 
 def number(metrics: dict[str, Any], key: str, who: str) -> float:
@@ -79,7 +88,7 @@ def interval(merged: dict[str, Any], lrm: dict[str, Any], metric: str, gates: Pr
         raise GateError(f"no paired records for '{metric}' (neither per-prompt units nor stored ci.{metric}.* "
                         "values): evaluate the merged model and the LRM with this version of rainmerge")
     vals = {f: number(stored, f, f"the stored interval of {metric}") for f in CI_FIELDS}
-    if exact(vals["level"]) != exact(gates.confidence):
+    if abs(vals["level"] - gates.confidence) > TOL:
         raise GateError(f"the stored interval of {metric} is at level {vals['level']}, the gates ask "
                         f"{gates.confidence}: re-run the pipeline's promote step to recompute it")
     return Interval(vals["delta"], vals["lo"], vals["hi"], int(vals["n"]), vals["level"], vals["candidate"],
@@ -111,18 +120,18 @@ def decide(merged: dict[str, Any], lrm: dict[str, Any], champion: dict[str, Any]
 
     ivs = intervals(merged, lrm, gates)
     m, gain = gates.metric, ivs[gates.metric]
-    check(exact(gain.lo) > exact(gates.min_gain_over_lrm),
+    check(exceeds(gain.lo, gates.min_gain_over_lrm),
           f"{m} gain over LRM {gain.text()}: lower bound {gain.lo:+.4f} > {gates.min_gain_over_lrm}")
     r = ivs["reasoning_acc"]
-    check(exact(r.lo) >= -exact(gates.max_reasoning_drop),
+    check(reaches(r.lo, -gates.max_reasoning_drop),
           f"reasoning_acc change {r.text()}: lower bound {r.lo:+.4f} >= -{gates.max_reasoning_drop}")
     for key, margin in (("truncation_rate", gates.max_truncation_increase),
                         ("malformed_rate", gates.max_malformed_increase)):
         iv = ivs[key]
-        check(exact(iv.hi) <= exact(margin), f"{key} increase {iv.text()}: upper bound {iv.hi:+.4f} <= {margin}")
+        check(reaches(margin, iv.hi), f"{key} increase {iv.text()}: upper bound {iv.hi:+.4f} <= {margin}")
     for key, floor in sorted(gates.floors.items()):
         v = number(merged, key, "the merged model")
-        check(exact(v) >= exact(floor), f"{key} {v!r} >= floor {floor!r}")
+        check(reaches(v, floor), f"{key} {v!r} >= floor {floor!r}")
     if gates.require_beats_champion:
         if champion_version is None and champion is None:
             d.reasons.append("PASS no current champion")
@@ -130,5 +139,5 @@ def decide(merged: dict[str, Any], lrm: dict[str, Any], champion: dict[str, Any]
             who = f"champion v{champion_version}" if champion_version else "champion"
             c = number(champion or {}, m, who)
             v = number(merged, m, "the merged model")
-            check(exact(v) >= exact(c), f"{m} {v!r} >= {who} {c!r} (a tie passes)")
+            check(reaches(v, c), f"{m} {v!r} >= {who} {c!r} (a tie passes)")
     return d
