@@ -3,9 +3,8 @@
 A benchmark is a Hub dataset at a commit (`revision`), or a local copy of one (`local`: a folder in the
 Hub layout or one json/jsonl/parquet file), or a plain local file (the toy's embedded sets). What is
 pinned is both the source revision and a sha256 over the rows actually used (after the held-out rule
-and any limit), so two runs compare on provably the same prompts. Instruction-following prompts that
-appear in the instruction calibration set (by id or by text) are held out, and the kept count is
-recorded.
+and any limit), so two runs compare on provably the same prompts. Prompts that appear in the
+instruction calibration set (same text up to whitespace) are held out, and the kept count is recorded.
 """
 
 from __future__ import annotations
@@ -124,14 +123,18 @@ def _normalise(spec: BenchmarkSpec, raw: dict[str, Any], index: int) -> dict[str
     return row
 
 
-def calibration_keys(calibration: str | Path | None) -> tuple[set[str], set[str]]:
-    """Ids and prompt texts of the instruction calibration set (what evaluation must not reuse)."""
+def _norm(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def calibration_prompts(calibration: str | Path | None) -> set[str]:
+    """The instruction calibration set's prompt texts, whitespace-normalised (what evaluation must not reuse).
+    Matched by text, not id: ids are per dataset (IFBench's "12" is not IFEval's 12)."""
     if calibration is None or not Path(calibration).is_file():
-        return set(), set()
+        return set()
     from ..calibration import load_instruction
 
-    recs = load_instruction(Path(calibration))
-    return {str(r.id) for r in recs}, {r.prompt.strip() for r in recs}
+    return {_norm(r.prompt) for r in load_instruction(Path(calibration))}
 
 
 def load_benchmark(spec: BenchmarkSpec, calibration: str | Path | None = None) -> Benchmark:
@@ -141,8 +144,8 @@ def load_benchmark(spec: BenchmarkSpec, calibration: str | Path | None = None) -
     ids = [r["id"] for r in rows]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"benchmark {spec.name}: column '{spec.id_field}' is not unique")
-    cal_ids, cal_prompts = calibration_keys(calibration) if spec.hold_out_calibration else (set(), set())
-    kept = [r for r in rows if r["key"] not in cal_ids and r["raw_prompt"].strip() not in cal_prompts]
+    cal = calibration_prompts(calibration) if spec.hold_out_calibration else set()
+    kept = [r for r in rows if _norm(r["raw_prompt"]) not in cal]
     held_out = len(rows) - len(kept)
     if spec.limit:
         kept = kept[:spec.limit]
