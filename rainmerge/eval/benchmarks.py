@@ -162,11 +162,14 @@ def load_benchmark(spec: BenchmarkSpec, calibration: str | Path | None = None) -
 
 
 def embedded_specs(data_dir: str | Path) -> list[BenchmarkSpec]:
-    """The toy's embedded sets (eval_instructions.jsonl, eval_problems.jsonl) as local benchmarks."""
+    """The toy's embedded sets (eval_instructions.jsonl, eval_problems.jsonl, and the enlarged held-out
+    eval_instructions_extra.jsonl when present: `python -m rainmerge.toy heldout`) as local benchmarks."""
     d = Path(data_dir)
     out = []
     if (d / "eval_instructions.jsonl").is_file():
         out.append(BenchmarkSpec(name="toy_if", kind="if", path=str(d / "eval_instructions.jsonl")))
+    if (d / "eval_instructions_extra.jsonl").is_file():
+        out.append(BenchmarkSpec(name="toy_if_extra", kind="if", path=str(d / "eval_instructions_extra.jsonl")))
     if (d / "eval_problems.jsonl").is_file():
         out.append(BenchmarkSpec(name="toy_math", kind="reasoning", path=str(d / "eval_problems.jsonl")))
     if not out:

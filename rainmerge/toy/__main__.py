@@ -20,7 +20,17 @@ def main() -> None:
                    help="override the recipe's share of think-mode LRM examples that obey formats (v2: 0.10; "
                         "docs/toy-v2.md measures 0, 0.02, 0.05)")
     b.add_argument("--quiet", action="store_true")
+    h = sub.add_parser("heldout", help="write N more held-out instruction prompts for a built trio "
+                       "(data/eval_instructions_extra.jsonl; none seen by its build)")
+    h.add_argument("--toy", default="assets/toy", help="the built trio's folder (reads its manifest.json)")
+    h.add_argument("--n", type=int, default=1800)
+    h.add_argument("--seed", type=int, default=1)
     a = ap.parse_args()
+    if a.cmd == "heldout":
+        from .build import write_extra_held_out
+
+        print(write_extra_held_out(a.toy, a.n, a.seed))
+        return
     import torch
 
     from .build import ToySpec, build
