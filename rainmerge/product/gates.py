@@ -24,15 +24,32 @@ evaluations carry them, else from the `ci.<metric>.*` values stored with the mer
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import RainMergeError
-from ..eval.scoring import KNOWN_METRICS, PAIRED_METRICS
+from ..eval.scoring import KNOWN_METRICS
 from ..eval.stats import Interval, paired_bootstrap
 
 if TYPE_CHECKING:
     from .config import PromotionGates
-    from .registry import Decision
+
+@dataclass
+class Decision:
+    promote: bool
+    reasons: list[str] = field(default_factory=list)
+    version: str | None = None
+    previous_champion: str | None = None
+    model: str | None = None
+    gates_decision: str | None = None
+    forced: bool = False
+    operator: str | None = None
+    reason: str | None = None
+    time: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
 
 CI_FIELDS = ("delta", "lo", "hi", "n", "level", "candidate", "reference")
 
@@ -110,8 +127,6 @@ def decide(merged: dict[str, Any], lrm: dict[str, Any], champion: dict[str, Any]
 
     `champion_version` set with `champion` None or without the metric is an error (a champion whose
     metrics are missing must be resolved, never taken for "no champion")."""
-    from .registry import Decision
-
     d = Decision(True)
 
     def check(ok: bool, text: str) -> None:

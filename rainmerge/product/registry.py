@@ -8,12 +8,11 @@ import json
 import logging
 import threading
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .config import PromotionGates
-from .gates import decide  # noqa: F401  (the one decision function; re-exported for callers)
+from .gates import Decision, decide  # noqa: F401  (the one decision function and its record)
 
 CHALLENGER, CHAMPION = "challenger", "champion"
 PROMOTED, REJECTED = "promoted", "rejected"
@@ -26,23 +25,6 @@ def registered_name(registered_model: str, method: str) -> str:
     from ..methods import METHODS
 
     return registered_model if METHODS[method].needs_stages else f"{registered_model}-{method}"
-
-
-@dataclass
-class Decision:
-    promote: bool
-    reasons: list[str] = field(default_factory=list)
-    version: str | None = None
-    previous_champion: str | None = None
-    model: str | None = None
-    gates_decision: str | None = None
-    forced: bool = False
-    operator: str | None = None
-    reason: str | None = None
-    time: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _client(uri: str | None):
