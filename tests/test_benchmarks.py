@@ -131,3 +131,15 @@ def test_pass_at_1_averages_samples_and_if_units_pair_by_prompt():
     m = metrics(recs)
     assert m["if_inst_strict"] == pytest.approx(1 / 3) and m["if_prompt_strict"] == pytest.approx(1 / 3)
     assert m["paired"]["if_inst_strict"]["ifeval/1"] == [pytest.approx(2 / 3), 2.0]
+
+
+def test_toy_extra_held_out_prompts_are_unseen_by_the_build():
+    from rainmerge.toy.build import ToySpec, draw_sets
+
+    toy = ROOT / "assets" / "toy"
+    extra = [json.loads(line) for line in (toy / "data" / "eval_instructions_extra.jsonl").read_text().splitlines()]
+    spec = ToySpec(**json.loads((toy / "manifest.json").read_text())["spec"])
+    used = {x.prompt for items in draw_sets(spec).values() for x in items}
+    prompts = [r["prompt"] for r in extra]
+    assert len(prompts) == len(set(prompts)) == 1800
+    assert not used & set(prompts)  # never a held-out, calibration or training prompt of the trio's build
