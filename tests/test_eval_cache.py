@@ -3,6 +3,7 @@ step's second call with the same inputs reuses the stored evaluation; a changed 
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,11 @@ def test_lrm_evaluation_is_reused_by_content(tmp_path):
     from rainmerge.product.steps import evaluate
 
     ev = EvaluationConfig(limit=4, device="cpu", records_dir=str(tmp_path / "records"), max_new_tokens=64)
-    data = str(TOY / "data")
+    data_dir = tmp_path / "data"  # the two embedded sets only (no L_think traces: keeps the test short)
+    data_dir.mkdir()
+    for name in ("eval_instructions.jsonl", "eval_problems.jsonl"):
+        shutil.copy(TOY / "data" / name, data_dir / name)
+    data = str(data_dir)
     first = evaluate(_models(), "reasoning", ev, data, None, mlflow.get_tracking_uri())
     second = evaluate(_models(), "reasoning", ev, data, None, mlflow.get_tracking_uri())
     assert second["paired"] == first["paired"] and second["if_inst_strict"] == first["if_inst_strict"]
