@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from typing import Any
 
@@ -136,14 +137,19 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if a.cmd == "plan":
             from .config import load_config
-            from .preflight import build_plan, run_plan
+            from .preflight import build_plan, format_plan
 
             cfg = load_config(a.config, _sets(a.set))
+            rep = build_plan(cfg)
+            params = (rep.inputs.get("reasoning") and rep.inputs["reasoning"].params) or 0
+            from .preflight.evaluation import estimate_from_config, format_evaluation
+
+            ev = estimate_from_config(a.config, _sets(a.set), params)
             if a.json:
-                rep = build_plan(cfg)
-                print(rep.to_json())
-                return 0 if rep.ok else 2
-            return run_plan(cfg)
+                print(json.dumps(json.loads(rep.to_json()) | {"evaluation": ev and ev.model_dump()}, indent=2))
+            else:
+                print(format_plan(rep) + (format_evaluation(ev) if ev else ""))
+            return 0 if rep.ok else 2
         return product_cli.dispatch(a, _sets)
     except RainMergeError as exc:
         print(f"rainmerge: error: {exc}", file=sys.stderr)

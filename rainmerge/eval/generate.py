@@ -24,7 +24,8 @@ def generate_detailed(model, tok, prompts: list[str], max_new_tokens: int = 96, 
     device = next(model.parameters()).device
     tok.padding_side = "left"
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths share a batch
-    sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=None) if temperature > 0 else \
+    # top_k=0: only temperature and top-p shape the distribution (the default top_k=50 would cut it)
+    sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 else \
         dict(do_sample=False)
     result: dict[int, Generated] = {}
     for b in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=not progress):

@@ -6,55 +6,19 @@ import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
 from tqdm.auto import tqdm
 
 from .config import EngineConfig, SamplingConfig
+from .types import FINISH_REASONS, Completion, Request, SamplingParams, finish_reason
 
 log = logging.getLogger(__name__)
 
-FINISH_REASONS = ("stop", "length")
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    max_new_tokens: int
-    temperature: float = 0.0  # 0 = greedy
-    top_p: float = 1.0
-    seed: int | None = None
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0.0
-
-
-@dataclass(frozen=True)
-class Request:
-    id: str  # stable prompt id, e.g. "ifeval/1043"
-    prompt: str  # rendered chat text (template applied, generation prompt added)
-    sample: int = 0  # 0..n_samples-1
-    params: SamplingParams = field(default_factory=lambda: SamplingParams(max_new_tokens=256))
-
-    @property
-    def key(self) -> tuple[str, int]:
-        return (self.id, self.sample)
-
-
-@dataclass
-class Completion:
-    id: str
-    sample: int
-    text: str  # decoded new tokens, special tokens kept (think tags visible), EOS stripped
-    prompt_tokens: int
-    output_tokens: int  # generated tokens, EOS included when generated
-    finish_reason: str  # "stop" (EOS/stop) or "length" (hit max_new_tokens)
-
-    @property
-    def key(self) -> tuple[str, int]:
-        return (self.id, self.sample)
+__all__ = ["FINISH_REASONS", "Completion", "Engine", "Request", "SamplingParams", "build_engine", "finish_reason",
+           "read_records", "run_requests", "sampling_requests"]
 
 
 class Engine(Protocol):
@@ -73,13 +37,6 @@ def sampling_requests(items: Sequence[tuple[str, str]], sampling: SamplingConfig
                                 None if sampling.temperature == 0 else sampling.seed + s)
         out += [Request(i, p, s, params) for i, p in items]
     return out
-
-
-def finish_reason(tokens: Sequence[int], eos_ids: set[int], max_new_tokens: int) -> str:
-    """'stop' when the last token is an end token, 'length' when the budget ran out before one."""
-    if tokens and tokens[-1] in eos_ids:
-        return "stop"
-    return "length" if len(tokens) >= max_new_tokens else "stop"
 
 
 def build_engine(cfg: EngineConfig, model_dir: str | os.PathLike, device: str = "cpu", *,

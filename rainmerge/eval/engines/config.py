@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -31,6 +31,8 @@ class EngineConfig(_Strict):
     startup_timeout_s: float = Field(default=900.0, gt=0, description="wait this long for a started server's readiness")
     request_timeout_s: float = Field(default=3600.0, gt=0, description="per-request HTTP timeout")
     max_retries: int = Field(default=4, ge=0, description="retries of a transient failure (connection, 429, 5xx)")
+    extra_body: dict[str, Any] = Field(default_factory=dict, description="server-specific request fields, e.g. vLLM "
+                                       "{skip_special_tokens: false, add_special_tokens: false}")
     api_key_env: str | None = Field(default=None, description="env var holding a bearer token for the endpoint")
 
     @model_validator(mode="after")

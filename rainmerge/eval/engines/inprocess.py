@@ -11,9 +11,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .base import Completion, Request, finish_reason
 from .config import EngineConfig
 from .hf import eos_ids, group_by_params, load
+from .types import Completion, Request, SamplingParams, finish_reason
 
 log = logging.getLogger(__name__)
 
@@ -86,21 +86,29 @@ class ContinuousEngine:
 
     def generate(self, requests: Sequence[Request]) -> Iterator[Completion]:
         for (temp, top_p, seed), group in group_by_params(requests).items():
-            yield from self._run_group(group, temp, top_p, seed)
+            ids = [self.tok(r.prompt, add_special_tokens=False)["input_ids"] for r in group]
+            for i, out in self.generate_ids(ids, [r.params for r in group]):
+                yield self._completion(group[i], out)
 
-    def _run_group(self, group: list[Request], temp: float, top_p: float, seed: int | None) -> Iterator[Completion]:
+    def generate_ids(self, prompts: list[list[int]], params: list[SamplingParams],
+                     cache_budget: int | None = None) -> Iterator[tuple[int, Any]]:
+        """Token-level core: (index into `prompts`, transformers GenerationOutput) as each finishes.
+        All `params` must share temperature, top_p and seed (one generation config per run).
+        cache_budget: size the cache for this many new tokens per sequence (default: the largest budget)."""
         import torch
 
-        ids = [self.tok(r.prompt, add_special_tokens=False)["input_ids"] for r in group]
-        max_new = max(r.params.max_new_tokens for r in group)
-        gen, cb = self._configs(temp, top_p, seed, ids, max_new)
-        by_rid = {f"r{i}": r for i, r in enumerate(group)}
+        temp, top_p, seed = params[0].temperature, params[0].top_p, params[0].seed
+        if any((p.temperature, p.top_p, p.seed) != (temp, top_p, seed) for p in params):
+            raise ValueError("generate_ids runs one sampling setting at a time")
+        max_new = max(p.max_new_tokens for p in params)
+        gen, cb = self._configs(temp, top_p, seed, prompts, max(max_new, cache_budget or 0))
+        gen.max_new_tokens = max_new
         with torch.inference_mode(), self.model.continuous_batching_context_manager(
                 generation_config=gen, continuous_batching_config=cb, block=True, timeout=30,
                 warmup=False) as manager:
-            for (rid, r), toks in zip(by_rid.items(), ids):
-                manager.add_request(toks, request_id=rid, max_new_tokens=r.params.max_new_tokens, eos_token_id=self.eos)
-            left = set(by_rid)
+            for i, (toks, p) in enumerate(zip(prompts, params)):
+                manager.add_request(toks, request_id=f"r{i}", max_new_tokens=p.max_new_tokens, eos_token_id=self.eos)
+            left = {f"r{i}" for i in range(len(prompts))}
             while left:
                 out = manager.get_result(timeout=1)
                 if out is None:
@@ -110,9 +118,9 @@ class ContinuousEngine:
                 if not out.is_finished() or out.request_id not in left:
                     continue
                 if out.error is not None:
-                    raise RuntimeError(f"generation failed for {by_rid[out.request_id].id}: {out.error}")
+                    raise RuntimeError(f"generation failed for prompt {out.request_id[1:]}: {out.error}")
                 left.discard(out.request_id)
-                yield self._completion(by_rid[out.request_id], out)
+                yield int(out.request_id[1:]), out
 
     def _completion(self, r: Request, out: Any) -> Completion:
         toks = list(out.generated_tokens)

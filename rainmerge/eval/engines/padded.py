@@ -9,9 +9,9 @@ from typing import Any
 import torch
 
 from ..generate import generate_detailed
-from .base import Completion, Request
 from .config import EngineConfig
 from .hf import group_by_params, load
+from .types import Completion, Request
 
 
 class PaddedEngine:
