@@ -319,6 +319,13 @@ def _relative_to(tree: dict[str, Any], folder: Path) -> dict[str, Any]:
             candidate = (folder / node["path"]).resolve()
             if candidate.exists():
                 node["path"] = str(candidate)
+    ev = tree.get("evaluation")
+    for node in (ev.get("benchmarks") or []) if isinstance(ev, dict) else []:
+        for key in ("path", "local"):  # local copies of benchmark sets, e.g. ../assets/toy/data/...
+            if isinstance(node, dict) and isinstance(node.get(key), str) and not Path(node[key]).is_absolute():
+                candidate = (folder / node[key]).resolve()
+                if candidate.exists():
+                    node[key] = str(candidate)
     return tree
 
 

@@ -143,18 +143,3 @@ def test_masked_averages_leave_out_samples_without_a_span_and_count_the_rest():
                         normalize="paper")
     assert sol2.n_u == 0 and torch.allclose(sol2.g, torch.tensor([[0.15, 0.15]]))
     assert torch.allclose(sol2.H, torch.ones(1, 2))
-
-
-def test_promotion_gates():
-    from rainmerge.product.config import PromotionGates
-    from rainmerge.product.registry import decide
-
-    lrm = {"if_inst_strict": 0.1, "think_well_formed": 1.0, "reasoning_acc": 0.9}
-    good = {"if_inst_strict": 0.4, "think_well_formed": 0.995, "reasoning_acc": 0.89}
-    g = PromotionGates()
-    assert decide(good, lrm, None, g).promote
-    assert not decide(good | {"think_well_formed": 0.9}, lrm, None, g).promote
-    assert not decide(good | {"reasoning_acc": 0.8}, lrm, None, g).promote
-    d = decide(good, lrm, {"if_inst_strict": 0.5}, g)
-    assert not d.promote and any(r.startswith("FAIL if_inst_strict 0.4000 >= champion") for r in d.reasons)
-    assert decide(good, lrm, {"if_inst_strict": 0.5}, PromotionGates(require_beats_champion=False)).promote

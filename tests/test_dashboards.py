@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.paired import evaluation, stored
+
 DATA = Path(__file__).resolve().parents[1] / "assets" / "toy" / "data"
-M = {"if_inst_strict": 0.8, "if_prompt_strict": 0.7, "reasoning_acc": 0.9, "think_well_formed": 1.0}
-L = {"if_inst_strict": 0.5, "if_prompt_strict": 0.4, "reasoning_acc": 0.92, "think_well_formed": 1.0}
+# metrics as a registered version stores them: scores plus the paired intervals' ci.* values
+M, L = stored(evaluation(0.8, 0.9) | {"if_prompt_strict": 0.7}, evaluation(0.5, 0.92) | {"if_prompt_strict": 0.4})
 
 
 def _browser() -> str | None:

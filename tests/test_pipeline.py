@@ -141,7 +141,8 @@ def test_hub_push_token_never_logged(monkeypatch):
     # permissive gates: only a promoted version is published (a rejected one makes no Hub request)
     d = run_pipeline(_cfg("t-hub", method="task_arithmetic", **{
         "hub.enabled": True, "hub.dry_run": False, "hub.repo_id": "acme/toy", "promotion.min_gain_over_lrm": -1.0,
-        "promotion.min_think_well_formed": 0.0, "promotion.max_reasoning_drop": 1.0}))
+        "promotion.max_truncation_increase": 1.0, "promotion.max_malformed_increase": 1.0,
+        "promotion.max_reasoning_drop": 1.0}))
     assert d["promote"] and d["model"] == "t-hub-task_arithmetic"  # a baseline registers under its own name
     assert ("init", True) in calls and ("create_repo", "acme/toy") in calls
     upload = [c for c in calls if c[0] == "upload_folder"][0][1]
@@ -156,7 +157,8 @@ def test_strength_sweep_shares_stage1_2_and_the_gates_pick_a_strength():
     from pipelines.run import run_pipeline, step_output
     from rainmerge.product import registry
 
-    loose = {"promotion.min_gain_over_lrm": -1.0, "promotion.min_think_well_formed": 0.0,
+    loose = {"promotion.min_gain_over_lrm": -1.0, "promotion.max_truncation_increase": 1.0,
+             "promotion.max_malformed_increase": 1.0,
              "promotion.max_reasoning_drop": 1.0, "promotion.require_beats_champion": False}
     d = run_pipeline(_cfg("t-sweep", **{"sweep.strengths": [0.25, 1.0], "sweep.baselines": ["task_arithmetic"],
                                         **loose}))

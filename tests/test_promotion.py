@@ -16,12 +16,13 @@ import pytest
 from rainmerge.config import RainConfig
 from rainmerge.product import registry
 from rainmerge.product.config import HubConfig, PromotionGates
+from tests.paired import evaluation, stored
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY_CFG = str(ROOT / "configs" / "toy.yaml")
-GOOD = {"if_inst_strict": 0.8, "think_well_formed": 1.0, "reasoning_acc": 0.5}
-LRM = {"if_inst_strict": 0.5, "think_well_formed": 1.0, "reasoning_acc": 0.5}
-BAD = {"if_inst_strict": 0.1, "think_well_formed": 0.5, "reasoning_acc": 0.1}
+# metrics as a registered version stores them: scores plus the paired intervals' ci.* values
+GOOD, LRM = stored(evaluation(0.8, 0.5), evaluation(0.5, 0.5))
+BAD, _ = stored(evaluation(0.1, 0.1, malformed=0.5), evaluation(0.5, 0.5))
 
 
 def _name(prefix: str) -> str:

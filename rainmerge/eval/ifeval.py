@@ -54,8 +54,10 @@ class IFResult:
         return all(self.loose)
 
 
-def score_response(key: str, prompt: str, ids: list[str], kwargs: list[dict[str, Any]], answer: str) -> IFResult:
-    """Score the answer (text after </think>) against each instruction, strict and loose."""
+def score_response(key: str, prompt: str, ids: list[str], kwargs: list[dict[str, Any]], answer: str,
+                   checker: str = "ifeval") -> IFResult:
+    """Score the answer (text after </think>) against each instruction, strict and loose, with the
+    checker registry of `checker` ("ifeval" or "ifbench", if-verifiable's two)."""
     import langdetect
     from if_verifiable import IFEvalSample, evaluate_output_for_sample
 
@@ -63,8 +65,10 @@ def score_response(key: str, prompt: str, ids: list[str], kwargs: list[dict[str,
         return IFResult(key, ids, [False] * len(ids), [False] * len(ids))
     ensure_punkt()
     langdetect.DetectorFactory.seed = 0
+    # Hub rows store kwargs as one struct per instruction with every key (None where unused)
+    kwargs = [{k: v for k, v in (kw or {}).items() if v is not None} for kw in kwargs]
     sample = IFEvalSample(key=key, prompt=prompt, instruction_id_list=ids, kwargs=kwargs)
-    results, _ = evaluate_output_for_sample("ifeval", sample, answer)
+    results, _ = evaluate_output_for_sample(checker, sample, answer)
     return IFResult(key, ids, [r.strict_pass for r in results], [r.loose_pass for r in results])
 
 

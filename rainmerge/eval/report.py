@@ -8,7 +8,8 @@ from typing import Any
 
 COLUMNS = [("if_prompt_strict", "IF prompt strict"), ("if_inst_strict", "IF inst strict"),
            ("if_prompt_loose", "IF prompt loose"), ("if_inst_loose", "IF inst loose"),
-           ("reasoning_acc", "reasoning acc"), ("think_well_formed", "think well-formed"),
+           ("reasoning_acc", "reasoning acc"), ("truncation_rate", "truncated"), ("malformed_rate", "malformed"),
+           ("think_well_formed", "think well-formed"),
            ("think_close_missing", "</think> missing"), ("l_think", "L_think")]
 
 
@@ -40,7 +41,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [k for k, _ in COLUMNS if k not in ("l_think", "if_prompt_loose", "if_inst_loose")]
+    keys = [k for k, _ in COLUMNS if k not in ("l_think", "if_prompt_loose", "if_inst_loose", "malformed_rate")]
     labels = [dict(COLUMNS)[k] for k in keys]
     fig, ax = plt.subplots(figsize=(10, 4.2))
     width = 0.8 / max(len(rows), 1)
@@ -62,7 +63,9 @@ def plot(rows: list[dict[str, Any]], path: Path) -> bool:
 def write(rows: list[dict[str, Any]], out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "results.json", "markdown": out / "results.md", "plot": out / "comparison.png"}
-    paths["json"].write_text(json.dumps(rows, indent=2, sort_keys=True))
+    # per-prompt units stay with the step outputs and the records; the summary keeps the scores
+    slim = [{k: v for k, v in r.items() if k != "paired"} for r in rows]
+    paths["json"].write_text(json.dumps(slim, indent=2, sort_keys=True))
     paths["markdown"].write_text(markdown_table(rows) + "\n")
     if not plot(rows, paths["plot"]):
         del paths["plot"]

@@ -8,10 +8,11 @@ from typing import Any
 
 import torch
 
-from ..calibration import ReasoningRecord, Template, encode_reasoning, load_instruction
-from .generate import generate
-from .ifeval import aggregate, score_response
-from .think import check_answer, parse, think_kl
+from ..calibration import ReasoningRecord, Template, encode_reasoning
+from .benchmarks import Benchmark, embedded_specs, load_benchmark
+from .scoring import metrics as scoring_metrics
+from .scoring import score
+from .think import think_kl
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
@@ -31,15 +32,6 @@ def held_out_file(cfg: Any) -> str | None:
     return cfg.instruction_calibration.path if cfg.instruction_calibration else None
 
 
-def held_out(items: list[dict[str, Any]], calibration: Path | None) -> list[dict[str, Any]]:
-    """Drop evaluation prompts that appear in the instruction calibration set (by id or prompt text)."""
-    if calibration is None or not Path(calibration).is_file():
-        return items
-    recs = load_instruction(Path(calibration))
-    ids, prompts = {str(r.id) for r in recs}, {r.prompt for r in recs}
-    return [x for x in items if str(x["key"]) not in ids and x["prompt"] not in prompts]
-
-
 def load_model(path: str | Path, device: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -53,45 +45,74 @@ def render(tok, prompt: str) -> str:
     return tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
 
 
+def _l_think(model_dir: str | Path, lrm_dir: str | Path, data_dir: Path, device: str) -> float | None:
+    """KL to the LRM at the think-tag positions of the held-out reasoning traces (when the set exists)."""
+    if not (data_dir / "eval_reasoning_heldout.json").is_file():
+        return None
+    model, _ = load_model(model_dir, device)
+    lrm, ltok = load_model(lrm_dir, device)
+    held = json.loads((data_dir / "eval_reasoning_heldout.json").read_text())
+    recs = [ReasoningRecord.model_validate(r) for r in held]
+    samples, _ = encode_reasoning(recs, Template(ltok), "window", 1, 10**6)
+    return think_kl(model, lrm, samples, device)
+
+
+def build_requests(tok, benchmarks: list[Benchmark], sampling: Any, max_new_tokens: int) -> list[Any]:
+    """Every (prompt, sample) request, each benchmark with its own budget, prompts rendered by the chat template."""
+    from .engines.base import sampling_requests
+
+    out = []
+    for b in benchmarks:
+        items = [(row["id"], render(tok, row["prompt"])) for row in b.rows]
+        out += sampling_requests(items, sampling, b.max_new_tokens or max_new_tokens)
+    return out
+
+
+def evaluate_benchmarks(model_dir: str | Path, benchmarks: list[Benchmark], records_path: str | Path, *,
+                        engine: Any = None, sampling: Any = None, max_new_tokens: int = 160, device: str = "cpu",
+                        lrm_dir: str | Path | None = None, data_dir: str | Path | None = None,
+                        progress: bool = True, name: str | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Generate every sample (resumable from `records_path`), score each, aggregate: (metrics, records).
+    metrics carry `paired` (per-prompt units for the gates) and `datasets` (each set's pin and counts)."""
+    from transformers import AutoTokenizer
+
+    from .engines.base import build_engine, run_requests
+    from .engines.config import EngineConfig, SamplingConfig
+
+    name = name or Path(model_dir).name
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    prefilled = render(tok, "x").rstrip().endswith("<think>")
+    requests = build_requests(tok, benchmarks, sampling or SamplingConfig(), max_new_tokens)
+    eng = build_engine(engine or EngineConfig(), str(model_dir), device, tokenizer=tok)
+    try:
+        completions = run_requests(eng, requests, records_path, f"eval {name}", progress)
+    finally:
+        eng.close()
+    records = score(benchmarks, completions, prefilled)
+    metrics: dict[str, Any] = {"model": name, **scoring_metrics(records)}
+    metrics["datasets"] = [b.meta for b in benchmarks]
+    if lrm_dir is not None and data_dir is not None:
+        lt = _l_think(model_dir, lrm_dir, Path(data_dir), device)
+        if lt is not None:
+            metrics["l_think"] = lt
+    return metrics, records
+
+
 def evaluate_model(model_dir: str | Path, data_dir: str | Path, *, lrm_dir: str | Path | None = None,
                    calibration: str | Path | None = None, device: str = "cpu", batch_size: int = 32,
                    limit: int | None = None, max_new_tokens: int = 160, progress: bool = True,
-                   name: str | None = None) -> dict[str, Any]:
-    data = Path(data_dir)
-    model, tok = load_model(model_dir, device)
-    name = name or Path(model_dir).name
-    probe = render(tok, "x")
-    prefilled = probe.rstrip().endswith("<think>")
-    instr = held_out(_jsonl(data / "eval_instructions.jsonl"), Path(calibration) if calibration else None)
-    probs = _jsonl(data / "eval_problems.jsonl")
-    if limit:
-        instr, probs = instr[:limit], probs[:limit]
+                   name: str | None = None, records_path: str | Path | None = None) -> dict[str, Any]:
+    """The embedded sets of `data_dir` (eval_instructions/eval_problems.jsonl), greedy, in-process engine."""
+    import tempfile
 
-    outs_i = generate(model, tok, [render(tok, x["prompt"]) for x in instr], max_new_tokens, batch_size,
-                      progress, f"eval {name}: instructions")
-    outs_p = generate(model, tok, [render(tok, x["prompt"]) for x in probs], max_new_tokens, batch_size,
-                      progress, f"eval {name}: problems")
-    parsed_i = [parse(o, prefilled) for o in outs_i]
-    parsed_p = [parse(o, prefilled) for o in outs_p]
-    if_results = [score_response(str(x["key"]), x["prompt"], x["instruction_id_list"], x["kwargs"], p.answer)
-                  for x, p in zip(instr, parsed_i)]
-    correct = [check_answer(p.answer, x["answer"]) for x, p in zip(probs, parsed_p)]
-    allp = parsed_i + parsed_p
-    n = max(len(allp), 1)
-    metrics: dict[str, Any] = {
-        "model": name,
-        **aggregate(if_results),
-        "reasoning_acc": sum(correct) / max(len(correct), 1),
-        "think_well_formed": sum(p.well_formed for p in allp) / n,
-        "think_present": sum(p.has_think for p in allp) / n,
-        "think_close_missing": sum(p.close_missing for p in allp) / n,
-        "n_instructions": len(instr), "n_problems": len(probs),
-    }
-    if lrm_dir is not None and (data / "eval_reasoning_heldout.json").is_file():
-        lrm, ltok = load_model(lrm_dir, device)
-        held = json.loads((data / "eval_reasoning_heldout.json").read_text())
-        recs = [ReasoningRecord.model_validate(r) for r in held]
-        samples, _ = encode_reasoning(recs, Template(ltok), "window", 1, 10**6)
-        metrics["l_think"] = think_kl(model, lrm, samples, device)
-    metrics["examples"] = {"instruction": outs_i[:3], "problem": outs_p[:3]}
+    from .engines.config import EngineConfig
+
+    specs = [s.model_copy(update={"limit": limit}) for s in embedded_specs(data_dir)]
+    benchmarks = [load_benchmark(s, calibration) for s in specs]
+    with tempfile.TemporaryDirectory() as tmp:
+        metrics, records = evaluate_benchmarks(
+            model_dir, benchmarks, records_path or Path(tmp) / "records.jsonl",
+            engine=EngineConfig(max_concurrency=batch_size), max_new_tokens=max_new_tokens, device=device,
+            lrm_dir=lrm_dir, data_dir=data_dir, progress=progress, name=name)
+    metrics["examples"] = {b.name: [r["text"] for r in records if r["benchmark"] == b.name][:3] for b in benchmarks}
     return metrics

@@ -10,28 +10,82 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from ..config import RainConfig, _Strict, load_config
+from ..eval.benchmarks import BenchmarkSpec
 from ..eval.engines.config import EngineConfig, SamplingConfig
 
 
 class EvaluationConfig(_Strict):
+    """What is evaluated (pinned benchmarks, or the toy's embedded sets), under which budgets and
+    decoding, and where the per-sample records live (a killed evaluation resumes from them)."""
+
+    benchmarks: list[BenchmarkSpec] = Field(default_factory=list, description="pinned evaluation sets; empty: "
+                                            "the embedded eval_*.jsonl in `data`")
     data: str | None = Field(default=None, description="folder with eval_*.jsonl; default: next to the calibration")
-    limit: int | None = Field(default=None, ge=1)
+    limit: int | None = Field(default=None, ge=1, description="first N prompts of each set (smoke runs)")
     device: Literal["cpu", "cuda", "auto"] = Field(default="auto", description="where evaluation generates")
     batch_size: int = Field(default=32, ge=1, description="prompts generated at once")
-    max_new_tokens: int = Field(default=160, ge=8, description="generation budget per prompt")
+    max_new_tokens: int = Field(default=160, ge=8, description="generation budget per sample (a benchmark's own "
+                                "max_new_tokens overrides it)")
+    records_dir: str = Field(default="runs/eval-records", description="per-sample records (JSONL) by content key; "
+                             "a killed evaluation resumes here")
+    reuse_lrm: bool = Field(default=True, description="reuse the LRM's evaluation from the MLflow store when its "
+                            "weights, these settings and the data digests are unchanged")
     engine: EngineConfig = Field(default_factory=EngineConfig, description="how completions are generated")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="decoding: temperature, top-p, "
                                      "samples per prompt, seed")
 
+    @field_validator("benchmarks")
+    @classmethod
+    def _unique(cls, v: list[BenchmarkSpec]) -> list[BenchmarkSpec]:
+        names = [b.name for b in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"benchmark names must be distinct: {names}")
+        return v
+
 
 class PromotionGates(_Strict):
-    """A merged model becomes `champion` only if every gate passes."""
+    """A merged model becomes `champion` only if every gate passes. The gates compare it with the LRM
+    evaluated under the same settings on the same prompts, through paired confidence intervals
+    (rainmerge/product/gates.py has the rules, the exact arithmetic and the tie rule)."""
 
-    metric: str = Field(default="if_inst_strict", description="the metric the gates and the champion compare")
-    min_gain_over_lrm: float = Field(default=0.0, description="metric >= LRM metric + this")
-    min_think_well_formed: float = Field(default=0.99, ge=0, le=1, description="share of well-formed think blocks required")
-    max_reasoning_drop: float = Field(default=0.02, ge=0, le=1, description="reasoning_acc >= LRM - this")
-    require_beats_champion: bool = Field(default=True, description="promote only if no worse than the champion")
+    metric: str = Field(default="if_inst_strict", description="the instruction-following metric the gain gate "
+                        "and the champion compare")
+    min_gain_over_lrm: float = Field(default=0.0, ge=-1, le=1, description="the gain's lower confidence bound "
+                                     "(merged - LRM, paired by prompt) must lie above this")
+    max_reasoning_drop: float = Field(default=0.02, ge=0, le=1, description="reasoning_acc change's lower "
+                                      "bound must not fall below minus this")
+    max_truncation_increase: float = Field(default=0.02, ge=0, le=1, description="truncation rate increase's "
+                                           "upper bound must stay within this")
+    max_malformed_increase: float = Field(default=0.02, ge=0, le=1, description="malformed-think rate "
+                                          "increase's upper bound must stay within this")
+    floors: dict[str, float] = Field(default_factory=dict, description="optional absolute minimums of the merged "
+                                     "model's metrics, e.g. {think_well_formed: 0.9}")
+    confidence: float = Field(default=0.95, gt=0.5, lt=1, description="two-sided confidence level of every "
+                              "interval (the lower bound is one-sided at (1 + level) / 2)")
+    bootstrap_resamples: int = Field(default=2000, ge=200, description="paired bootstrap resamples")
+    seed: int = Field(default=0, ge=0, description="seed of the bootstrap, so a decision is reproducible")
+    require_beats_champion: bool = Field(default=True, description="promote only if no worse than the champion "
+                                         "(a tie passes)")
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, v: str) -> str:
+        from ..eval.scoring import PAIRED_METRICS
+
+        gain = [m for m in PAIRED_METRICS if m.startswith("if_")]
+        if v not in gain:
+            raise ValueError(f"unknown promotion metric {v!r}; one of {', '.join(gain)}")
+        return v
+
+    @field_validator("floors")
+    @classmethod
+    def _floors(cls, v: dict[str, float]) -> dict[str, float]:
+        from ..eval.scoring import KNOWN_METRICS
+
+        bad = sorted(set(v) - set(KNOWN_METRICS))
+        if bad:
+            raise ValueError(f"unknown metric(s) in floors: {bad}; known: {', '.join(KNOWN_METRICS)}")
+        return v
 
 
 class HubConfig(_Strict):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
+from pydantic_core import to_jsonable_python
 
 from .config import PipelineConfig, load_pipeline_config
 
@@ -46,7 +47,8 @@ def _text(value: Any, kind: type) -> Any:
         return value
     if value is None:
         return ""
-    return value if isinstance(value, str) else json.dumps(value)
+    # lists of config models (evaluation.benchmarks) become JSON objects
+    return value if isinstance(value, str) else json.dumps(to_jsonable_python(value))
 
 
 def form_fields(defaults: PipelineConfig, cls: type[BaseModel] = PipelineConfig, prefix: str = "") -> list[FormField]:

@@ -9,13 +9,13 @@ import logging
 import math
 import threading
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import RainMergeError
 from . import records
 from .config import PromotionGates
+from .gates import Decision, decide  # noqa: F401  (the one decision function and its record)
 from .records import CHALLENGER, CHAMPION, PROMOTED, REJECTED, _client  # noqa: F401 - the registry's names
 
 INPUTS_SHA = "decision_inputs.sha256"
@@ -28,51 +28,6 @@ def registered_name(registered_model: str, method: str) -> str:
     from ..methods import METHODS
 
     return registered_model if METHODS[method].needs_stages else f"{registered_model}-{method}"
-
-
-@dataclass
-class Decision:
-    promote: bool
-    reasons: list[str] = field(default_factory=list)
-    version: str | None = None
-    previous_champion: str | None = None
-    model: str | None = None
-    gates_decision: str | None = None
-    forced: bool = False
-    operator: str | None = None
-    reason: str | None = None
-    time: str | None = None
-    linked: bool = False  # a re-run that found this version already registered (same weights and inputs)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def decide(merged: dict[str, float], lrm: dict[str, float], champion: dict[str, float] | None,
-           gates: PromotionGates, champion_version: str | None = None) -> Decision:
-    """Apply every gate; the reasons say which passed and which failed, with the numbers."""
-    d = Decision(True)
-    m = gates.metric
-
-    def check(ok: bool, text: str) -> None:
-        d.reasons.append(("PASS " if ok else "FAIL ") + text)
-        d.promote &= ok
-
-    if m not in merged or m not in lrm:
-        check(False, f"metric '{m}' missing from the evaluation")
-        return d
-    check(merged[m] >= lrm[m] + gates.min_gain_over_lrm,
-          f"{m} {merged[m]:.4f} >= LRM {lrm[m]:.4f} + {gates.min_gain_over_lrm}")
-    check(merged["think_well_formed"] >= gates.min_think_well_formed,
-          f"think_well_formed {merged['think_well_formed']:.4f} >= {gates.min_think_well_formed}")
-    check(merged["reasoning_acc"] >= lrm["reasoning_acc"] - gates.max_reasoning_drop,
-          f"reasoning_acc {merged['reasoning_acc']:.4f} >= LRM {lrm['reasoning_acc']:.4f} - {gates.max_reasoning_drop}")
-    if gates.require_beats_champion and champion is not None and m in champion:
-        who = f"champion v{champion_version}" if champion_version else "champion"
-        check(merged[m] >= champion[m], f"{m} {merged[m]:.4f} >= {who} {champion[m]:.4f}")
-    elif gates.require_beats_champion:
-        d.reasons.append("PASS no current champion")
-    return d
 
 
 def _numeric(v: Any) -> bool:

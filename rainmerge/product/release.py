@@ -36,6 +36,12 @@ def _eval_set_tags(metrics: dict[str, Any], parent: str | None) -> dict[str, str
     """Evaluation sets' digests: what the evaluate step recorded in its metrics (`datasets`/`eval_sets`:
     name -> sha256 or {sha256|digest}), else the parent run's MLflow dataset inputs (context evaluation)."""
     out = {}
+    for d in metrics.get("datasets") or [] if isinstance(metrics.get("datasets"), list) else []:
+        # the evaluate step's pinned sets (rainmerge.eval.benchmarks): where, which revision, which rows
+        out |= {f"data.{d['name']}.{f}": str(d.get(f)) for f in ("path", "revision", "sha256", "rows_used",
+                                                                  "held_out")}
+        if d.get("sha256"):
+            out[f"eval_set.{d['name']}"] = str(d["sha256"])
     for key in ("datasets", "eval_sets"):
         for n, d in (metrics.get(key) or {}).items() if isinstance(metrics.get(key), dict) else ():
             sha = d if isinstance(d, str) else (d or {}).get("sha256") or (d or {}).get("digest")
@@ -105,9 +111,13 @@ def promote(merged: A.DirRef, metrics: dict[str, Any], lrm_metrics: dict[str, An
     from . import describe, records
     from .tracking import parent_run_id
 
+    from .gates import flat, intervals
+
     config = _config_of(merged, config)
     name = registry.registered_name(registered_model, config.method)
     merged.verify()  # a byte changed since the merge wrote it: never registered, promoted or linked
+    # the paired intervals, computed once from the per-prompt units and stored with the version (exact tags)
+    metrics = {**metrics, **flat(intervals(metrics, lrm_metrics, gates))}
     with step_run("promote", uri):
         mlflow.log_params(flatten({"gates": gates.model_dump(mode="json"), "registered_model": name}))
         report = write_report([lrm_metrics, metrics], out)

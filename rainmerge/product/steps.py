@@ -213,22 +213,51 @@ def merge(models: dict[str, Any], config: RainConfig, calibration: A.DirRef | No
                                                   "strength": config.strength, **made_by})
 
 
+def load_benchmarks(evaluation: EvaluationConfig, data_dir: str, calibration_file: str | None) -> list[Any]:
+    """The configured pinned sets (or the embedded eval_*.jsonl of data_dir), held out and digested."""
+    from ..eval.benchmarks import embedded_specs, load_benchmark
+
+    specs = list(evaluation.benchmarks) or embedded_specs(data_dir)
+    if evaluation.limit:
+        specs = [s.model_copy(update={"limit": min(s.limit or evaluation.limit, evaluation.limit)}) for s in specs]
+    return [load_benchmark(s, calibration_file) for s in specs]
+
+
 def evaluate(models: dict[str, Any], target: str, evaluation: EvaluationConfig, data_dir: str,
              calibration_file: str | None, uri: str, merged: A.DirRef | None = None) -> dict[str, Any]:
-    """IFEval checkers, think format, reasoning accuracy and L_think for one model (merged or an input)."""
+    """Pinned benchmarks, per-sample records, pass@1 metrics with per-prompt units for the paired gates,
+    L_think; the LRM's evaluation is reused when its weights, settings and data are unchanged."""
     import mlflow
 
-    from ..eval.suite import evaluate_model
+    from ..eval.suite import evaluate_benchmarks
+    from . import evaldata
 
     folder = merged.verify().path if merged is not None else Path(models["inputs"][target]["resolved_dir"])
     with step_run(f"evaluate_{target}", uri):
-        mlflow.log_params(flatten({"target": target, **evaluation.model_dump(mode="json")}))
-        res = evaluate_model(folder, data_dir, lrm_dir=models["inputs"]["reasoning"]["resolved_dir"],
-                             calibration=calibration_file, device=resolve_device(evaluation.device),
-                             batch_size=evaluation.batch_size, limit=evaluation.limit,
-                             max_new_tokens=evaluation.max_new_tokens, name=target)
-        mlflow.log_dict(res.pop("examples"), "examples.json")
-        mlflow.log_metrics({k: v for k, v in res.items() if isinstance(v, (int, float))})
+        mlflow.log_params(flatten({"target": target, **evaluation.model_dump(mode="json", exclude={"benchmarks"})}))
+        benchmarks = load_benchmarks(evaluation, data_dir, calibration_file)  # before any model is loaded
+        metas = [b.meta for b in benchmarks]
+        evaldata.log_datasets(metas, "evaluation")
+        key = evaldata.content_key(evaldata.model_digest(models, target, merged), evaluation, metas)
+        mlflow.set_tag("eval_cache_key", key)
+        hit = evaldata.cached(key) if target == "reasoning" and evaluation.reuse_lrm else None
+        if hit is not None:
+            res, rid = hit
+            log.info("evaluate_%s: reusing the evaluation of run %s (same weights, settings and data)", target, rid)
+            mlflow.set_tag("eval_reused_from", rid)
+        else:
+            rdir = Path(evaluation.records_dir) / key[:32]
+            res, records = evaluate_benchmarks(
+                folder, benchmarks, rdir / "completions.jsonl", engine=evaluation.engine,
+                sampling=evaluation.sampling, max_new_tokens=evaluation.max_new_tokens,
+                device=resolve_device(evaluation.device), lrm_dir=models["inputs"]["reasoning"]["resolved_dir"],
+                data_dir=data_dir, name=target)
+            scored = rdir / f"records_{target}.jsonl"
+            scored.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+            evaldata.log_records(records, scored, target)
+            if target == "reasoning":
+                evaldata.store(key, res, scored, target)
+        mlflow.log_metrics({k: v for k, v in res.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
         _log_eval_to_parent(models, target, res, data_dir, merged)
     return res
 
@@ -252,8 +281,8 @@ def select_candidate(merged: list[A.DirRef], metrics: list[dict[str, Any]], stre
         mlflow.log_params({"strengths": ",".join(f"{x:g}" for x in strengths), "selected_strength": strengths[best]})
         mlflow.log_dict({"candidates": table, "baselines": baselines}, "selection.json")
         bars = {gates.metric: lrm_metrics.get(gates.metric, 0.0) + gates.min_gain_over_lrm,
-                "think_well_formed": gates.min_think_well_formed,
                 "reasoning_acc": lrm_metrics.get("reasoning_acc", 0.0) - gates.max_reasoning_drop}
+        bars |= {k: v for k, v in gates.floors.items() if k == "think_well_formed"}
         mlflow.log_artifact(str(tradeoff_plot(rows, out / "strength_tradeoff.png", strengths[best], lrm_metrics,
                                               bars)))
         for row in table:
@@ -281,9 +310,8 @@ def _log_eval_to_parent(models: dict[str, Any], target: str, res: dict[str, Any]
     and, once the merged model is evaluated (the LRM eval ran first), the parent run's markdown description."""
     from mlflow import MlflowClient
 
-    from .tracking import log_eval_datasets, log_parent_metrics, log_parent_summary, parent_run_id
+    from .tracking import log_parent_metrics, log_parent_summary, parent_run_id
 
-    log_eval_datasets(data_dir)
     if target == "reasoning":
         log_parent_metrics(res, "lrm")
     elif target == "merged" and (parent := parent_run_id()):

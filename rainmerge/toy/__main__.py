@@ -29,6 +29,11 @@ def parser() -> argparse.ArgumentParser:
                         "trio), the recipe's own with v1 (0); docs/toy-v2.md measures 0, 0.02, 0.05"
                         % SHIPPED["lrm_if_share"])
     b.add_argument("--quiet", action="store_true")
+    h = sub.add_parser("heldout", help="write N more held-out instruction prompts for a built trio "
+                       "(data/eval_instructions_extra.jsonl; none seen by its build)")
+    h.add_argument("--toy", default="assets/toy", help="the built trio's folder (reads its manifest.json)")
+    h.add_argument("--n", type=int, default=1800)
+    h.add_argument("--seed", type=int, default=1)
     return ap
 
 
@@ -47,6 +52,11 @@ def spec_from_args(a: argparse.Namespace):
 def main(argv: list[str] | None = None) -> None:
     ap = parser()
     a = ap.parse_args(argv)
+    if a.cmd == "heldout":
+        from .build import write_extra_held_out
+
+        print(write_extra_held_out(a.toy, a.n, a.seed))
+        return
     import torch
 
     from .build import build

@@ -283,3 +283,31 @@ def _write_sets(data: Path, cal_p, cal_i, ev_p, ev_i, ev_kl, cal_n=()) -> None:
     (data / "eval_reasoning_heldout.json").write_text(json.dumps(
         [{"prompt": p.prompt, "reasoning": p.reasoning, "response": p.response, "sample_id": p.uid} for p in ev_kl],
         indent=1))
+
+
+def extra_held_out_instructions(spec: ToySpec, n: int, seed: int = 1) -> list[T.InstructionTask]:
+    """More held-out instruction prompts for an already built trio: drawn from the same generator, never
+    a prompt of any set of the build (held-out, calibration or training; draw_sets(spec) rebuilds them
+    all from spec.data_seed), so the trio has not seen them. The v2 spec's prompt space holds about
+    8,000 instruction prompts, about 6,000 of them unused by its build."""
+    used = {x.prompt for items in draw_sets(spec).values() for x in items}
+    rng, out, seen = random.Random(seed), [], set()
+    for _ in range(200 * n):
+        t = T.make_instruction_task(rng, f"ex{len(out)}")
+        if t.prompt not in used and t.prompt not in seen:
+            seen.add(t.prompt)
+            out.append(t)
+            if len(out) == n:
+                return out
+    raise ValueError(f"only {len(out)} unused instruction prompts found; ask for fewer than {n}")
+
+
+def write_extra_held_out(toy_dir: str | Path, n: int, seed: int = 1) -> Path:
+    """eval_instructions_extra.jsonl beside the toy's other evaluation sets, for the spec in its manifest."""
+    toy = Path(toy_dir)
+    spec = ToySpec(**json.loads((toy / "manifest.json").read_text())["spec"])
+    rows = [{"key": t.uid, "prompt": t.prompt, "instruction_id_list": t.instruction_id_list, "kwargs": t.kwargs}
+            for t in extra_held_out_instructions(spec, n, seed)]
+    out = toy / "data" / "eval_instructions_extra.jsonl"
+    out.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    return out
