@@ -16,6 +16,7 @@ from .config import PromotionGates
 
 CHALLENGER, CHAMPION = "challenger", "champion"
 PROMOTED, REJECTED = "promoted", "rejected"
+MODEL_ARTIFACT = "merged_model"  # the run artifact path of the weights registered on a remote server
 log = logging.getLogger("rainmerge")
 
 
@@ -82,13 +83,27 @@ def _client(uri: str | None):
 
 
 def register(name: str, model_dir: str, run_id: str | None, tags: dict[str, str], uri: str | None = None) -> str:
-    """Register the merged folder by reference (its artifact-store URI), tagged, alias `challenger`."""
+    """Register the merged folder, tagged, alias `challenger`. The version source is one the tracking
+    server accepts: an object-store URI as is; a local folder by reference (`file://`) only when the
+    registry itself is local (SQLite/file store); against a remote server the folder is uploaded once
+    as artifacts of `run_id` through the server's proxied artifact store and registered as `runs:/`
+    (a remote server refuses local paths: other clients could not read them)."""
+    from .tracking import tracking_uri
+
     c = _client(uri)
     try:
         c.get_registered_model(name)
     except Exception:
         c.create_registered_model(name, description="RAIN-Merging outputs (rainmerge)")
-    source = model_dir if "://" in model_dir else f"file://{model_dir}"
+    if "://" in model_dir and not model_dir.startswith("file://"):
+        source = model_dir
+    elif not tracking_uri(uri).startswith(("http://", "https://", "databricks")):
+        source = model_dir if model_dir.startswith("file://") else f"file://{model_dir}"
+    else:
+        if run_id is None:
+            raise ValueError("registering on a remote MLflow server needs the run that carries the weights")
+        c.log_artifacts(run_id, model_dir.removeprefix("file://"), MODEL_ARTIFACT)
+        source = f"runs:/{run_id}/{MODEL_ARTIFACT}"
     mv = c.create_model_version(name, source=source, run_id=run_id, tags={k: str(v)[:5000] for k, v in tags.items()})
     c.set_registered_model_alias(name, CHALLENGER, mv.version)
     return str(mv.version)
