@@ -105,6 +105,9 @@ def test_report_and_gpu_config_follow_the_table():
 
     assert set(dag.edges()) <= set(EDGES) and set(dag.edges(sweep=True)) <= set(EDGES)
     run_cfg = yaml.safe_load((ROOT / "configs" / "k8s" / "gpu-steps.zenml.yaml").read_text())
-    gpu = {n for n, v in run_cfg["steps"].items()
-           if "nvidia.com/gpu" in json.dumps(v["settings"]["orchestrator"]["pod_settings"]["resources"])}
+    pods = {n: v["settings"]["orchestrator"]["pod_settings"] for n, v in run_cfg["steps"].items()}
+    gpu = {n for n, p in pods.items() if "nvidia.com/gpu" in json.dumps(p["resources"])}
     assert gpu == set(dag.GPU_STEPS)
+    token = {n for n, p in pods.items() if "hf-token" in json.dumps(p)}
+    assert token == {s.name for s in dag.DAG if "hf-token" in s.secrets}
+    assert "hf-token" not in json.dumps(run_cfg["settings"])  # not in the default pod
