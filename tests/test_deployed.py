@@ -119,11 +119,14 @@ def test_toy_pipeline_against_real_servers(tmp_path):
         _run([str(BIN / "zenml"), "stack", "register", "loopback", "-o", "default", "-a", "rainmerge-artifacts",
               "--set"], env, 120)
         _run([str(BIN / "python"), "-m", "rainmerge", "run", "--config", "configs/toy.yaml",
-              "--set", "evaluation.limit=6", "--set", "evaluation.device=cpu", "--set", "device=cpu",
+              # lean: this test is about the hand-offs, not the scores
+              "--set", "evaluation.limit=2", "--set", "evaluation.max_new_tokens=16", "--set", "evaluation.device=cpu",
+              "--set", "device=cpu", "--set", "reasoning_calibration.max_samples=8",
+              "--set", "instruction_calibration.max_samples=8", "--set", "layers=[1]",
               "--set", "hub.enabled=false", "--set", "promotion.min_gain_over_lrm=-1",
               "--set", "promotion.min_think_well_formed=0", "--set", "promotion.max_reasoning_drop=1",
               "--set", "tracking.registered_model=deployed-toy", "--set", "tracking.zenml_model=deployed-toy"],
-             env, 600)
+             env, 1200)
         lineage = _run([str(BIN / "python"), "-m", "rainmerge", "lineage", "deployed-toy", "1"], env, 120)
         audit = _run([str(BIN / "python"), "-m", "rainmerge", "audit", "deployed-toy"], env, 120)
     assert "runs:/" in lineage and "champion" in lineage, lineage

@@ -71,7 +71,7 @@ def test_every_config_field_reaches_the_form_and_back(tmp_path):
         p = params[f.name]
         assert p["parameterType"] == kinds[f.kind.__name__], f.name
         assert p.get("defaultValue") == f.default or (f.default is None and p.get("isOptional")), f.name
-        assert p["description"].strip(), f.name
+        assert p["description"].strip() and p["description"].split(" (")[0] != f.key, f.name  # a real description
     assert params["stage1__radius"]["parameterType"] == "NUMBER_INTEGER"
     assert params["layers"]["parameterType"] == "LIST"
     form = {name: p.get("defaultValue") for name, p in params.items()}

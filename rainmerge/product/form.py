@@ -19,6 +19,9 @@ SKIP = {"output", "overwrite"}
 # has no meaning there, and remote code is never switched on from a form (a config file must ask for it)
 KFP_SKIP = SKIP | {"sweep", "tracking.zenml_model", "base.trust_remote_code", "instruct.trust_remote_code",
                    "reasoning.trust_remote_code"}
+# the config fields that carry no description of their own (a form shows every field with one)
+UNDESCRIBED = {"evaluation.limit": "evaluate only the first N prompts of each evaluation set",
+               "modules": "which linear modules of each layer are merged (q, k, v, o, gate, up, down)"}
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,7 @@ def _kind(tp: Any) -> type:
 
 
 def _describe(info: Any, tp: Any, optional: bool, key: str) -> str:
-    desc = info.description or key.replace("_", " ")
+    desc = info.description or UNDESCRIBED.get(key) or key
     if typing.get_origin(tp) is typing.Literal:
         desc += " (one of: " + ", ".join(map(str, typing.get_args(tp))) + ")"
     if optional:
