@@ -126,7 +126,7 @@ def test_toy_pipeline_against_real_servers(tmp_path):
               "--set", "hub.enabled=false", "--set", "promotion.min_gain_over_lrm=-1",
               "--set", "promotion.min_think_well_formed=0", "--set", "promotion.max_reasoning_drop=1",
               "--set", "tracking.registered_model=deployed-toy", "--set", "tracking.zenml_model=deployed-toy"],
-             env, 1200)
+             env, 1800)
         lineage = _run([str(BIN / "python"), "-m", "rainmerge", "lineage", "deployed-toy", "1"], env, 120)
         audit = _run([str(BIN / "python"), "-m", "rainmerge", "audit", "deployed-toy"], env, 120)
     assert "runs:/" in lineage and "champion" in lineage, lineage
