@@ -12,10 +12,9 @@ import rainmerge
 
 def payload_dir(output: str) -> Path:
     """A folder next to this step's output artifact; large data lives here and travels by reference."""
-    uri = get_step_context().get_output_artifact_uri(output)
-    p = Path(uri.removeprefix("file://")) / "payload"
-    p.mkdir(parents=True, exist_ok=True)
-    return p
+    from rainmerge.product.artifacts import payload_folder
+
+    return payload_folder(get_step_context().get_output_artifact_uri(output))
 
 
 def code_digest() -> str:

@@ -8,8 +8,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"
 RUN_CONFIG = ROOT / "configs" / "k8s" / "gpu-steps.zenml.yaml"
-GPU_STEPS = {"collect_features", "compute_projectors", "score_attention_heads", "merge", "evaluate_reasoning",
-             "evaluate_merged"}
+from rainmerge.product.dag import DAG, GPU_STEPS  # noqa: E402  (the one list)
 # k8s/kubeflow holds the KFP compiler's output: checked by tests/test_kfp.py, not a manifest
 MANIFESTS = sorted(p for p in K8S.rglob("*.yaml") if "kubeflow" not in p.parts)
 YAMLS = [*MANIFESTS, RUN_CONFIG]
@@ -70,11 +69,8 @@ def test_gpu_requests_exactly_on_gpu_steps():
     orch = cfg["settings"]["orchestrator"]["orchestrator_pod_settings"]
     assert "nvidia.com/gpu" not in str(orch)
     gpu = {name for name, s in cfg["steps"].items() if _gpu(s.get("settings"))}
-    assert gpu == GPU_STEPS
-    step_names = {"load_models", "build_calibration_sets", "collect_features", "compute_projectors",
-                  "score_attention_heads", "merge", "evaluate_reasoning", "evaluate_merged", "promote",
-                  "push_to_hub"}
-    assert set(cfg["steps"]) <= step_names
+    assert gpu == set(GPU_STEPS)
+    assert set(cfg["steps"]) <= {s.name for s in DAG}
     for path in MANIFESTS:
         assert "nvidia.com/gpu" not in path.read_text(), f"{path} requests a GPU"
 
@@ -98,3 +94,48 @@ def test_no_secret_values_committed():
     for path in [*K8S.rglob("*"), ROOT / "Dockerfile", RUN_CONFIG]:
         if path.is_file():
             assert not token.search(path.read_text()), path
+
+
+def _rendered() -> list[dict]:
+    import shutil
+    import subprocess
+
+    if not shutil.which("kubectl"):
+        pytest.skip("kubectl (for `kubectl kustomize`) not installed")
+    out = subprocess.run(["kubectl", "kustomize", str(K8S / "base")], capture_output=True, text=True, check=True)
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def test_rendered_manifests_validate_strictly():
+    import kubernetes_validate
+
+    docs = _rendered()
+    assert {d["kind"] for d in docs} >= {"Namespace", "Deployment", "StatefulSet", "Service", "NetworkPolicy", "Role"}
+    for doc in docs:
+        kubernetes_validate.validate(doc, "1.35.0", strict=True)
+
+
+def test_rendered_workloads_meet_the_restricted_profile():
+    """Numeric non-root user, no privilege escalation, every capability dropped, seccomp RuntimeDefault,
+    requests and limits; no Role can read Secrets; the namespace enforces `restricted`."""
+    docs = _rendered()
+    ns = next(d for d in docs if d["kind"] == "Namespace")
+    assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    workloads = [d for d in docs if d["kind"] in ("Deployment", "StatefulSet")]
+    assert {d["metadata"]["name"] for d in workloads} == {"mlflow", "mlflow-postgres", "zenml"}
+    for d in workloads:
+        pod = d["spec"]["template"]["spec"]
+        sc = pod["securityContext"]
+        assert sc["runAsNonRoot"] is True and isinstance(sc["runAsUser"], int) and sc["runAsUser"] > 0
+        assert sc["seccompProfile"]["type"] == "RuntimeDefault"
+        for c in pod["containers"]:
+            csc = c["securityContext"]
+            assert csc["allowPrivilegeEscalation"] is False and csc["capabilities"]["drop"] == ["ALL"], c["name"]
+            assert c["resources"]["limits"]["memory"] and c["resources"]["limits"]["cpu"], c["name"]
+    for role in (d for d in docs if d["kind"] in ("Role", "ClusterRole")):
+        assert all("secrets" not in r.get("resources", []) for r in role["rules"]), role["metadata"]["name"]
+    mlflow = next(d for d in workloads if d["metadata"]["name"] == "mlflow")
+    args = " ".join(mlflow["spec"]["template"]["spec"]["containers"][0]["args"])
+    assert "--app-name basic-auth" in args and "--allowed-hosts" in args and "--serve-artifacts" in args
+    env = {e["name"]: e for e in mlflow["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "mlflow.rainmerge.svc:5000" in env["ALLOWED_HOSTS"]["value"].split(",")

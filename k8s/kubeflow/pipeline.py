@@ -1,154 +1,117 @@
 """Kubeflow Pipelines v2 definition of the rainmerge pipeline (compile: python k8s/kubeflow/pipeline.py).
 
 Upload the compiled `rainmerge_pipeline.yaml` once; every merge is then a run started from the UI form,
-whose parameters are the merge config. Each component runs the same step bodies as the ZenML steps
-(`rainmerge.product.kfp` -> `rainmerge.product.steps.STEPS`) inside the rainmerge image and logs to the same MLflow.
+whose parameters are the merge config. The components are generated from the one DAG table
+(rainmerge.product.dag): each runs the same step body as the ZenML step (`rainmerge.product.kfp.run`
+-> `rainmerge.product.steps.STEPS`) inside the rainmerge image and logs to the same MLflow.
+
+Caching is keyed on content: a component's inputs are its own config arguments (JSON, from `configure`),
+the code digest and its upstream artifacts, never the job id (the MLflow parent run id reaches the pod
+as an environment variable from the pod's `pipeline/runid` label, outside the cache key).
 """
 
 import linecache
 import sys
 from pathlib import Path
 
-from kfp import compiler, dsl
+from kfp import compiler, dsl, kubernetes
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from rainmerge.product.config import load_pipeline_config  # noqa: E402
-from rainmerge.product.form import form_fields  # noqa: E402
+from rainmerge.product.dag import DAG  # noqa: E402
+from rainmerge.product.form import KFP_SKIP, form_fields  # noqa: E402
 
 IMAGE = "ghcr.io/your-org/rainmerge:0.1.0"
-GPU_TASKS = ("collect_features", "compute_projectors", "score_attention_heads", "merge", "evaluate_reasoning",
-             "evaluate_merged")
+UID = 10001  # the image's numeric user (Dockerfile)
+PVC, MOUNT = "rainmerge-data", "/data"
+MLFLOW_SECRET = "mlflow-auth"  # every step logs to MLflow; the Hub token only where the table says
+GPU_NODE = ("nvidia.com/gpu.present", "true")
+CPU_RES, GPU_RES = ("2", "8G", "16G"), ("8", "48G", "64G")  # cpu request, memory request, memory limit
+STEPS = [s for s in DAG if not s.sweep_only]  # sweeps run on ZenML; the form drops sweep.* (form.KFP_SKIP)
 # the form opens on the paper's setting (7B), with the cluster's own locations
 FORM_DEFAULTS = load_pipeline_config(ROOT / "configs" / "qwen2.5-7b.yaml", {
     "work_dir": "/data/work", "evaluation.data": "/data/rainmerge/eval",
     "tracking.tracking_uri": "http://mlflow.rainmerge.svc:5000"})
-FIELDS = form_fields(FORM_DEFAULTS)
+FIELDS = form_fields(FORM_DEFAULTS, skip=KFP_SKIP)
 
 
-def _generated(name: str, source: str) -> dict:
+def _generated(name: str, source: str, ns: dict | None = None) -> dict:
     """Define functions from generated source that inspect.getsource can read back (KFP embeds a
-    lightweight component's source), so the form's fields follow the pydantic config, not a hand list."""
+    lightweight component's source), so components and form follow the DAG table and the config."""
     filename = f"<rainmerge-kfp-{name}>"
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    ns = {"dsl": dsl}
+    ns = {"dsl": dsl, "NamedTuple": __import__("typing").NamedTuple, **(ns or {})}
     exec(compile(source, filename, "exec"), ns)  # noqa: S102 - our own generated source
     return ns
 
 
-_params = ", ".join(f"{f.name}: {f.kind.__name__}" for f in FIELDS)
+def _kind(f) -> str:
+    return {"list": "list", "dict": "dict"}.get(f.kind.__name__, f.kind.__name__)
+
+
+_outs = ", ".join(f"('{s.name}', str)" for s in STEPS) + ", ('code', str)"
 configure = dsl.component(base_image=IMAGE)(_generated("configure", f"""
-def configure(config: dsl.Output[dsl.Artifact], {_params}):
+def configure({", ".join(f"{f.name}: {_kind(f)}" for f in FIELDS)}) -> NamedTuple('Args', [{_outs}]):
     form = dict(locals())
-    form.pop("config")
     from rainmerge.product.kfp import configure_from_form
 
-    configure_from_form(form, config.path)
+    return configure_from_form(form)
 """)["configure"])
 
 
-@dsl.component(base_image=IMAGE)
-def load_models(config: dsl.Input[dsl.Artifact], run_id: str, models: dsl.Output[dsl.Artifact]):
+def _component(step):
+    ins = "".join(f"{p}: dsl.Input[dsl.Artifact], " for p in step.inputs)
+    paths = ", ".join(f"{p}={p}.path" for p in step.inputs)
+    src = f"""
+def {step.name}({ins}args: str, code: str, out: dsl.Output[dsl.Artifact]):
     from rainmerge.product.kfp import run
 
-    run("load_models", config.path, models.path, run_id)
+    run("{step.name}", args, code, out.path, {paths})
+"""
+    return dsl.component(base_image=IMAGE)(_generated(step.name, src)[step.name])
 
 
-@dsl.component(base_image=IMAGE)
-def build_calibration_sets(config: dsl.Input[dsl.Artifact], run_id: str, models: dsl.Input[dsl.Artifact],
-                           calibration: dsl.Output[dsl.Artifact]):
-    from rainmerge.product.kfp import run
-
-    run("build_calibration_sets", config.path, calibration.path, run_id, models=models.path)
+COMPONENTS = {s.name: _component(s) for s in STEPS}
 
 
-@dsl.component(base_image=IMAGE)
-def collect_features(config: dsl.Input[dsl.Artifact], run_id: str, models: dsl.Input[dsl.Artifact],
-                     calibration: dsl.Input[dsl.Artifact], features: dsl.Output[dsl.Artifact]):
-    from rainmerge.product.kfp import run
-
-    run("collect_features", config.path, features.path, run_id, models=models.path, calibration=calibration.path)
-
-
-@dsl.component(base_image=IMAGE)
-def compute_projectors(config: dsl.Input[dsl.Artifact], run_id: str, models: dsl.Input[dsl.Artifact],
-                       features: dsl.Input[dsl.Artifact], projectors: dsl.Output[dsl.Artifact]):
-    from rainmerge.product.kfp import run
-
-    run("compute_projectors", config.path, projectors.path, run_id, models=models.path, features=features.path)
-
-
-@dsl.component(base_image=IMAGE)
-def score_attention_heads(config: dsl.Input[dsl.Artifact], run_id: str, models: dsl.Input[dsl.Artifact],
-                          calibration: dsl.Input[dsl.Artifact], projectors: dsl.Input[dsl.Artifact],
-                          coefficients: dsl.Output[dsl.Artifact]):
-    from rainmerge.product.kfp import run
-
-    run("score_attention_heads", config.path, coefficients.path, run_id, models=models.path,
-        calibration=calibration.path, projectors=projectors.path)
-
-
-@dsl.component(base_image=IMAGE)
-def merge(config: dsl.Input[dsl.Artifact], run_id: str, models: dsl.Input[dsl.Artifact],
-          calibration: dsl.Input[dsl.Artifact], projectors: dsl.Input[dsl.Artifact],
-          coefficients: dsl.Input[dsl.Artifact], merged: dsl.Output[dsl.Artifact]):
-    from rainmerge.product.kfp import run
-
-    run("merge", config.path, merged.path, run_id, models=models.path, calibration=calibration.path,
-        projectors=projectors.path, coefficients=coefficients.path)
-
-
-@dsl.component(base_image=IMAGE)
-def evaluate_reasoning(config: dsl.Input[dsl.Artifact], run_id: str, models: dsl.Input[dsl.Artifact],
-                       metrics: dsl.Output[dsl.Artifact]):
-    from rainmerge.product.kfp import run
-
-    run("evaluate_reasoning", config.path, metrics.path, run_id, models=models.path)
-
-
-@dsl.component(base_image=IMAGE)
-def evaluate_merged(config: dsl.Input[dsl.Artifact], run_id: str, models: dsl.Input[dsl.Artifact],
-                    merged: dsl.Input[dsl.Artifact],
-                    metrics: dsl.Output[dsl.Artifact]):
-    from rainmerge.product.kfp import run
-
-    run("evaluate_merged", config.path, metrics.path, run_id, models=models.path, merged=merged.path)
-
-
-@dsl.component(base_image=IMAGE)
-def promote(config: dsl.Input[dsl.Artifact], run_id: str, models: dsl.Input[dsl.Artifact],
-            calibration: dsl.Input[dsl.Artifact],
-            merged: dsl.Input[dsl.Artifact], metrics: dsl.Input[dsl.Artifact], lrm_metrics: dsl.Input[dsl.Artifact],
-            decision: dsl.Output[dsl.Artifact]):
-    from rainmerge.product.kfp import run
-
-    run("promote", config.path, decision.path, run_id, models=models.path, calibration=calibration.path,
-        merged=merged.path, metrics=metrics.path, lrm_metrics=lrm_metrics.path)
-
-
-def _wire(cfg) -> None:
-    run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
-    models = load_models(config=cfg, run_id=run_id).output
-    calib = build_calibration_sets(config=cfg, run_id=run_id, models=models).output
-    feats = collect_features(config=cfg, run_id=run_id, models=models, calibration=calib)
-    proj = compute_projectors(config=cfg, run_id=run_id, models=models, features=feats.output)
-    coeffs = score_attention_heads(config=cfg, run_id=run_id, models=models, calibration=calib,
-                                   projectors=proj.output)
-    merged = merge(config=cfg, run_id=run_id, models=models, calibration=calib, projectors=proj.output,
-                   coefficients=coeffs.output)
-    lrm_eval = evaluate_reasoning(config=cfg, run_id=run_id, models=models)
-    merged_eval = evaluate_merged(config=cfg, run_id=run_id, models=models, merged=merged.output)
-    promote(config=cfg, run_id=run_id, models=models, calibration=calib, merged=merged.output,
-            metrics=merged_eval.output, lrm_metrics=lrm_eval.output)
-    for task in (feats, proj, coeffs, merged, lrm_eval, merged_eval):
+def _place(task, step) -> None:
+    """Storage, credentials, resources, placement and identity of one step's pod."""
+    kubernetes.mount_pvc(task, PVC, MOUNT)
+    kubernetes.use_secret_as_env(task, MLFLOW_SECRET, {"username": "MLFLOW_TRACKING_USERNAME",
+                                                       "password": "MLFLOW_TRACKING_PASSWORD"})
+    for name in step.secrets:
+        kubernetes.use_secret_as_env(task, name, {"HF_TOKEN": "HF_TOKEN"})
+    kubernetes.use_field_path_as_env(task, "RAINMERGE_RUN_ID", "metadata.labels['pipeline/runid']")
+    kubernetes.set_security_context(task, run_as_user=UID, run_as_group=UID, run_as_non_root=True)
+    cpu, mem, limit = GPU_RES if step.gpu else CPU_RES
+    task.set_cpu_request(cpu).set_memory_request(mem).set_memory_limit(limit)
+    if step.gpu:
         task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
-        task.set_memory_request("48G").set_cpu_request("8")
+        kubernetes.add_node_selector(task, *GPU_NODE)
+        kubernetes.add_toleration(task, key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")
+    task.set_caching_options(step.cache)
+    task.set_env_variable("HF_HOME", f"{MOUNT}/hf")
+    task.set_env_variable("RAINMERGE_PAYLOAD_ROOT", f"{MOUNT}/payload")
 
 
-# The run form: every config field, with the config's defaults and descriptions (the docstring's Args)
-_args_doc = "\n".join(f"        {f.name}: {f.key} - {f.description or f.key}" for f in FIELDS)
-_form = ", ".join(f"{f.name}: {f.kind.__name__} = {f.default!r}" for f in FIELDS)
+def _wire(form_task) -> None:
+    form_task.set_caching_options(False)  # cheap; it reads the code digest of the image it runs in
+    form_task.set_cpu_request("250m").set_memory_request("512M").set_memory_limit("1G")
+    kubernetes.set_security_context(form_task, run_as_user=UID, run_as_group=UID, run_as_non_root=True)
+    code = form_task.outputs["code"]
+    tasks = {}
+    for step in STEPS:
+        ins = {p: tasks[up].outputs["out"] for p, up in step.inputs.items()}
+        tasks[step.name] = COMPONENTS[step.name](args=form_task.outputs[step.name], code=code, **ins)
+        tasks[step.name].set_display_name(step.name)
+        _place(tasks[step.name], step)
+
+
+# The run form: the config's fields in the config's order, with its defaults and descriptions
+_args_doc = "\n".join(f"        {f.name}: {f.description}" for f in FIELDS)
+_form = ", ".join(f"{f.name}: {_kind(f)} = {f.default!r}" for f in FIELDS)
 _names = ", ".join(f"{f.name}={f.name}" for f in FIELDS)
 _pipe = _generated("pipeline", f'''
 def rainmerge_pipeline({_form}):
@@ -158,9 +121,8 @@ def rainmerge_pipeline({_form}):
     Args:
 {_args_doc}
     """
-    _wire(configure({_names}).output)
-''')
-_pipe["configure"], _pipe["_wire"] = configure, _wire
+    _wire(configure({_names}))
+''', {"configure": configure, "_wire": _wire})
 rainmerge_pipeline = dsl.pipeline(name="rainmerge", description="RAIN-Merging of an instruction model into a "
                                   "reasoning model, with evaluation, MLflow lineage and gated promotion")(
     _pipe["rainmerge_pipeline"])

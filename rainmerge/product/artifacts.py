@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,9 @@ class DirRef(BaseModel):
 
     @property
     def path(self) -> Path:
+        if is_remote(self.uri):
+            raise RainMergeError(f"{self.kind} artifact at {self.uri}: payloads live on a shared filesystem "
+                                 f"(the PVC), not in the object store; see k8s/README.md")
         return Path(self.uri.removeprefix("file://"))
 
     def verify(self) -> "DirRef":
@@ -41,6 +45,34 @@ class DirRef(BaseModel):
                     f"{self.kind} artifact at {self.uri}: {rel} is missing or changed since its step wrote it (a "
                     "cached step output is reused by every rerun); rerun without the cache: rainmerge run --no-cache")
         return self
+
+
+# Large payloads (weights, features, bases) stay on a POSIX filesystem shared by every step pod (the
+# `rainmerge-data` PVC): the streaming writer and safetensors' mmap need files, and copying multi-GB
+# folders through an object store at every hand-off would double the traffic. Small step outputs (refs,
+# metrics) go to whatever artifact store the orchestrator has (s3:// included).
+PAYLOAD_ROOT_ENV = "RAINMERGE_PAYLOAD_ROOT"
+
+
+def is_remote(uri: str) -> bool:
+    return "://" in uri and not uri.startswith("file://")
+
+
+def payload_folder(artifact_uri: str) -> Path:
+    """The payload folder of a step output: beside the artifact on a local store; under
+    $RAINMERGE_PAYLOAD_ROOT/<scheme>/<bucket>/<key> (the shared PVC) when the store is remote."""
+    if not is_remote(artifact_uri):
+        p = Path(artifact_uri.removeprefix("file://")) / "payload"
+    else:
+        root = os.environ.get(PAYLOAD_ROOT_ENV)
+        if not root:
+            raise RainMergeError(f"the artifact store is remote ({artifact_uri.split('://')[0]}://): set "
+                                 f"{PAYLOAD_ROOT_ENV} to a folder on the shared volume every step pod mounts "
+                                 f"(k8s: /data/payload on the rainmerge-data PVC)")
+        scheme, rest = artifact_uri.split("://", 1)
+        p = Path(root) / scheme / rest.strip("/") / "payload"
+    p.mkdir(parents=True, exist_ok=True)
+    return p
 
 
 def make_ref(kind: str, folder: str | Path, meta: dict[str, Any] | None = None) -> DirRef:

@@ -4,7 +4,6 @@ validated config. Nothing is hand-listed, so a new config field reaches the form
 
 from __future__ import annotations
 
-import json
 import types
 import typing
 from dataclasses import dataclass
@@ -17,13 +16,20 @@ from .config import PipelineConfig, load_pipeline_config
 
 # CLI-only or meaningless in an orchestrated run (outputs go to the artifact store / PVC)
 SKIP = {"output", "overwrite"}
+# what the Kubeflow form leaves out: sweeps fan out on ZenML only (the KFP DAG is static), the ZenML model
+# has no meaning there, and remote code is never switched on from a form (a config file must ask for it)
+KFP_SKIP = SKIP | {"sweep", "tracking.zenml_model", "base.trust_remote_code", "instruct.trust_remote_code",
+                   "reasoning.trust_remote_code"}
+# the config fields that carry no description of their own (a form shows every field with one)
+UNDESCRIBED = {"evaluation.limit": "evaluate only the first N prompts of each evaluation set",
+               "modules": "which linear modules of each layer are merged (q, k, v, o, gate, up, down)"}
 
 
 @dataclass(frozen=True)
 class FormField:
     name: str  # a Python identifier: the dotted key with "." -> "__"
     key: str  # the dotted config key
-    kind: type  # str, int, float or bool: what a KFP parameter can be
+    kind: type  # str, int, float, bool, list or dict: what a KFP parameter can be (None = unset)
     default: Any
     description: str
 
@@ -36,39 +42,43 @@ def _unwrap(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
-def _kind(tp: Any, optional: bool) -> type:
-    if not optional and tp in (bool, int, float):
+def _kind(tp: Any) -> type:
+    if tp in (bool, int, float):
         return tp
-    return str  # text for Literal, str, lists (JSON) and anything optional ("" = unset)
+    if typing.get_origin(tp) in (list, dict):
+        return typing.get_origin(tp)
+    return str  # text for Literal and str
 
 
-def _text(value: Any, kind: type) -> Any:
-    if kind is not str:
-        return value
-    if value is None:
-        return ""
-    # lists of config models (evaluation.benchmarks) become JSON objects
-    return value if isinstance(value, str) else json.dumps(to_jsonable_python(value))
+def _describe(info: Any, tp: Any, optional: bool, key: str) -> str:
+    desc = info.description or UNDESCRIBED.get(key) or key
+    if typing.get_origin(tp) is typing.Literal:
+        desc += " (one of: " + ", ".join(map(str, typing.get_args(tp))) + ")"
+    if optional:
+        desc += " (empty: unset)"
+    return desc
 
 
-def form_fields(defaults: PipelineConfig, cls: type[BaseModel] = PipelineConfig, prefix: str = "") -> list[FormField]:
+def form_fields(defaults: PipelineConfig, cls: type[BaseModel] = PipelineConfig, prefix: str = "",
+                skip: set[str] = SKIP) -> list[FormField]:
+    """One field per config leaf, in the config's own order (sections as declared)."""
     out: list[FormField] = []
     for name, info in cls.model_fields.items():
         key = prefix + name
-        if key in SKIP:
+        if key in skip:
             continue
         tp, optional = _unwrap(info.annotation)
         current = _lookup(defaults, key)
         if isinstance(tp, type) and issubclass(tp, BaseModel):
-            out += form_fields(defaults, tp, key + ".")
+            out += form_fields(defaults, tp, key + ".", skip)
             continue
-        kind = _kind(tp, optional)
-        desc = info.description or ""
-        if kind is str and typing.get_origin(tp) is list:
-            desc = (desc + " " if desc else "") + "(JSON list)"
-        if optional:
-            desc = (desc + " " if desc else "") + "(empty: unset)"
-        out.append(FormField(key.replace(".", "__"), key, kind, _text(current, kind), desc.strip()))
+        kind = _kind(tp)
+        default = current if kind is not str or current is None else str(current)
+        if kind in (list, dict):  # lists of config models (evaluation.benchmarks) travel as JSON values
+            default = to_jsonable_python(current)
+        if optional and kind is str and default is None:
+            default = ""
+        out.append(FormField(key.replace(".", "__"), key, kind, default, _describe(info, tp, optional, key)))
     return out
 
 
@@ -87,9 +97,9 @@ def config_from_form(values: dict[str, Any], fields: list[FormField]) -> Pipelin
     overrides: dict[str, Any] = {}
     for name, value in values.items():
         f = by_name[name]
+        if value is None or value == "":
+            continue  # unset: the config's default
         if isinstance(value, str):
-            if value == "":
-                continue
             declared = _unwrap(_field_type(f.key))[0]
             # text fields keep their text (a sha256 of digits stays a string); the rest is YAML/JSON text
             value = value if declared is str else _set_value(value) if f.kind is str else f.kind(value)

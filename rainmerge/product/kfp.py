@@ -1,76 +1,95 @@
-"""Entry point of the Kubeflow components: the same step bodies as the ZenML steps.
+"""Entry point of the Kubeflow components: the same step bodies as the ZenML steps, wired by the DAG
+table (rainmerge.product.dag).
 
-Large outputs go under `work_dir/<run id>/<step>` (a shared PVC); only small JSON refs travel as
-KFP artifacts. Stage 1/2 are no-ops for baseline methods, so one static DAG serves every method.
-Each component is one call into STEPS, with the same config sections the ZenML pipeline passes.
+`configure` turns the run form into the validated config and hands every step only its own config
+arguments (JSON) and the code digest: those, with the upstream artifacts, are a component's whole
+input, so KFP's cache key is the content a step depends on, never the job id. Large outputs go to the
+shared PVC (`work_dir/<run id>/<step>`); only small JSON refs travel as KFP artifacts. Stage 1/2 are
+no-ops for baseline methods, so one static DAG serves every method.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
+import typing
+import uuid
 from pathlib import Path
 from typing import Any
+
+from pydantic import TypeAdapter
+from pydantic_core import to_jsonable_python
 
 from ..methods import METHODS
 from .artifacts import DirRef
 from .config import PipelineConfig
+from .dag import BY_NAME, DAG, config_args
 from .steps import STEPS
 from .tracking import tracking_uri
 
-_REF_INPUTS = {"calibration", "features", "projectors", "coefficients", "merged"}
+
+def configure_from_form(form: dict[str, Any]) -> tuple[str, ...]:
+    """The run form's values (one per config field, rainmerge.product.form) -> the validated config ->
+    one JSON string of config arguments per step (DAG order, sweep-only steps left out), then the code
+    digest; the KFP `configure` component returns them as its outputs."""
+    from steps._common import code_digest
+
+    cfg = config_from_form(form)
+    out = []
+    for step in DAG:
+        if step.sweep_only:
+            continue
+        args = config_args(step, cfg) | {"tracking_uri": cfg.tracking.tracking_uri, "work_dir": cfg.work_dir,
+                                          "rain": METHODS[cfg.method].needs_stages}
+        out.append(json.dumps(to_jsonable_python(args), sort_keys=True))
+    return (*out, code_digest())
 
 
-def configure_from_form(form: dict[str, Any], out_path: str) -> None:
-    """The run form's values (one per config field, rainmerge.product.form) -> the validated config,
-    written once; every component reads it."""
-    from .form import config_from_form, form_fields
+def config_from_form(form: dict[str, Any]) -> PipelineConfig:
+    from .form import KFP_SKIP, config_from_form as back, form_fields
 
-    fields = form_fields(PipelineConfig.model_construct())  # names and kinds only; the values are the form's
-    known = {f.name for f in fields}
-    unknown = sorted(set(form) - known)
+    fields = form_fields(PipelineConfig.model_construct(), skip=KFP_SKIP)  # names and kinds; values are the form's
+    unknown = sorted(set(form) - {f.name for f in fields})
     if unknown:
         raise ValueError(f"form fields not in the config: {unknown}")
-    cfg = config_from_form(form, fields)
-    Path(out_path).write_text(cfg.model_dump_json())
+    return back(form, fields)
 
 
-def _load(name: str, path: str) -> Any:
-    data = json.loads(Path(path).read_text())
-    return DirRef.model_validate(data) if name in _REF_INPUTS and data is not None else data
+def _typed(fn: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """JSON values -> the types the step body declares (pydantic configs, DirRefs, lists of them)."""
+    hints = typing.get_type_hints(fn)
+    return {k: TypeAdapter(hints[k]).validate_python(v) if k in hints else v for k, v in values.items()}
 
 
-def run(step: str, config_path: str, out_path: str, run_id: str, **inputs: str) -> None:
+def run(step: str, args: str, code: str, out_path: str, **inputs: str) -> None:
     """Run one step of the Kubeflow pipeline; writes its (small) JSON result to out_path."""
-    cfg = PipelineConfig.model_validate_json(Path(config_path).read_text())
+    s = BY_NAME[step]
+    a = json.loads(args)
+    uri, work, rain = tracking_uri(a.pop("tracking_uri")), a.pop("work_dir"), a.pop("rain")
+    # one MLflow parent run per KFP run: the pod's `pipeline/runid` label (kfp-kubernetes field-path env)
+    run_id = os.environ.get("RAINMERGE_RUN_ID") or f"local-{uuid.uuid4().hex[:12]}"
     os.environ.update({"RAINMERGE_RUN_ID": run_id, "RAINMERGE_RUN_NAME": f"kfp-{run_id}",
-                       "RAINMERGE_PIPELINE": "rainmerge-kfp", "RAINMERGE_ORCHESTRATOR": "kubeflow"})
-    uri = tracking_uri(cfg.tracking.tracking_uri)
-    a = {k: _load(k, v) for k, v in inputs.items()}
-    out = Path(cfg.work_dir or ".") / run_id / step
-    out.mkdir(parents=True, exist_ok=True)
-    rain = METHODS[cfg.method].needs_stages
-    rt, data, held = cfg.runtime(), cfg.eval_data_dir(), cfg.held_out_file()
-    calls: dict[str, Any] = {
-        "load_models": lambda: STEPS["load_models"](cfg.models_spec(), {}, uri, cfg.diagnostics, out),
-        "build_calibration_sets": lambda: STEPS["build_calibration_sets"](
-            a["models"], cfg.calibration_spec(), out, uri) if rain else None,
-        "collect_features": lambda: STEPS["collect_features"](a["models"], a["calibration"], rt, out, uri)
-        if rain else None,
-        "compute_projectors": lambda: STEPS["compute_projectors"](a["models"], a["features"], cfg.stage1, rt, out,
-                                                                  uri) if rain else None,
-        "score_attention_heads": lambda: STEPS["score_attention_heads"](
-            a["models"], a["calibration"], a["projectors"], cfg.stage2, cfg.strength, rt, out, uri) if rain else None,
-        "merge": lambda: STEPS["merge"](a["models"], cfg.merge_config(), a.get("calibration"), a.get("projectors"),
-                                        a.get("coefficients"), out, uri),
-        "evaluate_reasoning": lambda: STEPS["evaluate"](a["models"], "reasoning", cfg.evaluation, data, held, uri),
-        "evaluate_merged": lambda: STEPS["evaluate"](a["models"], "merged", cfg.evaluation, data, held, uri,
-                                                     a.get("merged")),
-        "promote": lambda: STEPS["promote"](a["merged"], a["metrics"], a["lrm_metrics"], a["models"],
-                                            a.get("calibration"), cfg.merge_config(), cfg.promotion,
-                                            cfg.tracking.registered_model, out, uri).as_dict(),
-    }
-    if step not in calls:
-        raise ValueError(f"unknown step {step}")
-    result = calls[step]()
-    Path(out_path).write_text(json.dumps(result.model_dump() if isinstance(result, DirRef) else result))
+                       "RAINMERGE_PIPELINE": "rainmerge-kfp", "RAINMERGE_ORCHESTRATOR": "kubeflow",
+                       "RAINMERGE_CODE_DIGEST": code})
+    fn = STEPS[s.fn]
+    upstream = {k: json.loads(Path(v).read_text()) for k, v in inputs.items()}
+    if s.rain_only and not rain:
+        result: Any = None
+    else:
+        params = inspect.signature(fn).parameters
+        kwargs = _typed(fn, {**{k: v for k, v in upstream.items() if k in params}, **a})
+        kwargs["uri"] = uri
+        if "out" in params:
+            kwargs["out"] = Path(work or ".") / run_id / step
+            kwargs["out"].mkdir(parents=True, exist_ok=True)
+        if "fingerprint" in params:
+            kwargs["fingerprint"] = {}
+        result = fn(**kwargs)
+    Path(out_path).write_text(json.dumps(to_jsonable_python(_plain(result))))
+
+
+def _plain(result: Any) -> Any:
+    if isinstance(result, DirRef):
+        return result.model_dump()
+    return result.as_dict() if hasattr(result, "as_dict") else result

@@ -19,6 +19,7 @@ from .gates import Decision, decide  # noqa: F401  (the one decision function an
 from .records import CHALLENGER, CHAMPION, PROMOTED, REJECTED, _client  # noqa: F401 - the registry's names
 
 INPUTS_SHA = "decision_inputs.sha256"
+MODEL_ARTIFACT = "merged_model"  # the run artifact path of the weights registered on a remote server
 log = logging.getLogger("rainmerge")
 
 
@@ -105,14 +106,27 @@ def find_same(name: str, weights_sha256: str, inputs_sha256: str, uri: str | Non
 
 
 def register(name: str, model_dir: str, run_id: str | None, tags: dict[str, str], uri: str | None = None) -> str:
-    """Register the merged folder by reference (its artifact-store URI), tagged, alias `challenger`;
-    the history starts with a `registered` event."""
+    """Register the merged folder, tagged, alias `challenger`; the history starts with a `registered` event.
+    The version source is one the tracking server accepts: an object-store URI as is; a local folder by
+    reference (`file://`) only when the registry itself is local (SQLite/file store); against a remote
+    server the folder is uploaded once as artifacts of `run_id` through the server's proxied artifact
+    store and registered as `runs:/` (a remote server refuses local paths: other clients could not read them)."""
+    from .tracking import tracking_uri
+
     c = _client(uri)
     try:
         c.get_registered_model(name)
     except Exception:
         c.create_registered_model(name, description="RAIN-Merging outputs (rainmerge)")
-    source = model_dir if "://" in model_dir else f"file://{model_dir}"
+    if "://" in model_dir and not model_dir.startswith("file://"):
+        source = model_dir
+    elif not tracking_uri(uri).startswith(("http://", "https://", "databricks")):
+        source = model_dir if model_dir.startswith("file://") else f"file://{model_dir}"
+    else:
+        if run_id is None:
+            raise ValueError("registering on a remote MLflow server needs the run that carries the weights")
+        c.log_artifacts(run_id, model_dir.removeprefix("file://"), MODEL_ARTIFACT)
+        source = f"runs:/{run_id}/{MODEL_ARTIFACT}"
     mv = c.create_model_version(name, source=source, run_id=run_id, tags={k: str(v) for k, v in tags.items()})
     version = str(mv.version)
     records.append(c, name, version, {"event": "registered", "run": tags.get("zenml.run_name") or run_id,

@@ -9,15 +9,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .dag import edges
 from .tracking import KEY_METRICS
 
-# the pipeline's data flow (pipelines/rain_merge.py); steps absent from a run are left out
-EDGES = [("load_models", "evaluate_reasoning"), ("load_models", "build_calibration_sets"),
-         ("build_calibration_sets", "collect_features"), ("collect_features", "compute_projectors"),
-         ("compute_projectors", "score_attention_heads"), ("build_calibration_sets", "score_attention_heads"),
-         ("score_attention_heads", "merge"), ("compute_projectors", "merge"), ("load_models", "merge"),
-         ("merge", "evaluate_merged"), ("evaluate_merged", "promote"), ("evaluate_reasoning", "promote"),
-         ("merge", "promote"), ("promote", "push_to_hub")]
+# the pipeline's step graph; steps absent from a run are left out, from the one DAG table (a sweep adds select_candidate between merge and promote)
+EDGES = list(dict.fromkeys(edges() + edges(sweep=True)))
 PLOTS = {"alpha_heatmap.png": "Stage 2: alpha per (layer, head)",
          "projection_stats.png": "Stage 1: projection per (layer, module)",
          "comparison.png": "Merged vs LRM on the held-out evaluation"}
