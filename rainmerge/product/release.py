@@ -79,8 +79,9 @@ def lineage_tags(config: RainConfig, models: dict[str, Any], calibration: A.DirR
             "zenml.run_id": ids.get("zenml.run_id", ""), "zenml.run_name": ids.get("zenml.run_name", ""),
             "zenml.pipeline": ids.get("zenml.pipeline", "")}
     tags |= records.digest_tags(merged.files)
-    tags |= {"merge.strength": repr(config.strength), **{f"merge.{k}": str(merged.meta[k]) for k in
-                                                        ("step", "mlflow_run_id", "candidate") if merged.meta.get(k) is not None}}
+    made_by = {k: merged.meta.get(k) for k in ("step", "mlflow_run_id", "candidate")}
+    tags["merge.strength"] = repr(config.strength)
+    tags |= {f"merge.{k}": str(v) for k, v in made_by.items() if v is not None}
     for role, d in models["inputs"].items():
         tags |= {f"input.{role}": d["path"], f"input.{role}.revision": str(d["revision"]),
                  f"input.{role}.commit": str(d["commit"]), f"input.{role}.config_sha256": d["config_sha256"]}
