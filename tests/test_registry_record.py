@@ -16,13 +16,15 @@ from rainmerge.errors import RainMergeError
 from rainmerge.product import artifacts as A
 from rainmerge.product import records, registry
 from rainmerge.product.config import HubConfig, PromotionGates
+from tests.paired import evaluation, stored
 from tests.test_promotion import LRM, TOY_CFG, _config, _inputs
 
 X = 94 / 147  # 0.63945578...: rounding it to 6 digits (the old tags) changes a tie into a loss
-TIE = {"if_inst_strict": X, "think_well_formed": 1.0, "reasoning_acc": 0.5}
-GOOD = {"if_inst_strict": 0.8, "think_well_formed": 1.0, "reasoning_acc": 0.5}
-BEST = {"if_inst_strict": 0.9, "think_well_formed": 1.0, "reasoning_acc": 0.5}
-BAD = {"if_inst_strict": 0.1, "think_well_formed": 0.5, "reasoning_acc": 0.1}
+# as a registered version stores them: scores plus the paired intervals' ci.* values (tests/paired.py)
+TIE = stored(evaluation(X, 0.5, n=147), evaluation(0.5, 0.5, n=147))[0]
+GOOD = stored(evaluation(0.8, 0.5), evaluation(0.5, 0.5))[0]
+BEST = stored(evaluation(0.9, 0.5), evaluation(0.5, 0.5))[0]
+BAD = stored(evaluation(0.1, 0.1, malformed=0.5), evaluation(0.5, 0.5))[0]
 
 
 def _name(prefix: str) -> str:
