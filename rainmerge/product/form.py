@@ -75,7 +75,7 @@ def form_fields(defaults: PipelineConfig, cls: type[BaseModel] = PipelineConfig,
         kind = _kind(tp)
         default = current if kind is not str or current is None else str(current)
         if kind in (list, dict):  # lists of config models (evaluation.benchmarks) travel as JSON values
-            default = to_jsonable_python(current)
+            default = to_jsonable_python(current, exclude_none=True)  # KFP values hold no nulls
         if optional and kind is str and default is None:
             default = ""
         out.append(FormField(key.replace(".", "__"), key, kind, default, _describe(info, tp, optional, key)))
