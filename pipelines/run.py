@@ -13,8 +13,12 @@ from rainmerge.product.tracking import PROJECT
 def run_pipeline(cfg: PipelineConfig, cache: bool = True, run_name: str | None = None,
                  zenml_config: str | None = None) -> dict[str, Any]:
     """Run the RAIN (or baseline) pipeline; returns the promote step's decision (with registry version)."""
-    from rainmerge.product.tracking import check_store
+    from rainmerge.product.tracking import check_store, credentials_to_env
 
+    # a password in the tracking URI goes to MLflow's variables, never into the step parameters ZenML stores
+    clean = credentials_to_env(cfg.tracking.tracking_uri)
+    if cfg.tracking.tracking_uri:
+        cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"tracking_uri": clean})})
     # a down server or a read-only store: one line now, not retries and a traceback at the first step
     uri = check_store(cfg.tracking.tracking_uri)
     prepare_stores(uri)

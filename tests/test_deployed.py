@@ -124,7 +124,8 @@ def test_toy_pipeline_against_real_servers(tmp_path):
               "--set", "device=cpu", "--set", "reasoning_calibration.max_samples=8",
               "--set", "instruction_calibration.max_samples=8", "--set", "layers=[1]",
               "--set", "hub.enabled=false", "--set", "promotion.min_gain_over_lrm=-1",
-              "--set", "promotion.min_think_well_formed=0", "--set", "promotion.max_reasoning_drop=1",
+              "--set", "promotion.max_truncation_increase=1", "--set", "promotion.max_malformed_increase=1",
+              "--set", "promotion.max_reasoning_drop=1",
               "--set", "tracking.registered_model=deployed-toy", "--set", "tracking.zenml_model=deployed-toy"],
              env, 1800)
         lineage = _run([str(BIN / "python"), "-m", "rainmerge", "lineage", "deployed-toy", "1"], env, 120)

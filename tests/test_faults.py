@@ -264,6 +264,20 @@ def test_uri_credentials_are_masked_in_messages_logs_and_params(caplog):
     assert record.getMessage() == "store http://bob:***@h failed"
 
 
+def test_uri_credentials_move_to_mlflow_env_before_any_step_sees_the_uri(monkeypatch):
+    """ZenML stores every step parameter (the tracking URI among them) and Kubeflow every argument: the
+    password leaves the URI for MLflow's own variables before the pipeline is built."""
+    from rainmerge.product.tracking import credentials_to_env
+
+    for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://alice:S3cret%40PW@127.0.0.1:5000/p")
+    assert credentials_to_env(None) == "http://127.0.0.1:5000/p"
+    assert os.environ["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5000/p"
+    assert (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]) == ("alice", "S3cret@PW")
+    assert credentials_to_env("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"  # nothing to move
+
+
 # ----------------------------------------------------------------------------------------------
 # Ctrl-C and SIGTERM: one line, the temporary folder and the lock removed
 

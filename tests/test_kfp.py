@@ -104,7 +104,7 @@ def test_local_run_on_the_toy_trio(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
     monkeypatch.setenv("RAINMERGE_RUN_ID", "local-kfp-1")  # on a cluster: the pod's pipeline/runid label
     # kfp 2.17's local runner cannot leave an optional typed parameter (`int = None`, "unset" in the form)
-    # unset, which the cluster backend does: give the four such fields values
+    # unset, which the cluster backend does: give such fields values (an empty list stays unset)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
     mod = _module()
     data = TOY / "data"
@@ -116,7 +116,12 @@ def test_local_run_on_the_toy_trio(tmp_path, monkeypatch):
         instruction_calibration__url="", instruction_calibration__sha256="", device="cpu", evaluation__device="cpu",
         evaluation__data=str(data), evaluation__limit=4, tracking__registered_model="t-kfp",
         tracking__tracking_uri="", work_dir=str(tmp_path / "work"), layers=[1, 2, 3], forward_dtype="auto", hub__enabled=False,
-        reasoning_calibration__max_samples=10_000, instruction_calibration__max_samples=10_000)
+        reasoning_calibration__max_samples=10_000, instruction_calibration__max_samples=10_000,
+        # the toy's embedded held-out sets, greedy, short budgets (the form opens on the 7B protocol)
+        evaluation__benchmarks="[]", evaluation__max_new_tokens=64, evaluation__sampling__temperature=0.0,
+        evaluation__sampling__top_p=1.0, evaluation__sampling__samples=1, evaluation__engine__kv_cache_gib=0.5,
+        evaluation__engine__page_size=32, evaluation__engine__max_batch_tokens=512, evaluation__engine__command=[],
+        gpu_memory=[])
     info = registry.lineage("t-kfp", "1")
     assert "challenger" in info["aliases"] and info["tags"]["method"] == "rain"
     assert info["tags"]["promotion.decision"] in ("promoted", "rejected")

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -196,6 +197,7 @@ def test_snapshot_for_a_form_carries_the_config_as_its_parameter(capsys):
     from rainmerge.cli import main
 
     assert main(["snapshot", "t-form", "--config", str(ROOT / "configs" / "toy.yaml"), "--set", "stage2.rho=0.3"]) == 0
-    sid = capsys.readouterr().out.split(":")[1].split()[0]
+    out = capsys.readouterr().out  # ZenML may print its own lines first
+    sid = re.search(r"^snapshot t-form: (\S+)", out, re.M).group(1)
     params = Client().get_snapshot(sid).pipeline_configuration.parameters
     assert params["config"]["stage2"]["rho"] == 0.3 and params["config"]["method"] == "rain"

@@ -101,13 +101,15 @@ def evaluate_benchmarks(model_dir: str | Path, benchmarks: list[Benchmark], reco
 def evaluate_model(model_dir: str | Path, data_dir: str | Path, *, lrm_dir: str | Path | None = None,
                    calibration: str | Path | None = None, device: str = "cpu", batch_size: int = 32,
                    limit: int | None = None, max_new_tokens: int = 160, progress: bool = True,
-                   name: str | None = None, records_path: str | Path | None = None) -> dict[str, Any]:
-    """The embedded sets of `data_dir` (eval_instructions/eval_problems.jsonl), greedy, in-process engine."""
+                   name: str | None = None, records_path: str | Path | None = None,
+                   sets: list[str] | None = None) -> dict[str, Any]:
+    """The embedded sets of `data_dir` (eval_instructions/eval_problems.jsonl), greedy, in-process engine;
+    `sets` keeps only the named ones (e.g. ["toy_if", "toy_math"], without the enlarged held-out set)."""
     import tempfile
 
     from .engines.config import EngineConfig
 
-    specs = [s.model_copy(update={"limit": limit}) for s in embedded_specs(data_dir)]
+    specs = [s.model_copy(update={"limit": limit}) for s in embedded_specs(data_dir) if sets is None or s.name in sets]
     benchmarks = [load_benchmark(s, calibration) for s in specs]
     with tempfile.TemporaryDirectory() as tmp:
         metrics, records = evaluate_benchmarks(

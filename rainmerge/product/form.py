@@ -4,6 +4,7 @@ validated config. Nothing is hand-listed, so a new config field reaches the form
 
 from __future__ import annotations
 
+import json
 import types
 import typing
 from dataclasses import dataclass
@@ -74,8 +75,10 @@ def form_fields(defaults: PipelineConfig, cls: type[BaseModel] = PipelineConfig,
             continue
         kind = _kind(tp)
         default = current if kind is not str or current is None else str(current)
-        if kind in (list, dict):  # lists of config models (evaluation.benchmarks) travel as JSON values
-            default = to_jsonable_python(current, exclude_none=True)  # KFP values hold no nulls
+        if kind is list and any(isinstance(a, type) and issubclass(a, BaseModel) for a in typing.get_args(tp)):
+            # a list of config models (evaluation.benchmarks) is JSON text: KFP keeps a list of objects as a
+            # protobuf Struct, whose key order (and so the compiled spec) changes from one compile to the next
+            kind, default = str, json.dumps(to_jsonable_python(current, exclude_none=True), sort_keys=True)
         if optional and kind is str and default is None:
             default = ""
         out.append(FormField(key.replace(".", "__"), key, kind, default, _describe(info, tp, optional, key)))
@@ -97,8 +100,8 @@ def config_from_form(values: dict[str, Any], fields: list[FormField]) -> Pipelin
     overrides: dict[str, Any] = {}
     for name, value in values.items():
         f = by_name[name]
-        if value is None or value == "":
-            continue  # unset: the config's default
+        if value is None or value == "" or (value in ([], {}) and f.default is None):
+            continue  # unset: the config's default (an optional list left empty, too)
         if isinstance(value, str):
             declared = _unwrap(_field_type(f.key))[0]
             # text fields keep their text (a sha256 of digits stays a string); the rest is YAML/JSON text

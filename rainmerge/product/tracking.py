@@ -85,6 +85,24 @@ def _probe_writable(db: Path) -> None:
         raise TrackingStoreError(f"the MLflow store {db} is read-only ({why}); {fix}") from None
 
 
+def credentials_to_env(uri: str | None = None) -> str:
+    """The tracking URI without its `user:password@` part, which moves to MLflow's own variables
+    (MLFLOW_TRACKING_USERNAME / _PASSWORD, read by every MLflow client of this process): what is passed on
+    to steps, stored by ZenML as step parameters and by Kubeflow as arguments, then holds no secret."""
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    u = tracking_uri(uri)
+    parts = urlsplit(u)
+    if not u.startswith(("http://", "https://")) or parts.password is None:
+        return u
+    os.environ["MLFLOW_TRACKING_USERNAME"] = unquote(parts.username or "")
+    os.environ["MLFLOW_TRACKING_PASSWORD"] = unquote(parts.password)
+    clean = urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+    if os.environ.get("MLFLOW_TRACKING_URI") == u:
+        os.environ["MLFLOW_TRACKING_URI"] = clean
+    return clean
+
+
 def check_store(uri: str | None = None, write: bool = True, timeout: float | None = None) -> str:
     """One clear line before any work when the tracking store cannot serve the run: a server that does not
     answer within `timeout` seconds, a local store that cannot be written (when `write`). Returns the URI."""
