@@ -45,13 +45,17 @@ def test_zenml_pipeline_is_the_table(tmp_path, monkeypatch):
 
     set_custom_source_root(str(ROOT))
     cfg = load_pipeline_config(ROOT / "configs" / "toy.yaml", {})
-    rain_merge_pipeline.prepare(config=cfg.model_dump(mode="json"), fingerprint={}, code="x")
+    # prepare a copy: prepare() keeps its parameters on the pipeline object, and the module-level one is
+    # shared with later tests (a snapshot made from it would carry these parameters instead of its own)
+    pipe = rain_merge_pipeline.with_options()
+    pipe.prepare(config=cfg.model_dump(mode="json"), fingerprint={}, code="x")
     got = {k: {p: a.invocation_id for p, a in inv.input_artifacts.items()}
-           for k, inv in rain_merge_pipeline.invocations.items()}
+           for k, inv in pipe.invocations.items()}
     assert got == {s.name: s.inputs for s in dag.DAG if not s.sweep_only}
     cfg = load_pipeline_config(ROOT / "configs" / "toy.yaml", {"sweep.strengths": [0.5, 1.0]})
-    rain_merge_pipeline.prepare(config=cfg.model_dump(mode="json"), fingerprint={}, code="x")
-    inv = rain_merge_pipeline.invocations
+    pipe = rain_merge_pipeline.with_options()
+    pipe.prepare(config=cfg.model_dump(mode="json"), fingerprint={}, code="x")
+    inv = pipe.invocations
     ups = {a.invocation_id for v in inv["select_candidate"].input_artifacts.values()
            for a in (v if isinstance(v, list) else [v])}
     assert ups >= {"merge_0", "merge_1", "evaluate_merged_0", "evaluate_reasoning"}

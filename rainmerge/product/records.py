@@ -74,9 +74,13 @@ def digest_tags(files: dict[str, str]) -> dict[str, str]:
     return {WEIGHTS_SHA: overall(files), WEIGHTS_FILES: json.dumps(files, sort_keys=True)}
 
 
+# sources an MLflow server holds for us (a remote registry's `runs:/<run>/merged_model`): fetched to re-hash
+SERVED = ("runs:/", "mlflow-artifacts:/")
+
+
 def local_folder(source: str | None) -> Path | None:
     """The folder a version's source names, when it is on this machine's filesystem."""
-    if not source:
+    if not source or source.startswith(SERVED):
         return None
     if source.startswith("file://"):
         return Path(source.removeprefix("file://"))
@@ -84,21 +88,39 @@ def local_folder(source: str | None) -> Path | None:
 
 
 def verify(source: str | None, tags: dict[str, str]) -> dict[str, Any]:
-    """Re-hash the registered weights and compare them with the recorded digests.
+    """Re-hash the registered weights and compare them with the recorded digests (weights the tracking
+    server holds are downloaded through it first: one read of the model, into a temporary folder).
     status: ok | changed | missing (folder gone) | unrecorded (registered before digests) | remote."""
     recorded = json.loads(tags.get(WEIGHTS_FILES) or "{}")
     out: dict[str, Any] = {"status": "ok", "recorded_sha256": tags.get(WEIGHTS_SHA), "changed": [], "missing": [],
                            "added": []}
-    folder = local_folder(source)
     if not recorded:
         out.update(status="unrecorded", detail="no weights digest recorded (registered by an older rainmerge)")
         return out
+    if source and source.startswith(SERVED):
+        import tempfile
+
+        import mlflow
+
+        with tempfile.TemporaryDirectory(prefix="rainmerge-audit-") as tmp:
+            try:
+                folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp))
+            except Exception as exc:  # noqa: BLE001 - the server holds no such artifacts: reported, not raised
+                out.update(status="missing", detail=f"registered weights {source} cannot be fetched "
+                           f"({type(exc).__name__})", missing=sorted(recorded))
+                return out
+            return _compare(folder, recorded, out)
+    folder = local_folder(source)
     if folder is None:
         out.update(status="remote", detail=f"{source} is not a local folder; not re-hashed here")
         return out
     if not folder.is_dir():
         out.update(status="missing", detail=f"registered folder {folder} is gone", missing=sorted(recorded))
         return out
+    return _compare(folder, recorded, out)
+
+
+def _compare(folder: Path, recorded: dict[str, str], out: dict[str, Any]) -> dict[str, Any]:
     actual = hash_folder(folder)
     out["actual_sha256"] = overall(actual)
     out["changed"] = sorted(k for k in recorded if k in actual and actual[k] != recorded[k])
