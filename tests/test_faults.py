@@ -13,7 +13,7 @@ from rainmerge.errors import ConfigError
 from rainmerge.io.lock import OutputLock, lock_path
 from rainmerge.io.writer import check_output_path
 
-from .test_safety import _args, _cli, _digest
+from .test_safety import _KILLED, _args, _cli, _digest
 
 
 # ----------------------------------------------------------------------------------------------
@@ -279,20 +279,8 @@ def test_uri_credentials_move_to_mlflow_env_before_any_step_sees_the_uri(monkeyp
 
 
 # ----------------------------------------------------------------------------------------------
-# Ctrl-C and SIGTERM: one line, the temporary folder and the lock removed
-
-_SLOW_MERGE = """
-import sys, time
-import rainmerge.merge as m
-real = m.write_sharded
-def slow(tmp, *a, **k):
-    (tmp / "partial.bin").write_bytes(b"0" * 1000)
-    print("writing", flush=True)
-    time.sleep(60)
-m.write_sharded = slow
-from rainmerge.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
+# Ctrl-C and SIGTERM: one line, the temporary folder and the lock removed (the merge held mid-write
+# by test_safety's stub)
 
 
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
@@ -302,7 +290,7 @@ def test_a_stopped_merge_prints_one_line_and_leaves_no_temporary_or_lock(trio_fa
     import sys
 
     out = tmp_path / "merged"
-    p = subprocess.Popen([sys.executable, "-c", _SLOW_MERGE, *_args(trio_factory(), calib, out)], cwd=ROOT,
+    p = subprocess.Popen([sys.executable, "-c", _KILLED, *_args(trio_factory(), calib, out)], cwd=ROOT,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "writing"
     assert list(tmp_path.glob(".merged.tmp-*")) and lock_path(out).exists()
