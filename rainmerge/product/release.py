@@ -33,20 +33,14 @@ def _config_of(merged: A.DirRef, fallback: RainConfig) -> RainConfig:
 
 
 def _eval_set_tags(metrics: dict[str, Any], parent: str | None) -> dict[str, str]:
-    """Evaluation sets' digests: what the evaluate step recorded in its metrics (`datasets`/`eval_sets`:
-    name -> sha256 or {sha256|digest}), else the parent run's MLflow dataset inputs (context evaluation)."""
+    """Evaluation sets' pins and digests: the evaluate step's `datasets` (rainmerge.eval.benchmarks: name,
+    path, revision, sha256 of the rows used, counts), else the parent run's MLflow dataset inputs."""
     out = {}
-    for d in metrics.get("datasets") or [] if isinstance(metrics.get("datasets"), list) else []:
-        # the evaluate step's pinned sets (rainmerge.eval.benchmarks): where, which revision, which rows
+    for d in metrics.get("datasets") or []:
         out |= {f"data.{d['name']}.{f}": str(d.get(f)) for f in ("path", "revision", "sha256", "rows_used",
                                                                   "held_out")}
         if d.get("sha256"):
             out[f"eval_set.{d['name']}"] = str(d["sha256"])
-    for key in ("datasets", "eval_sets"):
-        for n, d in (metrics.get(key) or {}).items() if isinstance(metrics.get(key), dict) else ():
-            sha = d if isinstance(d, str) else (d or {}).get("sha256") or (d or {}).get("digest")
-            if sha:
-                out[f"eval_set.{n}"] = str(sha)
     if out or not parent:
         return out
     try:
