@@ -320,7 +320,7 @@ def capacity(arch: Any, rows: int, max_rank_fraction: float = 0.9, o_proj: str =
     rows <= cap guarantees 'exact' whatever the features (the numerical rank never exceeds rows).
     `arch` needs hidden, num_heads, head_dim, intermediate (an ArchSpec).
     """
-    from .arch import FEATURE_GROUP
+    from .linears import FEATURE_GROUP
 
     widths = {"attn_in": arch.hidden, "mlp_in": arch.hidden, "down_in": arch.intermediate,
               "o_in": arch.num_heads * arch.head_dim if o_proj == "full" else arch.head_dim}

@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 
-from .arch import FEATURE_GROUP
 from .attention import alignment_leakage
 from .calibration import (EncodeReport, InstructionSample, ReasoningSample, Template, encode_instruction,
                           encode_reasoning, load_instruction, load_reasoning, resolve_calibration)
@@ -26,6 +25,7 @@ from .features import collect_features
 from .io.lock import OutputLock
 from .io.writer import check_output_path
 from .io.lazy import all_finite
+from .linears import FEATURE_GROUP
 from .merge import Prefetcher, check_inputs, write_merged_model
 from .methods import METHODS, build_method
 from .methods.rain import Rain

@@ -16,7 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from rainmerge.cli import _sets, main
+from rainmerge.cli import main
+from rainmerge.overrides import parse_sets
 from rainmerge.errors import ConfigError, CorruptInputError, DiskSpaceError, NonFiniteError, OutputLockedError
 from rainmerge.io.lazy import ModelSource
 from rainmerge.io.lock import OutputLock, lock_path
@@ -583,13 +584,13 @@ def test_jsonl_error_reports_the_right_line(tmp_path):
 
 def test_set_keeps_digests_and_odd_numbers_as_text():
     sha = "1234567890" * 6 + "1234"
-    assert _sets([f"reasoning_calibration.sha256={sha}"]) == {"reasoning_calibration.sha256": sha}
-    got = _sets(["a=0123", "b=12", "c=0.5", "d=[0, 1]", "e=true", "f=0x10", "g=abc", "h=[1,", "i=" + "0" * 40])
+    assert parse_sets([f"reasoning_calibration.sha256={sha}"]) == {"reasoning_calibration.sha256": sha}
+    got = parse_sets(["a=0123", "b=12", "c=0.5", "d=[0, 1]", "e=true", "f=0x10", "g=abc", "h=[1,", "i=" + "0" * 40])
     assert got == {"a": "0123", "b": 12, "c": 0.5, "d": [0, 1], "e": True, "f": "0x10", "g": "abc", "h": "[1,",
                    "i": "0" * 40}
     from rainmerge.config import load_config
 
     cfg = load_config(None, {"base": "a", "instruct": "b", "reasoning": "c", "output": "o", "method": "rain",
                              "stage2.enabled": False, "reasoning_calibration.url": "https://x/y.json",
-                             **_sets([f"reasoning_calibration.sha256={sha}"])})
+                             **parse_sets([f"reasoning_calibration.sha256={sha}"])})
     assert cfg.reasoning_calibration.sha256 == sha

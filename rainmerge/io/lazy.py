@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from ..config import ModelRef
+from ..refs import ModelRef
 from ..errors import ConfigError, CorruptInputError, NonFiniteError
 
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
