@@ -24,8 +24,8 @@ class ProjectionConfig(_Strict):
     numerical row space of the protected features when its rank fits under the cap
     floor(max_rank_fraction * width) (exact: (W_merged - W_LRM) x = 0); otherwise, if energy_when_capped < 1,
     the leading directions holding that share of the feature energy when they fit (energy); otherwise the
-    cap's leading directions (capped). Measured on the toy (768 rows vs width 192): capped keeps reasoning
-    98% / think 78%, energy 0.99 only 49% / 52% -- so the default stays at the cap.
+    cap's leading directions (capped). The default stays at the cap: it protected reasoning and the think
+    format best on the toy (docs/deviations.md, row 3).
     Rows = samples x positions per sample (tags: 2, window: 2(radius+1)); rows <= cap guarantees exact.
     """
 

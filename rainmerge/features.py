@@ -36,11 +36,11 @@ def collect_features(
     device = next(model.parameters()).device
     layers, groups = list(layers), list(groups)
     # every sample's rows go straight into one preallocated host buffer per (layer, group): small tensors
-    # kept between forwards would pin the freed activation memory in the allocator (~0.2 GB RSS on a
-    # 0.5B shape for 29 MB of features), and a final cat would hold the features twice. On a GPU the
+    # kept between forwards would pin the freed activation memory in the allocator (many times the
+    # features' own size: benchmarks/README.md), and a final cat would hold the features twice. On a GPU the
     # buffers are page-locked while they fill and every hook's rows are an asynchronous copy into them:
     # no per-sample sync, so the host queues the next forward while the GPU runs this one (a pageable
-    # device->host copy cost 6.5 ms per 1.5B sample on an H200, and blocked the host meanwhile)
+    # device->host copy blocks the host for every sample)
     total = sum(len(s.positions) for s in samples)
     width = {g: _group_width(model, arch, layers[0], g) for g in groups} if layers else {}
     out = {layer: {g: page_aligned_empty(total, width[g]) for g in groups} for layer in layers}

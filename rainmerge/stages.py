@@ -240,7 +240,8 @@ def _stages12_sequential(ctx: MergeContext, cfg: RainConfig, cal: CalibrationSet
 
 
 # Stage 1 features (+ bases) above this many bytes, and above twice the merged weights, are worth a warning
-# before any forward: a 10,000-record calibration file made 5.7 GB of artifacts from a 7 MB toy model
+# before any forward: a 10,000-record calibration file once made artifacts hundreds of times the size of
+# the toy model (docs/faults.md)
 LARGE_FEATURES_BYTES = 1 << 30
 
 
