@@ -94,3 +94,13 @@ def test_the_house_is_at_most_eleven_layers_tall():
 ])
 def test_the_check_sees_an_import_that_runs_the_wrong_way(graph, expected):
     assert wrong_way(graph, LAYERS) == expected
+
+
+def test_the_command_sets_the_cli_names_are_there():
+    """COMMAND_SETS is by name and an ImportError only drops a set (the extra not installed): a misspelt or
+    moved module would drop its commands silently, so with the extra installed here every one must load."""
+    from rainmerge.cli import COMMAND_SETS, _parser
+
+    assert all((ROOT / (name.replace(".", "/") + ".py")).is_file() for name in COMMAND_SETS), COMMAND_SETS
+    _, handlers = _parser()
+    assert {"merge", "plan", "run", "snapshot", "promote", "lineage", "audit"} <= set(handlers), sorted(handlers)
