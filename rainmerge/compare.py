@@ -51,8 +51,8 @@ def compare(config: str, out: Path, methods: list[str], data: Path | None, limit
     return rows
 
 
-def parser(prog: str = "rainmerge compare") -> argparse.ArgumentParser:
-    c = argparse.ArgumentParser(prog=prog, description="merge with each method and evaluate all")
+def parser() -> argparse.ArgumentParser:
+    c = argparse.ArgumentParser(prog="rainmerge compare", description="merge with each method and evaluate all")
     c.add_argument("--config", default="configs/toy.yaml")
     c.add_argument("--out", default="runs/toy/compare")
     c.add_argument("--methods", default=_default_methods(), help="comma-separated: lrm, itm and merge methods")
@@ -63,8 +63,8 @@ def parser(prog: str = "rainmerge compare") -> argparse.ArgumentParser:
     return c
 
 
-def main(argv: list[str] | None = None, prog: str = "rainmerge compare") -> int:
-    a = parser(prog).parse_args(argv)
+def main(argv: list[str] | None = None) -> int:
+    a = parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     compare(a.config, Path(a.out), a.methods.split(","), Path(a.data) if a.data else None, a.limit, a.device,
             not a.quiet)
