@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _front_door(argv: list[str]) -> int:
-    """`python -m rainmerge ARGV`, in this process; returns (or raises SystemExit with) its exit code."""
+    """`python -m rainmerge ARGV`, in this process: it ends in SystemExit with the command's exit code."""
     saved = sys.argv
     sys.argv = ["rainmerge", *argv]
     try:
