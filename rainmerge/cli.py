@@ -75,7 +75,8 @@ def _overrides(a: argparse.Namespace) -> dict[str, Any]:
     return o
 
 
-# optional command sets (the pipeline extra), named rather than imported: the library names no product module.
+# optional command sets (the pipeline extra), loaded by name: the library imports no product module, and the
+# pipelines/ package (which starts pipelines) can sit above it.
 # Each has add_parsers(sub) and dispatch(args, parse_sets); `rainmerge --help` lists them in this order.
 COMMAND_SETS = ("pipelines.cli", "rainmerge.product.cli")
 
