@@ -75,8 +75,8 @@ def _overrides(a: argparse.Namespace) -> dict[str, Any]:
     return o
 
 
-# optional command sets (the pipeline extra), loaded by name: the library imports no product module, and the
-# pipelines/ package (which starts pipelines) can sit above it.
+# optional command sets (the pipeline extra), loaded by name: the library imports no product module, and
+# neither it nor the product layer imports pipelines/ (which starts pipelines, so it stands above both).
 # Each has add_parsers(sub) and dispatch(args, parse_sets); `rainmerge --help` lists them in this order.
 COMMAND_SETS = ("pipelines.cli", "rainmerge.product.cli")
 
