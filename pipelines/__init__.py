@@ -1,3 +1,2 @@
-from .rain_merge import baseline_merge_pipeline, rain_merge_pipeline
-
-__all__ = ["baseline_merge_pipeline", "rain_merge_pipeline"]
+"""ZenML pipelines: the wiring (rain_merge.py), starting a run or a snapshot (run.py) and the commands that
+do so (cli.py). Nothing is imported here, so the CLI can add those commands without loading ZenML."""

@@ -6,7 +6,7 @@ import datetime as _dt
 from typing import Any
 
 from rainmerge.product.config import PipelineConfig
-from rainmerge.product.fingerprint import fingerprint
+from rainmerge.product.fingerprint import code_digest, fingerprint
 from rainmerge.product.tracking import PROJECT
 
 
@@ -30,7 +30,6 @@ def run_pipeline(cfg: PipelineConfig, cache: bool = True, run_name: str | None =
 
     from rainmerge.logs import quiet_third_party
     from rainmerge.product import hygiene
-    from steps._common import code_digest
 
     quiet_third_party()
 
@@ -80,7 +79,6 @@ def create_snapshot(cfg: PipelineConfig, name: str, zenml_config: str | None = N
 
     from rainmerge.methods import METHODS
     from rainmerge.product.registry import registered_name
-    from steps._common import code_digest
 
     set_custom_source_root(str(PROJECT))
     from .rain_merge import baseline_merge_pipeline, rain_merge_pipeline

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from .errors import ConfigError
-
-# the decoder linears a merge may touch (the config's `modules` choices)
-Module = Literal["q", "k", "v", "o", "gate", "up", "down"]
-ALL_MODULES: tuple[Module, ...] = ("q", "k", "v", "o", "gate", "up", "down")
+from .linears import ALL_MODULES, FEATURE_GROUP, GROUP_HOOK, Module  # noqa: F401  (re-exported: callers import them from here too)
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
@@ -22,20 +19,6 @@ _PATHS: dict[str, str] = {
     "up": "mlp.up_proj",
     "down": "mlp.down_proj",
 }
-
-# Which captured input feeds each linear: q/k/v share the attention input, gate/up the MLP input.
-FEATURE_GROUP: dict[str, str] = {
-    "q": "attn_in",
-    "k": "attn_in",
-    "v": "attn_in",
-    "o": "o_in",
-    "gate": "mlp_in",
-    "up": "mlp_in",
-    "down": "down_in",
-}
-# The module whose forward-pre-hook sees each feature group.
-GROUP_HOOK: dict[str, Module] = {"attn_in": "q", "o_in": "o", "mlp_in": "gate", "down_in": "down"}
-
 
 @dataclass(frozen=True)
 class ArchSpec:

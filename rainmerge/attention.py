@@ -14,7 +14,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .calibration import InstructionSample
-from .features import decoder_body, to_device
+from .features import decoder_body
+from .transfer import to_device
 
 IMPL = "rainmerge_stats"
 

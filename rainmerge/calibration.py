@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from .config import CalibrationRef
+from .refs import CalibrationRef
 from .errors import CalibrationError, ConfigError
 from .io.lazy import sha256_file
 

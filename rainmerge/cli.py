@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib
 import json
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from .errors import RainMergeError
 from .methods import METHOD_NAMES
+from .overrides import parse_sets
 from .redact import redact
 
 
@@ -38,33 +42,6 @@ def _merge_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-_FLOAT_TEXT = r"[-+]?(0|[1-9][0-9]*)?\.[0-9]*([eE][-+]?[0-9]+)?|[-+]?\.(inf|Inf|INF)|\.(nan|NaN|NAN)"
-
-
-def _set_value(text: str) -> Any:
-    """YAML-parse a --set value, but keep the text when YAML would change it: a git/sha256 digest
-    (40 or 64 hex characters, even all digits), a number whose text form differs from the input
-    (leading zeros, 1_000, 0x10, 1:30 ...), or a YAML syntax error."""
-    import re
-
-    import yaml
-
-    s = text.strip()
-    if re.fullmatch(r"[0-9a-fA-F]{40}|[0-9a-fA-F]{64}", s):
-        return s
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and re.fullmatch(r"[-+]?(0|[1-9][0-9]*)", s) is None:
-        return text
-    if isinstance(value, float) and re.fullmatch(_FLOAT_TEXT, s) is None:
-        return text
-    return value
-
-
 def _plan_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plan", help="check a merge from metadata only (configs, shard headers, tokenizer, "
                        "calibration) before any weight is downloaded; exit 2 when it would fail")
@@ -76,21 +53,10 @@ def _plan_parser(sub: argparse._SubParsersAction) -> None:
                    "volume_size, memory_request, memory_limit, gpus, gpu_memory_per_device, stages_path)")
 
 
-def _calibrate_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("calibrate", add_help=False, help="build a reasoning calibration set from your own prompts "
-                       "and the LRM's own greedy traces (well-formed ones kept, drops counted); "
-                       "`rainmerge calibrate --help` for its flags")
+def _own_parser(sub: argparse._SubParsersAction, name: str, help: str) -> None:
+    """A command that parses its own flags (`rainmerge NAME --help` shows them); listed here for --help."""
+    p = sub.add_parser(name, add_help=False, help=f"{help}; `rainmerge {name} --help` for its flags")
     p.add_argument("args", nargs=argparse.REMAINDER)
-
-
-def _sets(items: list[str]) -> dict[str, Any]:
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise RainMergeError(f"--set expects KEY=VALUE, got '{item}'")
-        k, v = item.split("=", 1)
-        out[k.strip()] = _set_value(v)
-    return out
 
 
 def _overrides(a: argparse.Namespace) -> dict[str, Any]:
@@ -105,70 +71,97 @@ def _overrides(a: argparse.Namespace) -> dict[str, Any]:
         "layers": [int(x) for x in a.layers.split(",")] if a.layers else None,
         "stage2.enabled": False if a.no_stage2 else None,
     }
-    o.update(_sets(a.set))
+    o.update(parse_sets(a.set))
     return o
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["calibrate"]:  # its own flags (argparse's REMAINDER would swallow none that start with -)
-        from .calibration_builder import main as calibrate
+# optional command sets (the pipeline extra), loaded by name: the library imports no product module, and
+# neither it nor the product layer imports pipelines/ (which starts pipelines, so it stands above both).
+# Each has add_parsers(sub) and dispatch(args, parse_sets); `rainmerge --help` lists them in this order.
+COMMAND_SETS = ("pipelines.cli", "rainmerge.product.cli")
 
-        return calibrate(argv[1:])
+
+def _merge(a: argparse.Namespace) -> int:
+    from .config import load_config
+    from .stages import run_merge
+
+    cfg = load_config(a.config, _overrides(a))
+    before = os.environ.get("TQDM_DISABLE")
+    if a.quiet:  # also the bars of library steps that take no `progress` flag (tqdm reads TQDM_*)
+        os.environ["TQDM_DISABLE"] = "1"
+    try:
+        out = run_merge(cfg, progress=not a.quiet)
+    finally:  # main may run in-process (tests): leave the environment as it was
+        if before is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = before
+    print(out)
+    return 0
+
+
+def _plan(a: argparse.Namespace) -> int:
+    from .config import load_config
+    from .preflight import build_plan, format_plan
+
+    cfg = load_config(a.config, parse_sets(a.set))
+    rep = build_plan(cfg)
+    if a.k8s:
+        res = rep.resources
+        print(json.dumps(res.k8s | {"stages_path": res.stages_path}, indent=2) if res else rep.to_json())
+        return 0 if rep.ok else 2
+    params = (rep.inputs.get("reasoning") and rep.inputs["reasoning"].params) or 0
+    from .preflight.evaluation import estimate_from_config, format_evaluation
+
+    ev = estimate_from_config(a.config, parse_sets(a.set), params)
+    if a.json:
+        print(json.dumps(json.loads(rep.to_json()) | {"evaluation": ev and ev.model_dump()}, indent=2))
+    else:
+        print(format_plan(rep) + (format_evaluation(ev) if ev else ""))
+    return 0 if rep.ok else 2
+
+
+def _parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], int]]]:
+    """The whole command line, and which function runs each command."""
     parser = argparse.ArgumentParser(prog="rainmerge", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
     _merge_parser(sub)
     _plan_parser(sub)
-    _calibrate_parser(sub)
-    try:  # the product layer (pipeline, registry) is an optional extra: `pip install rainmerge[pipeline]`
-        from .product import cli as product_cli
-    except ImportError:
-        product_cli = None
-    if product_cli is not None:
-        product_cli.add_parsers(sub)
+    _own_parser(sub, "calibrate", "build a reasoning calibration set from your own prompts and the LRM's own "
+                "greedy traces (well-formed ones kept, drops counted)")
+    _own_parser(sub, "compare", "merge the trio with each method and evaluate the LRM, the ITM and the merges")
+    handlers: dict[str, Callable[[argparse.Namespace], int]] = {"merge": _merge, "plan": _plan}
+    for name in COMMAND_SETS:
+        try:  # an optional extra: `pip install rainmerge[pipeline]`
+            commands = importlib.import_module(name)
+        except ImportError:
+            continue
+        before = set(sub.choices)
+        commands.add_parsers(sub)
+        for cmd in set(sub.choices) - before:
+            handlers[cmd] = functools.partial(commands.dispatch, sets=parse_sets)
+    return parser, handlers
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # commands with their own flags (argparse's REMAINDER would swallow none that start with -)
+    if argv[:1] == ["calibrate"]:
+        from .calibration_builder import main as calibrate
+
+        return calibrate(argv[1:])
+    if argv[:1] == ["compare"]:
+        from .compare import main as compare
+
+        return compare(argv[1:])
+    parser, handlers = _parser()
     a = parser.parse_args(argv)
     from .logs import setup
 
     setup()
     restore = _on_sigterm()
     try:
-        if a.cmd == "merge":
-            from .config import load_config
-            from .stages import run_merge
-
-            cfg = load_config(a.config, _overrides(a))
-            before = os.environ.get("TQDM_DISABLE")
-            if a.quiet:  # also the bars of library steps that take no `progress` flag (tqdm reads TQDM_*)
-                os.environ["TQDM_DISABLE"] = "1"
-            try:
-                out = run_merge(cfg, progress=not a.quiet)
-            finally:  # main may run in-process (tests): leave the environment as it was
-                if before is None:
-                    os.environ.pop("TQDM_DISABLE", None)
-                else:
-                    os.environ["TQDM_DISABLE"] = before
-            print(out)
-            return 0
-        if a.cmd == "plan":
-            from .config import load_config
-            from .preflight import build_plan, format_plan
-
-            cfg = load_config(a.config, _sets(a.set))
-            rep = build_plan(cfg)
-            if a.k8s:
-                res = rep.resources
-                print(json.dumps(res.k8s | {"stages_path": res.stages_path}, indent=2) if res else rep.to_json())
-                return 0 if rep.ok else 2
-            params = (rep.inputs.get("reasoning") and rep.inputs["reasoning"].params) or 0
-            from .preflight.evaluation import estimate_from_config, format_evaluation
-
-            ev = estimate_from_config(a.config, _sets(a.set), params)
-            if a.json:
-                print(json.dumps(json.loads(rep.to_json()) | {"evaluation": ev and ev.model_dump()}, indent=2))
-            else:
-                print(format_plan(rep) + (format_evaluation(ev) if ev else ""))
-            return 0 if rep.ok else 2
-        return product_cli.dispatch(a, _sets)
+        return handlers[a.cmd](a)
     except RainMergeError as exc:
         print(f"rainmerge: error: {redact(exc)}", file=sys.stderr)
         return 2

@@ -2,54 +2,19 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from .arch import ALL_MODULES, Module
+from .linears import ALL_MODULES, Module
 from .errors import ConfigError
+from .memory import parse_bytes
 from .methods import METHOD_NAMES
+from .refs import CalibrationRef, ModelRef, Strict as _Strict  # noqa: F401  (ModelRef: re-exported)
 
 Method = Literal[METHOD_NAMES]  # type: ignore[valid-type]  # one table: rainmerge.methods.METHODS
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class ModelRef(_Strict):
-    """A model given as a local directory or a Hub id (with an optional revision)."""
-
-    path: str = Field(description="local model folder or Hub id (owner/name)")
-    revision: str | None = Field(default=None, description="Hub branch, tag or commit; resolved to a commit")
-    trust_remote_code: bool = Field(default=False, description="run the model repo's own code (only if you trust it)")
-
-
-class CalibrationRef(_Strict):
-    """A calibration file: a local path, or a pinned URL whose SHA-256 is verified after download."""
-
-    path: str | None = Field(default=None, description="local calibration file")
-    url: str | None = Field(default=None, description="pinned download URL (needs sha256)")
-    sha256: str | None = Field(default=None, description="expected SHA-256 of the file (64 hex digits)")
-    max_samples: int | None = Field(default=None, ge=1, description="use only the first N records")
-
-    @field_validator("sha256")
-    @classmethod
-    def _hex(cls, v: str | None) -> str | None:
-        if v is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", v):
-            raise ValueError("sha256 must be 64 hex digits")
-        return v.lower() if v else v
-
-    @model_validator(mode="after")
-    def _source(self) -> "CalibrationRef":
-        if not self.path and not self.url:
-            raise ValueError("give a local 'path' or a 'url' (with 'sha256')")
-        if self.url and not self.sha256:
-            raise ValueError("a calibration 'url' needs its pinned 'sha256'")
-        return self
 
 
 class ProjectionConfig(_Strict):
@@ -59,8 +24,8 @@ class ProjectionConfig(_Strict):
     numerical row space of the protected features when its rank fits under the cap
     floor(max_rank_fraction * width) (exact: (W_merged - W_LRM) x = 0); otherwise, if energy_when_capped < 1,
     the leading directions holding that share of the feature energy when they fit (energy); otherwise the
-    cap's leading directions (capped). Measured on the toy (768 rows vs width 192): capped keeps reasoning
-    98% / think 78%, energy 0.99 only 49% / 52% -- so the default stays at the cap.
+    cap's leading directions (capped). The default stays at the cap: it protected reasoning and the think
+    format best on the toy (docs/deviations.md, row 3).
     Rows = samples x positions per sample (tags: 2, window: 2(radius+1)); rows <= cap guarantees exact.
     """
 
@@ -241,19 +206,6 @@ class RainConfig(_Strict):
         if self.method == "rain" and self.stage2.enabled and self.instruction_calibration is None:
             raise ValueError("method 'rain' needs instruction_calibration (Stage 2), or set stage2.enabled: false")
         return self
-
-
-def parse_bytes(size: str | int) -> int:
-    """'70GiB' / '80GB' / '512MB' / an int -> bytes (accelerate's parser, the one device_map's max_memory uses)."""
-    from accelerate.utils import convert_file_size_to_int
-
-    try:
-        n = convert_file_size_to_int(size)
-    except (ValueError, TypeError):
-        raise ValueError(f"not a size: {size!r} (e.g. 70GiB, 80GB)") from None
-    if n <= 0:
-        raise ValueError(f"not a size: {size!r} (e.g. 70GiB, 80GB)")
-    return n
 
 
 class ModelsSpec(_Strict):

@@ -11,8 +11,8 @@ Two ways, one answer (the same projector to float64 rounding; tests/test_factori
   and a factor that misses more than GRAM_TOL is redone by ``svd`` (counted in `Factors.redone`).
 
 `auto` (the config default) is gram on CUDA, and on the CPU for large factors (min(m, width) >=
-GRAM_MIN_SIDE), svd otherwise. Measured on the 2-core CPU (float64, median of 2): [1800, 18944] svd 21.5 s,
-gram 8.5 s; [1800, 3584] 3.1 s vs 2.1 s; [240, 4864] 0.06 s vs 0.08 s (LAPACK's SVD wins when small).
+GRAM_MIN_SIDE), svd otherwise: LAPACK's SVD wins on small factors, gram on large ones (the measured
+crossover: benchmarks/README.md, "Figures that were in the code").
 
 QR keeps nested spans: the first k columns of V span the same space as the k leading X^T u_i, so the
 energy and capped rules, which keep a leading set of directions, see the same subspace either way.

@@ -5,14 +5,15 @@ Only the rows at the protected positions are kept, so memory is O(samples x |Ome
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 
 import torch
 from tqdm.auto import tqdm
 
-from .arch import GROUP_HOOK, ArchSpec
+from .arch import ArchSpec
+from .linears import GROUP_HOOK
 from .calibration import ReasoningSample
+from .transfer import page_aligned_empty, page_locked, to_device
 
 Features = dict[int, dict[str, torch.Tensor]]  # layer -> group -> [m, in] float32
 
@@ -35,11 +36,11 @@ def collect_features(
     device = next(model.parameters()).device
     layers, groups = list(layers), list(groups)
     # every sample's rows go straight into one preallocated host buffer per (layer, group): small tensors
-    # kept between forwards would pin the freed activation memory in the allocator (~0.2 GB RSS on a
-    # 0.5B shape for 29 MB of features), and a final cat would hold the features twice. On a GPU the
+    # kept between forwards would pin the freed activation memory in the allocator (many times the
+    # features' own size: benchmarks/README.md), and a final cat would hold the features twice. On a GPU the
     # buffers are page-locked while they fill and every hook's rows are an asynchronous copy into them:
     # no per-sample sync, so the host queues the next forward while the GPU runs this one (a pageable
-    # device->host copy cost 6.5 ms per 1.5B sample on an H200, and blocked the host meanwhile)
+    # device->host copy blocks the host for every sample)
     total = sum(len(s.positions) for s in samples)
     width = {g: _group_width(model, arch, layers[0], g) for g in groups} if layers else {}
     out = {layer: {g: page_aligned_empty(total, width[g]) for g in groups} for layer in layers}
@@ -83,54 +84,6 @@ def on_device(rows: dict, device: torch.device) -> torch.Tensor:
     if key not in rows:
         rows[key] = idx.to(device, non_blocking=True)
     return rows[key]
-
-
-PAGE = 4096
-
-
-def page_aligned_empty(rows: int, width: int) -> torch.Tensor:
-    """An empty float32 [rows, width] host buffer that owns whole pages (a view into a slightly larger
-    allocation), so page-locking it can never touch a page another allocation shares."""
-    n = rows * width
-    pad = PAGE // 4
-    raw = torch.empty(n + 2 * pad, dtype=torch.float32)
-    start = (-raw.data_ptr() % PAGE) // 4
-    return raw[start:start + n].view(rows, width)
-
-
-def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A small host tensor onto `device` without a stream sync: torch's blocking host->device copy
-    synchronizes the stream, so every index tensor would make the host wait for the previous forward."""
-    if device.type != "cuda":
-        return t.to(device)
-    return t.pin_memory().to(device, non_blocking=True)
-
-
-@contextmanager
-def page_locked(buffers: list[torch.Tensor], device: torch.device) -> Iterator[None]:
-    """Page-lock existing host buffers while device->host copies fill them, then wait for the copies.
-    cudaHostRegister locks exactly their bytes (torch's pinned allocator rounds each allocation up to a
-    power of two: up to 2x the features' host memory). Where registering fails the copies stay
-    correct, only synchronous."""
-    if device.type != "cuda":
-        yield
-        return
-    locked = []
-    cudart = torch.cuda.cudart()
-    try:
-        try:
-            for b in buffers:
-                size = -(-b.numel() * b.element_size() // PAGE) * PAGE  # whole pages, all inside b's allocation
-                if b.numel() and b.data_ptr() % PAGE == 0 and int(cudart.cudaHostRegister(b.data_ptr(), size, 0)) == 0:
-                    locked.append(b)
-        except Exception:  # no binding: pageable copies, synchronous but correct
-            pass
-        yield
-    finally:
-        for i in range(torch.cuda.device_count()):  # every device a spread model's hooks copy from
-            torch.cuda.synchronize(i)  # the last copies land before the buffers are read or unlocked
-        for b in locked:
-            cudart.cudaHostUnregister(b.data_ptr())
 
 
 def _group_width(model: torch.nn.Module, arch: ArchSpec, layer: int, group: str) -> int:

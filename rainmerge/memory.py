@@ -28,6 +28,19 @@ GPU_USABLE = 0.92  # share of a device's memory a path may plan to use (allocato
 DEVICE_SHARE = 0.6  # hidden states wait on the device while they take at most this share of what is left
 HOST_SHARE = 0.5  # ... and on the host while at most this share of the host budget
 PLACEMENTS = ("auto", "device", "host", "disk")
+
+
+def parse_bytes(size: str | int) -> int:
+    """'70GiB' / '80GB' / '512MB' / an int -> bytes (accelerate's parser, the one device_map's max_memory uses)."""
+    from accelerate.utils import convert_file_size_to_int
+
+    try:
+        n = convert_file_size_to_int(size)
+    except (ValueError, TypeError):
+        raise ValueError(f"not a size: {size!r} (e.g. 70GiB, 80GB)") from None
+    if n <= 0:
+        raise ValueError(f"not a size: {size!r} (e.g. 70GiB, 80GB)")
+    return n
 HOST_BASE = 2 << 30  # interpreter, torch, transformers, tokenizer
 K8S_MEMORY_HEADROOM = 1.25  # pod memory limit over the estimated host peak
 K8S_VOLUME_HEADROOM = 1.15  # volume over download + output + artifacts (+ spilled hidden states)
@@ -52,7 +65,7 @@ def solve_bytes(arch: Any, rows: int) -> int:
 
 def layer_bases_bytes(arch: Any, rows: int, modules: list[str], per_head_o: bool, sb: int) -> int:
     """One layer's projector bases V [width, rank] in the solve dtype."""
-    from .arch import FEATURE_GROUP
+    from .linears import FEATURE_GROUP
 
     width = {"attn_in": arch.hidden, "o_in": arch.num_heads * arch.head_dim, "mlp_in": arch.hidden,
              "down_in": arch.intermediate}
@@ -227,8 +240,7 @@ def decide_stages_path(ctx: Any, reasoning: list[Any], instruction: list[Any],
 
     import torch
 
-    from .arch import FEATURE_GROUP
-    from .config import parse_bytes
+    from .linears import FEATURE_GROUP
 
     if ctx.stages_path != "auto":
         return choose_stages_path(ctx.stages_path, None, None, None, False)  # type: ignore[arg-type]

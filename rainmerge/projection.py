@@ -154,7 +154,7 @@ def protected_basis(
     The factorization always runs in float64 (once per feature group: cheap next to the projections,
     and the directions of an ill-conditioned X are only right to ~1e-7 * s_max / s in float32), by
     `factorization` (svd | gram | auto: rainmerge.factorize); `dtype` is the dtype the basis is stored
-    and applied in (float32: half the memory, ~0.6x the projection time).
+    and applied in (float32: half the memory and a faster projection; figures in benchmarks/README.md).
 
     Rule (see the module docstring): remove the whole numerical row space when it fits under the cap
     (exact); otherwise the leading directions holding `energy_when_capped` (< 1) of the energy when they
@@ -320,7 +320,7 @@ def capacity(arch: Any, rows: int, max_rank_fraction: float = 0.9, o_proj: str =
     rows <= cap guarantees 'exact' whatever the features (the numerical rank never exceeds rows).
     `arch` needs hidden, num_heads, head_dim, intermediate (an ArchSpec).
     """
-    from .arch import FEATURE_GROUP
+    from .linears import FEATURE_GROUP
 
     widths = {"attn_in": arch.hidden, "mlp_in": arch.hidden, "down_in": arch.intermediate,
               "o_in": arch.num_heads * arch.head_dim if o_proj == "full" else arch.head_dim}

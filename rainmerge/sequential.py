@@ -35,13 +35,13 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .arch import FEATURE_GROUP, GROUP_HOOK
 from .attention import IMPL, _ACTIVE, _Ctx, _weights, register, sample_scores
 from .calibration import InstructionSample, ReasoningSample
 from .coefficients import uniform_coefficients
-from .features import page_aligned_empty, page_locked, to_device
+from .transfer import page_aligned_empty, page_locked, to_device
 from .io.lazy import all_finite
 from .io.spill import HiddenStates, choose_placement, spill_folder
+from .linears import FEATURE_GROUP, GROUP_HOOK
 from .projection import bases_from_features
 
 log = logging.getLogger("rainmerge")

@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 
-from .arch import FEATURE_GROUP
 from .attention import alignment_leakage
 from .calibration import (EncodeReport, InstructionSample, ReasoningSample, Template, encode_instruction,
                           encode_reasoning, load_instruction, load_reasoning, resolve_calibration)
@@ -26,6 +25,7 @@ from .features import collect_features
 from .io.lock import OutputLock
 from .io.writer import check_output_path
 from .io.lazy import all_finite
+from .linears import FEATURE_GROUP
 from .merge import Prefetcher, check_inputs, write_merged_model
 from .methods import METHODS, build_method
 from .methods.rain import Rain
@@ -240,7 +240,8 @@ def _stages12_sequential(ctx: MergeContext, cfg: RainConfig, cal: CalibrationSet
 
 
 # Stage 1 features (+ bases) above this many bytes, and above twice the merged weights, are worth a warning
-# before any forward: a 10,000-record calibration file made 5.7 GB of artifacts from a 7 MB toy model
+# before any forward: a 10,000-record calibration file once made artifacts hundreds of times the size of
+# the toy model (docs/faults.md)
 LARGE_FEATURES_BYTES = 1 << 30
 
 

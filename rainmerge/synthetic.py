@@ -71,7 +71,7 @@ def write_random_trio(root: Path, shape: str | dict[str, Any], layers: int | Non
 
     link_base hard-links the base's weights to the LRM's (same work and I/O; tau = ITM - LRM is still a
     real, non-zero task vector, so the identity statistics stay meaningful): a 7B trio then needs 30 GB
-    of disk instead of 45 GB. device="cuda" draws every tensor on the GPU (seconds for 7B;
+    of disk instead of 45 GB. device="cuda" draws every tensor on the GPU (much faster for large shapes;
     other random numbers than on the CPU, same distribution)."""
     from transformers import AutoModelForCausalLM
 

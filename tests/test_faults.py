@@ -13,7 +13,7 @@ from rainmerge.errors import ConfigError
 from rainmerge.io.lock import OutputLock, lock_path
 from rainmerge.io.writer import check_output_path
 
-from .test_safety import _KILLED, _args, _cli, _digest
+from .merge_cli import KILLED_MID_WRITE, digest, merge_args, run_cli
 
 
 # ----------------------------------------------------------------------------------------------
@@ -58,7 +58,7 @@ def test_merge_cli_with_a_symlinked_lock_keeps_the_victim(trio_factory, calib, t
     victim.write_text("precious")
     out = tmp_path / "merged"
     lock_path(out).symlink_to(victim)
-    rc, line = _cli(capsys, _args(trio_factory(), calib, out))
+    rc, line = run_cli(capsys, merge_args(trio_factory(), calib, out))
     assert rc == 2 and "symlink" in line
     assert victim.read_text() == "precious" and not out.exists()
 
@@ -72,25 +72,25 @@ def test_overwrite_keeps_a_user_folder_with_an_empty_provenance(trio_factory, ca
     (out / "docs").mkdir(parents=True)
     (out / "docs" / "thesis.txt").write_text("years of work")
     (out / "rainmerge_provenance.json").write_text("{}")
-    before = _digest(out)
-    rc, line = _cli(capsys, _args(trio_factory(), calib, out, "--overwrite"))
+    before = digest(out)
+    rc, line = run_cli(capsys, merge_args(trio_factory(), calib, out, "--overwrite"))
     assert rc == 2 and "not written by rainmerge" in line and "remove it yourself" in line
-    assert _digest(out) == before
+    assert digest(out) == before
 
 
 def test_overwrite_refuses_an_earlier_merge_with_a_file_added_then_replaces_it_when_clean(
         trio_factory, calib, tmp_path, capsys):
     trio = trio_factory()
     out = tmp_path / "o"
-    assert _cli(capsys, _args(trio, calib, out))[0] == 0
+    assert run_cli(capsys, merge_args(trio, calib, out))[0] == 0
     prov = json.loads((out / "rainmerge_provenance.json").read_text())
     assert prov["contents"] and "rainmerge_provenance.json" not in prov["contents"]
     (out / "notes.txt").write_text("added by hand")
-    rc, line = _cli(capsys, _args(trio, calib, out, "--overwrite"))
+    rc, line = run_cli(capsys, merge_args(trio, calib, out, "--overwrite"))
     assert rc == 2 and "notes.txt" in line
     assert (out / "notes.txt").read_text() == "added by hand"
     (out / "notes.txt").unlink()
-    assert _cli(capsys, _args(trio, calib, out, "--overwrite"))[0] == 0
+    assert run_cli(capsys, merge_args(trio, calib, out, "--overwrite"))[0] == 0
 
 
 def test_overwrite_checks_sizes_against_the_provenance(tmp_path):
@@ -113,7 +113,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
 def test_a_non_finite_strength_is_refused_at_load(trio_factory, calib, tmp_path, capsys, value):
     out = tmp_path / "o"
-    rc, line = _cli(capsys, _args(trio_factory(), calib, out, f"--strength={value}"))
+    rc, line = run_cli(capsys, merge_args(trio_factory(), calib, out, f"--strength={value}"))
     assert rc == 2 and "strength" in line and "finite" in line and not out.exists()
     from rainmerge.product.config import load_pipeline_config
 
@@ -280,7 +280,7 @@ def test_uri_credentials_move_to_mlflow_env_before_any_step_sees_the_uri(monkeyp
 
 # ----------------------------------------------------------------------------------------------
 # Ctrl-C and SIGTERM: one line, the temporary folder and the lock removed (the merge held mid-write
-# by test_safety's stub)
+# by merge_cli.KILLED_MID_WRITE)
 
 
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
@@ -290,7 +290,7 @@ def test_a_stopped_merge_prints_one_line_and_leaves_no_temporary_or_lock(trio_fa
     import sys
 
     out = tmp_path / "merged"
-    p = subprocess.Popen([sys.executable, "-c", _KILLED, *_args(trio_factory(), calib, out)], cwd=ROOT,
+    p = subprocess.Popen([sys.executable, "-c", KILLED_MID_WRITE, *merge_args(trio_factory(), calib, out)], cwd=ROOT,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "writing"
     assert list(tmp_path.glob(".merged.tmp-*")) and lock_path(out).exists()

@@ -1,4 +1,5 @@
-"""Lazy safetensors reading and atomic, sharded writing."""
+"""Safetensors I/O: lazy reading (lazy), atomic sharded writing (writer, stream), one writer per output
+(lock), and hidden states spilled between layers (spill)."""
 
 from .lazy import ModelSource, sha256_file
 from .writer import AtomicDir, write_sharded

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import ConfigError
-from ..features import to_device
+from ..transfer import to_device
 from ..memory import hidden_placement, host_available_bytes
 
 

@@ -1,8 +1,9 @@
 """Cheap identities of the inputs, taken when a pipeline is built, so step caching sees edited files
-(the weights themselves are hashed once per run, by load_models)."""
+(the weights themselves are hashed once per run, by load_models), and of the library's own code."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from ..config import RainConfig
@@ -26,3 +27,12 @@ def fingerprint(cfg: RainConfig) -> dict[str, str]:
             p = Path(ref.path).expanduser() if ref.path else None
             fp[role] = sha256_file(p) if p and p.is_file() else (ref.sha256 or "")
     return fp
+
+
+def code_digest() -> str:
+    """Hash of the library source: part of every step's cache key, so a code change reruns the steps."""
+    root = Path(__file__).resolve().parents[1]  # the rainmerge package
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
+from ..overrides import set_value
 from .config import PipelineConfig, load_pipeline_config
 
 # CLI-only or meaningless in an orchestrated run (outputs go to the artifact store / PVC)
@@ -94,8 +95,6 @@ def _lookup(cfg: Any, dotted: str) -> Any:
 def config_from_form(values: dict[str, Any], fields: list[FormField]) -> PipelineConfig:
     """The form's values (by field name, or by dotted key as `--set key=value` text) -> a validated config;
     an empty text leaves its key unset."""
-    from ..cli import _set_value
-
     by_name = {f.name: f for f in fields} | {f.key: f for f in fields}
     overrides: dict[str, Any] = {}
     for name, value in values.items():
@@ -105,7 +104,7 @@ def config_from_form(values: dict[str, Any], fields: list[FormField]) -> Pipelin
         if isinstance(value, str):
             declared = _unwrap(_field_type(f.key))[0]
             # text fields keep their text (a sha256 of digits stays a string); the rest is YAML/JSON text
-            value = value if declared is str else _set_value(value) if f.kind is str else f.kind(value)
+            value = value if declared is str else set_value(value) if f.kind is str else f.kind(value)
         overrides[f.key] = value
     return load_pipeline_config(None, overrides)
 

@@ -25,6 +25,7 @@ from ..methods import METHODS
 from .artifacts import DirRef
 from .config import PipelineConfig
 from .dag import BY_NAME, DAG, config_args
+from .fingerprint import code_digest
 from .steps import STEPS
 from .tracking import tracking_uri
 
@@ -33,8 +34,6 @@ def configure_from_form(form: dict[str, Any]) -> tuple[str, ...]:
     """The run form's values (one per config field, rainmerge.product.form) -> the validated config ->
     one JSON string of config arguments per step (DAG order, sweep-only steps left out), then the code
     digest; the KFP `configure` component returns them as its outputs."""
-    from steps._common import code_digest
-
     cfg = config_from_form(form)
     out = []
     for step in DAG:

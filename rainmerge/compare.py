@@ -1,0 +1,75 @@
+"""`rainmerge compare` (also `python -m rainmerge.eval compare`): merge a trio (the toy by default) with
+each method and evaluate the LRM, the ITM and every merge on the same held-out prompts. It runs merges
+and evaluations, so it sits above both the merge stages and the evaluation package."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _default_methods() -> str:
+    from .methods import METHODS
+
+    return ",".join(["lrm", "itm", *(m.name for m in METHODS.values() if m.compared_by_default)])
+
+
+def compare(config: str, out: Path, methods: list[str], data: Path | None, limit: int | None, device: str,
+            progress: bool, overrides: dict | None = None) -> list[dict]:
+    from .config import load_config
+    from .eval import report
+    from .eval.suite import default_data_dir, evaluate_model, held_out_file
+    from .stages import run_merge
+
+    base_cfg = load_config(config, overrides)
+    data = Path(data or default_data_dir(base_cfg))
+    if not (data / "eval_instructions.jsonl").is_file():
+        raise SystemExit(f"evaluation data not found in {data}; pass --data DIR")
+    cal = held_out_file(base_cfg)
+    rows = []
+    for m in methods:
+        if m in ("lrm", "itm"):
+            folder = base_cfg.reasoning.path if m == "lrm" else base_cfg.instruct.path
+        else:
+            folder = str(out / "models" / m)
+            cfg = base_cfg.model_copy(update={"method": m, "output": folder, "overwrite": True})
+            run_merge(load_config(None, cfg.model_dump(mode="json")), progress=progress)
+        res = evaluate_model(folder, data, lrm_dir=base_cfg.reasoning.path, calibration=cal, device=device,
+                             limit=limit, progress=progress, name=m)
+        res.pop("examples", None)
+        rows.append(res)
+        print(f"{m}: " + json.dumps({k: round(v, 4) for k, v in res.items() if isinstance(v, float)}), flush=True)
+    paths = report.write(rows, out)
+    print(report.markdown_table(rows))
+    print(f"\nwritten: {', '.join(str(p) for p in paths.values())}")
+    return rows
+
+
+def parser() -> argparse.ArgumentParser:
+    c = argparse.ArgumentParser(prog="rainmerge compare", description="merge with each method and evaluate all")
+    c.add_argument("--config", default="configs/toy.yaml")
+    c.add_argument("--out", default="runs/toy/compare")
+    c.add_argument("--methods", default=_default_methods(), help="comma-separated: lrm, itm and merge methods")
+    c.add_argument("--data", help="evaluation folder (default: next to the calibration files)")
+    c.add_argument("--limit", type=int)
+    c.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    c.add_argument("--quiet", action="store_true")
+    return c
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    compare(a.config, Path(a.out), a.methods.split(","), Path(a.data) if a.data else None, a.limit, a.device,
+            not a.quiet)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
