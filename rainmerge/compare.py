@@ -63,11 +63,31 @@ def parser() -> argparse.ArgumentParser:
     return c
 
 
+def _methods(text: str) -> list[str]:
+    """The --methods list, checked before any merge or evaluation starts."""
+    from .errors import ConfigError
+    from .methods import METHODS
+
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in names if m not in ("lrm", "itm", *METHODS)]
+    if unknown or not names:
+        raise ConfigError(f"--methods: unknown {', '.join(unknown) or '(empty list)'}; choose from lrm, itm, "
+                          + ", ".join(METHODS))
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
+    from .errors import RainMergeError
+    from .redact import redact
+
     a = parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    compare(a.config, Path(a.out), a.methods.split(","), Path(a.data) if a.data else None, a.limit, a.device,
-            not a.quiet)
+    try:
+        compare(a.config, Path(a.out), _methods(a.methods), Path(a.data) if a.data else None, a.limit,
+                a.device, not a.quiet)
+    except RainMergeError as exc:  # a bad config or flag: one line, as every other command
+        print(f"rainmerge: error: {redact(exc)}", file=sys.stderr)
+        return 2
     return 0
 
 

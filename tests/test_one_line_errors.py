@@ -61,3 +61,13 @@ def test_set_keeps_digests_and_odd_numbers_as_text():
                              "stage2.enabled": False, "reasoning_calibration.url": "https://x/y.json",
                              **parse_sets([f"reasoning_calibration.sha256={sha}"])})
     assert cfg.reasoning_calibration.sha256 == sha
+
+
+def test_compare_bad_config_and_methods_are_one_line(tmp_path, capsys):
+    """`rainmerge compare` checks its config and --methods before any merge or evaluation starts."""
+    out = tmp_path / "cmp"
+    rc, line = run_cli(capsys, ["compare", "--config", str(tmp_path / "none.yaml"), "--out", str(out)])
+    assert rc == 2 and "config file not found" in line
+    rc, line = run_cli(capsys, ["compare", "--methods", "lrm,nope", "--out", str(out)])
+    assert rc == 2 and "unknown nope" in line and "task_arithmetic" in line
+    assert not out.exists()  # refused before anything ran
