@@ -61,9 +61,10 @@ def size_cache(cfg: EngineConfig, model_config: Any, dtype_bytes: int, max_promp
 class ContinuousEngine:
     name = "inprocess"
 
-    def __init__(self, cfg: EngineConfig, model_dir: str, device: str, model: Any = None, tokenizer: Any = None):
+    def __init__(self, cfg: EngineConfig, model_dir: str, device: str, model: Any = None, tokenizer: Any = None,
+                 kv_tokens: int | None = None):
         self.cfg = cfg
-        self.model, self.tok = load(model_dir, device, model, tokenizer)
+        self.model, self.tok = load(model_dir, device, model, tokenizer, cfg, kv_tokens)
         self.eos = eos_ids(self.model, self.tok)
         self.last_sizing: CacheSizing | None = None
 
