@@ -73,7 +73,10 @@ def _plan_parser(sub: argparse._SubParsersAction) -> None:
                    help="override any config key, dotted (e.g. stage1.radius=2); the value is YAML-parsed")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument("--k8s", action="store_true", help="print only what a pod needs for the chosen path (JSON: "
-                   "volume_size, memory_request, memory_limit, gpus, gpu_memory_per_device, stages_path)")
+                   "volume_size, memory_request, memory_limit, gpus, gpu_memory_per_device, stages_path, "
+                   "evaluation_gpus, evaluation_gpu_memory_per_device)")
+    p.add_argument("--write-k8s", metavar="REPO_ROOT", help="with --k8s: record the sizes in configs/k8s/sizes.yaml "
+                   "and write configs/k8s/<config>.zenml.yaml and k8s/overlays/<config>/ under REPO_ROOT")
 
 
 def _calibrate_parser(sub: argparse._SubParsersAction) -> None:
@@ -107,6 +110,24 @@ def _overrides(a: argparse.Namespace) -> dict[str, Any]:
     }
     o.update(_sets(a.set))
     return o
+
+
+def _plan_k8s(a: argparse.Namespace, rep: Any, place: Any) -> int:
+    """`plan --k8s`: what the pods need (JSON), and with --write-k8s the committed sizing files."""
+    res = rep.resources
+    if not res:
+        print(rep.to_json())
+        return 2
+    from .product.k8s import pod_sizes, write
+
+    sizes = pod_sizes(res.k8s, res.stages_path, place)
+    print(json.dumps(res.k8s | {"stages_path": res.stages_path, "evaluation_gpus": sizes["evaluation"]["gpus"],
+                                "evaluation_gpu_memory_per_device": sizes["evaluation"].get("gpu_memory_per_device")},
+                     indent=2))
+    if a.write_k8s:
+        for path in write(a.write_k8s, a.config, sizes):
+            print(f"wrote {path}", file=sys.stderr)
+    return 0 if rep.ok else 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,19 +176,22 @@ def main(argv: list[str] | None = None) -> int:
 
             cfg = load_config(a.config, _sets(a.set))
             rep = build_plan(cfg)
-            if a.k8s:
-                res = rep.resources
-                print(json.dumps(res.k8s | {"stages_path": res.stages_path}, indent=2) if res else rep.to_json())
-                return 0 if rep.ok else 2
             params = (rep.inputs.get("reasoning") and rep.inputs["reasoning"].params) or 0
+            from .preflight.eval_placement import format_placement, placement_from_config
+
+            place = placement_from_config(a.config, _sets(a.set), rep.arch, params)
+            if a.k8s:
+                return _plan_k8s(a, rep, place)
             from .preflight.evaluation import estimate_from_config, format_evaluation
 
             ev = estimate_from_config(a.config, _sets(a.set), params)
             if a.json:
-                print(json.dumps(json.loads(rep.to_json()) | {"evaluation": ev and ev.model_dump()}, indent=2))
+                print(json.dumps(json.loads(rep.to_json()) | {"evaluation": ev and ev.model_dump(),
+                                                               "evaluation_placement": place and place.model_dump()},
+                                 indent=2))
             else:
-                print(format_plan(rep) + (format_evaluation(ev) if ev else ""))
-            return 0 if rep.ok else 2
+                print(format_plan(rep) + (format_evaluation(ev) if ev else "") + (format_placement(place) if place else ""))
+            return 0 if rep.ok and (place is None or place.fits) else 2
         return product_cli.dispatch(a, _sets)
     except RainMergeError as exc:
         print(f"rainmerge: error: {redact(exc)}", file=sys.stderr)

@@ -146,7 +146,7 @@ def load_causal_lm(path: str | Path, dtype: torch.dtype, placement: Placement, *
         off = sorted({str(d) for d in getattr(model, "hf_device_map", {}).values()
                       if str(d) == "disk" or (str(d) == "cpu" and not budget.get("cpu"))})
         if off:
-            raise ConfigError(f"{path}: the model does not fit the GPU budget {placement.max_memory} (the device "
+            raise ConfigError(f"{path}: the model does not fit the memory budget {placement.max_memory} (the device "
                               f"map puts layers on {', '.join(off)})")
         return model.eval()
     return model.to(placement.device).eval()
