@@ -118,14 +118,13 @@ def _plan_k8s(a: argparse.Namespace, rep: Any, place: Any) -> int:
     if not res:
         print(rep.to_json())
         return 2
-    from .product.k8s import pod_sizes, write
+    ev = {"evaluation_gpus": place.gpus if place else 1,
+          "evaluation_gpu_memory_per_device": f"{-(-place.per_gpu_bytes // 2**30)}Gi" if place else None}
+    print(json.dumps(res.k8s | {"stages_path": res.stages_path} | ev, indent=2))
+    if a.write_k8s:  # the sizing files belong to the product (ZenML run config, k8s overlays)
+        from .product.cli import write_k8s
 
-    sizes = pod_sizes(res.k8s, res.stages_path, place)
-    print(json.dumps(res.k8s | {"stages_path": res.stages_path, "evaluation_gpus": sizes["evaluation"]["gpus"],
-                                "evaluation_gpu_memory_per_device": sizes["evaluation"].get("gpu_memory_per_device")},
-                     indent=2))
-    if a.write_k8s:
-        for path in write(a.write_k8s, a.config, sizes):
+        for path in write_k8s(a.write_k8s, a.config, res.k8s, res.stages_path, place):
             print(f"wrote {path}", file=sys.stderr)
     return 0 if rep.ok else 2
 

@@ -141,3 +141,10 @@ def dispatch(a: argparse.Namespace, sets: Callable[[list[str]], dict[str, Any]])
         check_store(a.tracking_uri, write=a.cmd == "promote")
     return {"run": _run, "promote": _promote, "lineage": _lineage, "audit": _audit,
             "snapshot": _snapshot}[a.cmd](a, sets)
+
+
+def write_k8s(root: str, config: str, k8s: dict[str, Any], stages_path: str, placement: Any) -> list[Any]:
+    """`rainmerge plan --k8s --write-k8s`: the config's sizes into configs/k8s/ and k8s/overlays/ (product.k8s)."""
+    from .k8s import pod_sizes, write
+
+    return write(root, config, pod_sizes(k8s, stages_path, placement))

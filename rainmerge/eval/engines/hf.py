@@ -39,10 +39,17 @@ def fit_check(cfg: EngineConfig, model_dir: str, place: Placement, dtype: torch.
     check_fits(need, mem, f"evaluating {model_dir} in process ({cfg.kind})")
 
 
+def kv_bytes_per_token(config: Any, dtype_bytes: int) -> int:
+    """K and V of one token across every layer (GQA: key/value heads, not query heads)."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = text.num_attention_heads
+    kv = getattr(text, "num_key_value_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    return 2 * text.num_hidden_layers * kv * head_dim * dtype_bytes
+
+
 def kv_bytes(cfg: EngineConfig, model_config: Any, dtype_bytes: int, seq_tokens: int) -> int:
     """KV cache of `max_concurrency` sequences of `seq_tokens` (capped by kv_cache_gib: the engine queues)."""
-    from .inprocess import kv_bytes_per_token
-
     full = cfg.max_concurrency * seq_tokens * kv_bytes_per_token(model_config, dtype_bytes)
     return min(full, int(cfg.kv_cache_gib * 2**30)) if cfg.kv_cache_gib and cfg.kind == "inprocess" else full
 
