@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-
 from ..calibration import ReasoningRecord, Template, encode_reasoning
 from .benchmarks import Benchmark, embedded_specs, load_benchmark
 from .scoring import metrics as scoring_metrics
