@@ -147,3 +147,26 @@ def test_plan_places_the_70b_evaluation():
     assert not three.fits and any("does not divide the 64" in x for x in three.problems)
     inproc = _placement("configs/llama3-70b.yaml", **{"evaluation.engine": {"kind": "inprocess"}})
     assert inproc.gpus == 1 and not inproc.fits and inproc.per_gpu_bytes > 80e9
+
+
+def test_suite_fit_check_runs_before_generation(two_gpus, tmp_path):
+    """evaluate_benchmarks on 'cuda' sizes the KV cache from the rendered prompts and the budget, and stops
+    before any model load or record when the GPUs cannot hold it."""
+    from rainmerge.eval.benchmarks import embedded_specs, load_benchmark
+    from rainmerge.eval.suite import evaluate_benchmarks
+
+    spec = embedded_specs(ROOT / "assets" / "toy" / "data")[0].model_copy(update={"limit": 4})
+    cfg = EngineConfig(kind="padded", gpu_memory=["4MB", "4MB"])
+    with pytest.raises(ConfigError, match="KV cache"):
+        evaluate_benchmarks(LRM, [load_benchmark(spec)], tmp_path / "r.jsonl", engine=cfg, device="cuda",
+                            progress=False)
+    assert two_gpus == [] and not (tmp_path / "r.jsonl").exists()
+
+
+def test_named_dtype_enters_the_evaluation_cache_key():
+    from rainmerge.product.config import EvaluationConfig
+    from rainmerge.product.evaldata import settings
+
+    auto = settings(EvaluationConfig())
+    assert "dtype" not in auto  # keys made before the setting existed stay valid
+    assert settings(EvaluationConfig(engine=EngineConfig(dtype="float16")))["dtype"] == "float16"
