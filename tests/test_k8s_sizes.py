@@ -109,3 +109,21 @@ def test_generated_yaml_lints(stem):
                  ROOT / "k8s" / "overlays" / stem / "kustomization.yaml"):
         problems = [str(p) for p in linter.run(path.read_text(), conf) if p.level == "error"]
         assert not problems, (path.name, problems)
+
+
+def test_plan_k8s_writes_the_sizing_files(tmp_path, capsys):
+    """`rainmerge plan --k8s --write-k8s ROOT --config F` prints the pod sizes and writes F's entry, run
+    config and overlay from them (the same functions the shipped files were generated with)."""
+    import json
+
+    from rainmerge.cli import main
+
+    (tmp_path / k8s.TEMPLATE).parent.mkdir(parents=True)
+    shutil.copy(ROOT / k8s.TEMPLATE, tmp_path / k8s.TEMPLATE)
+    assert main(["plan", "--config", str(ROOT / "configs" / "toy.yaml"), "--k8s", "--write-k8s", str(tmp_path)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    entry = yaml.safe_load((tmp_path / k8s.SIZES).read_text())["toy"]
+    assert entry["volume_size"] == printed["volume_size"] and entry["evaluation"]["gpus"] == printed["evaluation_gpus"]
+    rc = yaml.safe_load((tmp_path / "configs" / "k8s" / "toy.zenml.yaml").read_text())
+    assert rc == k8s.run_config(TEMPLATE, entry)
+    assert yaml.safe_load((tmp_path / "k8s" / "overlays" / "toy" / "kustomization.yaml").read_text()) == k8s.overlay(entry)
