@@ -32,6 +32,8 @@ sys.path.insert(0, str(ROOT))
 
 from rainmerge.config import load_config  # noqa: E402
 from rainmerge.preflight import build_plan, format_plan  # noqa: E402
+from rainmerge.preflight.eval_placement import format_placement, placement_from_config  # noqa: E402
+from rainmerge.product.k8s import pod_sizes, widest, write  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data" / "rain-reference-calibration"
 CONFIGS = ["configs/qwen2.5-1.5b.yaml", "configs/qwen2.5-7b.yaml", "configs/llama3.1-8b.yaml",
@@ -217,6 +219,16 @@ def _seed_calibration_cache(cache: Path, cfg) -> bool:
     return done
 
 
+def eval_placement(config: Path, rep):
+    params = (rep.inputs.get("reasoning") and rep.inputs["reasoning"].params) or 0
+    return placement_from_config(config, None, rep.arch, params)
+
+
+def shipped_sizes(config: Path, rep) -> dict:
+    """The sizes.yaml entry `rainmerge plan --k8s` computes for this config's plan."""
+    return pod_sizes(rep.resources.k8s, rep.resources.stages_path, eval_placement(config, rep))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("configs", nargs="*", default=CONFIGS)
@@ -224,8 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-shared", action="store_true", help="estimate rows even when ../shared has the files")
     ap.add_argument("--gpu-memory", help="budget per GPU the path choice assumes, comma-separated (e.g. 80GB or "
                     "80GB,80GB); default: the config's gpu_memory, else what this machine sees, else one 80 GB GPU")
+    ap.add_argument("--write-k8s", metavar="REPO_ROOT", help="record each config's pod sizes (the larger of the "
+                    "estimated- and counted-calibration plans) in configs/k8s/ and k8s/overlays/ under REPO_ROOT")
     a = ap.parse_args(argv)
-    reports = {}
+    reports, sizes = {}, {}
     with tempfile.TemporaryDirectory(prefix="plan-shipped-") as tmp:
         work = Path(tmp)
         api = ShapesOnlyHub(work / "hub", _tokenizers(work))
@@ -238,16 +252,25 @@ def main(argv: list[str] | None = None) -> int:
             seeded = not a.no_shared and _seed_calibration_cache(cache, cfg)
             rep = build_plan(cfg, api)
             reports[path] = rep
+            sizes[path] = shipped_sizes(ROOT / path, rep)
+            if seeded:  # the counted plan's sizes may exceed the estimated one's: keep the larger of each
+                est = build_plan(cfg.model_copy(update={"cache_dir": str(cache) + "-none"}), api)
+                sizes[path] = widest(sizes[path], shipped_sizes(ROOT / path, est))
             print("=" * 100)
             print(f"{path}  (shapes from embedded public configs; synthetic commit ids; calibration "
                   f"{'from ../shared via a seeded cache' if seeded else 'estimated'})")
             print("=" * 100)
-            print(format_plan(rep))
+            place = eval_placement(ROOT / path, rep)
+            print(format_plan(rep) + (format_placement(place) if place else ""))
             print()
         weights = [c for c in api.calls if c[0] == "hf_hub_download" and c[2].endswith((".safetensors", ".bin"))]
         print(f"weight files requested: {len(weights)}; metadata calls: "
               f"{sum(c[0] == 'get_safetensors_metadata' for c in api.calls)} headers, "
               f"{sum(c[0] == 'hf_hub_download' for c in api.calls)} small files")
+    if a.write_k8s:
+        for path, entry in sizes.items():
+            for out in write(a.write_k8s, path, entry):
+                print(f"wrote {out}")
     if a.json:
         Path(a.json).write_text(json.dumps({k: v.model_dump(mode="json") for k, v in reports.items()}, indent=2))
     return 0

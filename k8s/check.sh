@@ -7,6 +7,11 @@ cd "$(dirname "$0")/.."
 out="${RENDERED:-$(mktemp -d)/rendered.yaml}"
 kubectl kustomize k8s/base > "$out"
 kubernetes-validate --strict --kubernetes-version 1.35.0 "$out"
+# the per-config overlays (shared volume sized from each config's plan: rainmerge plan --k8s --write-k8s)
+for overlay in k8s/overlays/*/; do
+  kubectl kustomize "$overlay" > "$out.overlay"
+  kubernetes-validate --strict --kubernetes-version 1.35.0 "$out.overlay"
+done
 if command -v "${CHECKOV:-checkov}" >/dev/null; then
   # skipped with reasons in k8s/README.md ("What checkov still flags")
   "${CHECKOV:-checkov}" -f "$out" --framework kubernetes --compact --quiet

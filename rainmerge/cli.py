@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from .errors import RainMergeError
+from .errors import ConfigError, RainMergeError
 from .methods import METHOD_NAMES
 from .overrides import parse_sets
 from .redact import redact
@@ -50,7 +50,10 @@ def _plan_parser(sub: argparse._SubParsersAction) -> None:
                    help="override any config key, dotted (e.g. stage1.radius=2); the value is YAML-parsed")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument("--k8s", action="store_true", help="print only what a pod needs for the chosen path (JSON: "
-                   "volume_size, memory_request, memory_limit, gpus, gpu_memory_per_device, stages_path)")
+                   "volume_size, memory_request, memory_limit, gpus, gpu_memory_per_device, stages_path, "
+                   "evaluation_gpus, evaluation_gpu_memory_per_device)")
+    p.add_argument("--write-k8s", metavar="REPO_ROOT", help="with --k8s: record the sizes in configs/k8s/sizes.yaml "
+                   "and write configs/k8s/<config>.zenml.yaml and k8s/overlays/<config>/ under REPO_ROOT")
 
 
 def _own_parser(sub: argparse._SubParsersAction, name: str, help: str) -> None:
@@ -79,6 +82,7 @@ def _overrides(a: argparse.Namespace) -> dict[str, Any]:
 # neither it nor the product layer imports pipelines/ (which starts pipelines, so it stands above both).
 # Each has add_parsers(sub) and dispatch(args, parse_sets); `rainmerge --help` lists them in this order.
 COMMAND_SETS = ("pipelines.cli", "rainmerge.product.cli")
+K8S_WRITER = "rainmerge.product.k8s"  # `plan --k8s --write-k8s`, by name for the same reason
 
 
 def _merge(a: argparse.Namespace) -> int:
@@ -103,21 +107,42 @@ def _merge(a: argparse.Namespace) -> int:
 def _plan(a: argparse.Namespace) -> int:
     from .config import load_config
     from .preflight import build_plan, format_plan
+    from .preflight.eval_placement import format_placement, placement_from_config
 
     cfg = load_config(a.config, parse_sets(a.set))
     rep = build_plan(cfg)
-    if a.k8s:
-        res = rep.resources
-        print(json.dumps(res.k8s | {"stages_path": res.stages_path}, indent=2) if res else rep.to_json())
-        return 0 if rep.ok else 2
     params = (rep.inputs.get("reasoning") and rep.inputs["reasoning"].params) or 0
+    place = placement_from_config(a.config, parse_sets(a.set), rep.arch, params)
+    if a.k8s:
+        return _plan_k8s(a, rep, place)
     from .preflight.evaluation import estimate_from_config, format_evaluation
 
     ev = estimate_from_config(a.config, parse_sets(a.set), params)
     if a.json:
-        print(json.dumps(json.loads(rep.to_json()) | {"evaluation": ev and ev.model_dump()}, indent=2))
+        print(json.dumps(json.loads(rep.to_json()) | {"evaluation": ev and ev.model_dump(),
+                                                       "evaluation_placement": place and place.model_dump()},
+                         indent=2))
     else:
-        print(format_plan(rep) + (format_evaluation(ev) if ev else ""))
+        print(format_plan(rep) + (format_evaluation(ev) if ev else "") + (format_placement(place) if place else ""))
+    return 0 if rep.ok and (place is None or place.fits) else 2
+
+
+def _plan_k8s(a: argparse.Namespace, rep: Any, place: Any) -> int:
+    """`plan --k8s`: what the pods need (JSON), and with --write-k8s the committed sizing files."""
+    res = rep.resources
+    if not res:
+        print(rep.to_json())
+        return 2
+    ev = {"evaluation_gpus": place.gpus if place else 1,
+          "evaluation_gpu_memory_per_device": f"{-(-place.per_gpu_bytes // 2**30)}Gi" if place else None}
+    print(json.dumps(res.k8s | {"stages_path": res.stages_path} | ev, indent=2))
+    if a.write_k8s:  # the sizing files are the product's (ZenML run config, k8s overlays): loaded by name
+        try:
+            k8s = importlib.import_module(K8S_WRITER)
+        except ImportError as exc:
+            raise ConfigError(f"--write-k8s needs the pipeline extra (pip install 'rainmerge[pipeline]'): {exc}")
+        for path in k8s.write(a.write_k8s, a.config, k8s.pod_sizes(res.k8s, res.stages_path, place)):
+            print(f"wrote {path}", file=sys.stderr)
     return 0 if rep.ok else 2
 
 

@@ -13,6 +13,9 @@ from .arch import ArchSpec, arch_from_config, check_compatible
 from .config import ModelsSpec, Runtime
 from .errors import ConfigError
 from .io.lazy import ModelSource
+from .loading import Placement, gpu_max_memory, load_causal_lm, resolve_dtype
+from .loading import load_tokenizer as _load_tokenizer
+from .loading import stored_float_dtype as stored_float_dtype  # re-exported: callers read it here
 from .merge import merge_sites
 from .methods import Site
 
@@ -55,11 +58,7 @@ def resolve_device(req: str) -> str:
 
 
 def resolve_forward_dtype(req: str, device: str) -> torch.dtype:
-    if req == "auto":
-        return torch.bfloat16 if device == "cuda" else torch.float32
-    if device == "cpu" and req != "float32":
-        log.warning("forward_dtype %s on CPU is very slow; float32 is recommended", req)
-    return getattr(torch, req)
+    return resolve_dtype(req, device)
 
 
 def _check_tensors(sites: dict[str, Site], arch: ArchSpec, srcs: dict[str, ModelSource]) -> None:
@@ -97,67 +96,28 @@ def open_models(models: ModelsSpec, runtime: Runtime) -> MergeContext:
 
 
 def load_tokenizer(ctx: MergeContext) -> Any:
-    from transformers import AutoTokenizer
-
     src = ctx.reasoning
     try:
-        return AutoTokenizer.from_pretrained(str(src.root), trust_remote_code=ctx.models.reasoning.trust_remote_code)
+        return _load_tokenizer(src.root, trust_remote_code=ctx.models.reasoning.trust_remote_code)
     except Exception as exc:
         raise ConfigError(f"reasoning model: cannot load its tokenizer from {src.root}: {exc}") from None
 
 
-_ST_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64}
-
-
-def stored_float_dtype(src: ModelSource) -> torch.dtype | None:
-    """The one float dtype all of the model's float tensors are stored in; None when mixed or unknown."""
-    seen = {src.dtype_str(n) for n in src.names() if src.dtype_str(n).startswith(("F", "BF"))}
-    return _ST_DTYPES.get(seen.pop()) if len(seen) == 1 else None
-
-
-@torch.no_grad()
-def _cast_parameters(model: torch.nn.Module, dtype: torch.dtype, src: ModelSource | None = None) -> None:
-    """Upcast floating parameters one at a time, each from a fresh read of its checkpoint tensor when
-    the name and shape match (from_pretrained's tensors are views of one mmap per shard: upcasting
-    them in place leaves every page read resident until the last is replaced, ~the whole stored
-    model on top of the upcast one). Shared (tied) parameters are one object, cast once; buffers
-    (rotary inv_freq, computed at init) are left as they are."""
-    for name, p in model.named_parameters():
-        if not p.is_floating_point() or p.dtype == dtype:
-            continue
-        if src is not None and src.has(name) and tuple(src.shape(name)) == tuple(p.shape):
-            p.data = src.get(name, dtype, check=False)  # the preflight scanned RAIN's LRM
-        else:
-            p.data = p.data.to(dtype)
-
-
 def load_reasoning_model(ctx: MergeContext) -> torch.nn.Module:
-    """The LRM for Stage 1/2 forwards, loaded straight onto the device (no host copy on GPU).
-
-    On the host, a bf16 checkpoint asked for in float32 is loaded as stored and upcast parameter by
-    parameter: from_pretrained(dtype=float32) would hold the bf16 tensors and their float32 copies at
-    once (1.5x the float32 model at peak). Same values either way (bf16 -> float32 is exact)."""
-    from transformers import AutoModelForCausalLM
-
-    stored = stored_float_dtype(ctx.reasoning)
-    widen = (ctx.device == "cpu" and stored is not None and stored != ctx.forward_dtype
-             and torch.promote_types(stored, ctx.forward_dtype) == ctx.forward_dtype)
+    """The LRM for Stage 1/2 forwards (rainmerge.loading.load_causal_lm): straight onto the device, or
+    spread over the GPUs by device_placement; on the host a narrower checkpoint is upcast parameter by
+    parameter from the preflight-scanned shards."""
     device_map, max_memory = device_placement(ctx)
-    model = AutoModelForCausalLM.from_pretrained(str(ctx.reasoning.root),
-                                                 dtype=stored if widen else ctx.forward_dtype,
-                                                 attn_implementation="sdpa",
-                                                 device_map=device_map, max_memory=max_memory,
-                                                 trust_remote_code=ctx.models.reasoning.trust_remote_code)
-    if widen:
-        _cast_parameters(model, ctx.forward_dtype, ctx.reasoning)
-        model.config.dtype = ctx.forward_dtype
-    if max_memory is not None:  # spread: every module stays where the device map put it
-        off = sorted({str(d) for d in getattr(model, "hf_device_map", {}).values() if str(d) in ("cpu", "disk")})
-        if off:
-            raise ConfigError(f"the whole model does not fit gpu_memory {list(ctx.gpu_memory or [])} (device map "
-                              f"puts layers on {', '.join(off)}); use stages_path: sequential")
-        return model.eval()
-    return model.to(ctx.device).eval()
+    spread = max_memory is not None
+    placement = Placement(ctx.device, device_map if spread else None, max_memory)
+    try:
+        return load_causal_lm(ctx.reasoning.root, ctx.forward_dtype, placement, attn_implementation="sdpa",
+                              trust_remote_code=ctx.models.reasoning.trust_remote_code, source=ctx.reasoning)
+    except ConfigError as exc:
+        if not spread:
+            raise
+        raise ConfigError(f"the whole model does not fit gpu_memory {list(ctx.gpu_memory or [])} ({exc}); "
+                          "use stages_path: sequential") from None
 
 
 def device_placement(ctx: MergeContext) -> tuple[Any, dict[Any, Any] | None]:
@@ -169,10 +129,4 @@ def device_placement(ctx: MergeContext) -> tuple[Any, dict[Any, Any] | None]:
     n = torch.cuda.device_count()
     if not ctx.gpu_memory and n <= 1:
         return ctx.device, None
-    sizes = list(ctx.gpu_memory or [])
-    if len(sizes) > n:
-        raise ConfigError(f"gpu_memory names {len(sizes)} devices, {n} are visible")
-    mem: dict[Any, Any] = {i: sizes[i] if i < len(sizes) else int(torch.cuda.mem_get_info(i)[0])
-                           for i in range(len(sizes) or n)}
-    mem["cpu"] = 0
-    return "auto", mem
+    return "auto", gpu_max_memory(ctx.gpu_memory)

@@ -180,7 +180,9 @@ def run_sequential(ctx: Any, *, reasoning: list[ReasoningSample] | None = None,
     need = sum(hidden_bytes(ctx, v, 1) for v in seqs.values())
     reserve = 3 * layer_bytes(ctx.reasoning, ctx.layers[0], ctx.forward_dtype)  # the layer, its probe delta, work
     where = choose_placement(need, ctx.device, placement, reserve)
-    out = SequentialResult(bases=dict(bases or {}), placement=where, hidden_bytes=need)
+    # given bases are only read, a layer at a time: kept as passed (a lazy artifact mapping stays lazy)
+    given = bases is not None and stage1 is None
+    out = SequentialResult(bases=bases if given else dict(bases or {}), placement=where, hidden_bytes=need)
     spill_root = spill_folder(spill_dir, need) if where == "disk" else None
     log.info("layer-sequential stages: %d layers, hidden states %.2f GiB on the %s%s", max(ctx.layers) + 1,
              need / 2**30, where, f" ({spill_root})" if spill_root else "")

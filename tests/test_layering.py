@@ -8,7 +8,7 @@ To place a new module: put it in the lowest layer above everything it imports. W
 layer it belongs to by meaning, the import is the thing to look at.
 
 Named, not imported (so no arrow here): rainmerge.cli adds its optional command sets by name
-(COMMAND_SETS: pipelines.cli, rainmerge.product.cli), pipelines.rain_merge finds the ZenML step of a
+(COMMAND_SETS: pipelines.cli, rainmerge.product.cli; K8S_WRITER for `plan --write-k8s`), pipelines.rain_merge finds the ZenML step of a
 DAG row by name, and `python -m rainmerge.eval compare` hands its line to `python -m rainmerge`.
 """
 
@@ -31,8 +31,8 @@ LAYERS: list[tuple[str, set[str]]] = [  # bottom to top
      {"rainmerge.arch", "rainmerge.logs", "rainmerge.memory", "rainmerge.overrides", "rainmerge.projection"}),
     ("Stage 2 coefficients, Stage 3 rounding, safetensors I/O",
      {"rainmerge.coefficients", "rainmerge.rounding", "rainmerge.io"}),
-    ("calibration sets, merge methods, run-time checks, synthetic inputs",
-     {"rainmerge.calibration", "rainmerge.methods", "rainmerge.safety", "rainmerge.synthetic"}),
+    ("calibration sets, merge methods, the model loader, run-time checks, synthetic inputs",
+     {"rainmerge.calibration", "rainmerge.methods", "rainmerge.loading", "rainmerge.safety", "rainmerge.synthetic"}),
     ("the validated config, Stage 1 features, the streaming merge, the toy",
      {"rainmerge.config", "rainmerge.features", "rainmerge.merge", "rainmerge.toy"}),
     ("Stage 2 attention, the merge context, evaluation",
@@ -40,8 +40,9 @@ LAYERS: list[tuple[str, set[str]]] = [  # bottom to top
     ("calibration builder, pre-flight plan, provenance, the layer-sequential path",
      {"rainmerge.calibration_builder", "rainmerge.preflight", "rainmerge.provenance", "rainmerge.sequential"}),
     ("the stages of a merge", {"rainmerge.stages"}),
-    ("compare, the product layer, benchmarks", {"rainmerge.compare", "rainmerge.product", "benchmarks"}),
-    ("command line, ZenML steps and pipelines, Kubeflow", {"rainmerge.cli", "steps", "pipelines", "k8s"}),
+    ("compare, the product layer", {"rainmerge.compare", "rainmerge.product"}),
+    ("command line, ZenML steps and pipelines, Kubeflow, benchmarks",
+     {"rainmerge.cli", "steps", "pipelines", "k8s", "benchmarks"}),
     ("entry points and project scripts", {"rainmerge.__main__", "scripts"}),
 ]
 MAX_LAYERS = 11  # issue 23: the house stays at most this tall

@@ -6,8 +6,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..calibration import ReasoningRecord, Template, encode_reasoning
 from .benchmarks import Benchmark, embedded_specs, load_benchmark
 from .scoring import metrics as scoring_metrics
@@ -32,12 +30,13 @@ def held_out_file(cfg: Any) -> str | None:
     return cfg.instruction_calibration.path if cfg.instruction_calibration else None
 
 
-def load_model(path: str | Path, device: str):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_model(path: str | Path, device: str, dtype: str = "auto", trust_remote_code: bool = False):
+    """(model, tokenizer) on `device` through the one loader (rainmerge.loading); dtype auto: bfloat16 on a
+    GPU, float32 on the host."""
+    from ..loading import Placement, load_causal_lm, load_tokenizer, resolve_dtype
 
-    tok = AutoTokenizer.from_pretrained(str(path))
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(device).eval()
+    tok = load_tokenizer(path, trust_remote_code=trust_remote_code)
+    model = load_causal_lm(path, resolve_dtype(dtype, device), Placement(device), trust_remote_code=trust_remote_code)
     return model, tok
 
 
@@ -68,22 +67,32 @@ def build_requests(tok, benchmarks: list[Benchmark], sampling: Any, max_new_toke
     return out
 
 
+def _longest(tok, requests: list[Any], device: str) -> int | None:
+    """Prompt + budget tokens of the longest request (the GPU fit check's KV cache); None on the host."""
+    if device == "cpu" or not requests:
+        return None
+    prompts = {r.prompt for r in requests}
+    longest = max(len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts)
+    return longest + max(r.params.max_new_tokens for r in requests)
+
+
 def evaluate_benchmarks(model_dir: str | Path, benchmarks: list[Benchmark], records_path: str | Path, *,
                         engine: Any = None, sampling: Any = None, max_new_tokens: int = 160, device: str = "cpu",
                         lrm_dir: str | Path | None = None, data_dir: str | Path | None = None,
                         progress: bool = True, name: str | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Generate every sample (resumable from `records_path`), score each, aggregate: (metrics, records).
     metrics carry `paired` (per-prompt units for the gates) and `datasets` (each set's pin and counts)."""
-    from transformers import AutoTokenizer
-
     from .engines.base import build_engine, run_requests
     from .engines.config import EngineConfig, SamplingConfig
 
+    from ..loading import load_tokenizer
+
     name = name or Path(model_dir).name
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    engine = engine or EngineConfig()
+    tok = load_tokenizer(model_dir, trust_remote_code=engine.trust_remote_code)
     prefilled = render(tok, "x").rstrip().endswith("<think>")
     requests = build_requests(tok, benchmarks, sampling or SamplingConfig(), max_new_tokens)
-    eng = build_engine(engine or EngineConfig(), str(model_dir), device, tokenizer=tok)
+    eng = build_engine(engine, str(model_dir), device, tokenizer=tok, kv_tokens=_longest(tok, requests, device))
     try:
         completions = run_requests(eng, requests, records_path, f"eval {name}", progress)
     finally:

@@ -148,15 +148,30 @@ def save_bases(folder: Path, bases: dict[int, dict[str, Basis]]) -> None:
     write_json(folder / "bases.json", meta)
 
 
-def load_bases(folder: Path) -> dict[int, dict[str, Basis]]:
-    meta = json.loads((folder / "bases.json").read_text())
-    out: dict[int, dict[str, Basis]] = {}
-    for f in sorted(folder.glob("layer_*.safetensors")):
-        layer = int(f.stem.split("_")[1])
-        t = load_file(str(f))
+class LayerBases(Mapping[int, dict[str, Basis]]):
+    """Projector bases read from their artifact folder a layer at a time, when that layer is asked for.
+    The probe merge (Stage 2) and the merge (Stage 3) take the merged layers in order and keep one layer's
+    bases at a time, so the host holds one layer's (~0.4 GB at 70B) instead of every layer's (~31 GB)."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.meta = json.loads((self.folder / "bases.json").read_text())
+        self.files = {int(f.stem.split("_")[1]): f for f in sorted(self.folder.glob("layer_*.safetensors"))}
+
+    def __getitem__(self, layer: int) -> dict[str, Basis]:
+        t = load_file(str(self.files[layer]))
         names = {k.rsplit(".", 1)[0] for k in t}
-        out[layer] = {n: Basis(t[f"{n}.V"], t[f"{n}.s"], **meta[f"{layer}/{n}"]) for n in names}
-    return out
+        return {n: Basis(t[f"{n}.V"], t[f"{n}.s"], **self.meta[f"{layer}/{n}"]) for n in names}
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.files)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+
+def load_bases(folder: Path) -> LayerBases:
+    return LayerBases(folder)
 
 
 # -- Stage 2 coefficients -------------------------------------------------------------------------

@@ -92,3 +92,4 @@ def dispatch(a: argparse.Namespace, sets: Callable[[list[str]], dict[str, Any]])
         # a down server: one line within seconds, never "no registered model" after minutes of retries
         check_store(a.tracking_uri, write=a.cmd == "promote")
     return {"promote": _promote, "lineage": _lineage, "audit": _audit}[a.cmd](a, sets)
+

@@ -23,8 +23,11 @@ CACHE_TAG = "rainmerge.eval_cache_key"
 
 def settings(evaluation: EvaluationConfig) -> dict[str, Any]:
     """What decides the completions (not where or how fast they are made)."""
-    return {"sampling": evaluation.sampling.model_dump(mode="json"), "max_new_tokens": evaluation.max_new_tokens,
-            "engine": evaluation.engine.kind}
+    out = {"sampling": evaluation.sampling.model_dump(mode="json"), "max_new_tokens": evaluation.max_new_tokens,
+           "engine": evaluation.engine.kind}
+    if evaluation.engine.dtype != "auto":  # a named dtype changes the logits; auto keeps the keys made before it
+        out["dtype"] = evaluation.engine.dtype
+    return out
 
 
 def model_digest(models: dict[str, Any], target: str, merged: Any = None) -> str:

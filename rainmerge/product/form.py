@@ -21,7 +21,7 @@ SKIP = {"output", "overwrite"}
 # what the Kubeflow form leaves out: sweeps fan out on ZenML only (the KFP DAG is static), the ZenML model
 # has no meaning there, and remote code is never switched on from a form (a config file must ask for it)
 KFP_SKIP = SKIP | {"sweep", "tracking.zenml_model", "base.trust_remote_code", "instruct.trust_remote_code",
-                   "reasoning.trust_remote_code"}
+                   "reasoning.trust_remote_code", "evaluation.engine.trust_remote_code"}
 # the config fields that carry no description of their own (a form shows every field with one)
 UNDESCRIBED = {"evaluation.limit": "evaluate only the first N prompts of each evaluation set",
                "modules": "which linear modules of each layer are merged (q, k, v, o, gate, up, down)"}

@@ -40,16 +40,17 @@ def sampling_requests(items: Sequence[tuple[str, str]], sampling: SamplingConfig
 
 
 def build_engine(cfg: EngineConfig, model_dir: str | os.PathLike, device: str = "cpu", *,
-                 model: Any = None, tokenizer: Any = None) -> Engine:
-    """The configured engine for one model folder (an already loaded model/tokenizer may be passed in)."""
+                 model: Any = None, tokenizer: Any = None, kv_tokens: int | None = None) -> Engine:
+    """The configured engine for one model folder (an already loaded model/tokenizer may be passed in).
+    kv_tokens: the longest sequence (prompt + budget) expected, for the in-process fit check before loading."""
     if cfg.kind == "padded":
         from .padded import PaddedEngine
 
-        return PaddedEngine(cfg, str(model_dir), device, model=model, tokenizer=tokenizer)
+        return PaddedEngine(cfg, str(model_dir), device, model=model, tokenizer=tokenizer, kv_tokens=kv_tokens)
     if cfg.kind == "inprocess":
         from .inprocess import ContinuousEngine
 
-        return ContinuousEngine(cfg, str(model_dir), device, model=model, tokenizer=tokenizer)
+        return ContinuousEngine(cfg, str(model_dir), device, model=model, tokenizer=tokenizer, kv_tokens=kv_tokens)
     from .endpoint import EndpointEngine
 
     return EndpointEngine(cfg, str(model_dir))

@@ -42,9 +42,11 @@ def free_port(host: str = "127.0.0.1") -> int:
 class ServerProcess:
     """A server started from a command template, in its own process group, logs to a file."""
 
-    def __init__(self, command: list[str], model_dir: str, served_name: str, timeout_s: float):
+    def __init__(self, command: list[str], model_dir: str, served_name: str, timeout_s: float,
+                 tensor_parallel_size: int = 1):
         self.host, self.port = "127.0.0.1", free_port()
-        args = [a.format(model=model_dir, host=self.host, port=self.port, served_name=served_name) for a in command]
+        args = [a.format(model=model_dir, host=self.host, port=self.port, served_name=served_name,
+                         tensor_parallel_size=tensor_parallel_size) for a in command]
         self.log_path = Path(tempfile.mkstemp(prefix="rainmerge-server-", suffix=".log")[1])
         self._log = self.log_path.open("wb")
         log.info("starting the evaluation server: %s (log %s)", " ".join(args), self.log_path)
@@ -87,13 +89,29 @@ class ServerProcess:
         self._log.close()
 
 
+def check_tensor_parallel(size: int, visible: int | None = None) -> None:
+    """A server asked to shard over more GPUs than this pod sees fails minutes into its start: say so first."""
+    if size <= 1:
+        return
+    if visible is None:
+        import torch
+
+        visible = torch.cuda.device_count()
+    if size > visible:
+        raise EndpointError(f"tensor_parallel_size {size} but {visible} GPU(s) are visible: request {size} GPUs for "
+                            "the evaluation pods (rainmerge plan --k8s) or lower tensor_parallel_size")
+
+
 class EndpointEngine:
     name = "endpoint"
 
     def __init__(self, cfg: EngineConfig, model_dir: str):
         self.cfg = cfg
         self.model = cfg.served_model_name or model_dir
-        self.server = ServerProcess(cfg.command, model_dir, self.model, cfg.startup_timeout_s) if cfg.command else None
+        if cfg.command:
+            check_tensor_parallel(cfg.tensor_parallel_size)
+        self.server = (ServerProcess(cfg.command, model_dir, self.model, cfg.startup_timeout_s, cfg.tensor_parallel_size)
+                       if cfg.command else None)
         self.url = (self.server.url if self.server else cfg.url).rstrip("/")
         self._local = threading.local()
         token = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import EngineConfig
-from .hf import eos_ids, group_by_params, load
+from .hf import eos_ids, group_by_params, kv_bytes_per_token, load
 from .types import Completion, Request, SamplingParams, finish_reason
 
 log = logging.getLogger(__name__)
@@ -29,15 +29,6 @@ class CacheSizing:
     @property
     def gib(self) -> float:
         return self.num_blocks * self.bytes_per_block / 2**30
-
-
-def kv_bytes_per_token(config: Any, dtype_bytes: int) -> int:
-    """K and V of one token across every layer (GQA: key/value heads, not query heads)."""
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    heads = text.num_attention_heads
-    kv = getattr(text, "num_key_value_heads", None) or heads
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
-    return 2 * text.num_hidden_layers * kv * head_dim * dtype_bytes
 
 
 def size_cache(cfg: EngineConfig, model_config: Any, dtype_bytes: int, max_prompt: int, max_new: int) -> CacheSizing:
@@ -61,9 +52,10 @@ def size_cache(cfg: EngineConfig, model_config: Any, dtype_bytes: int, max_promp
 class ContinuousEngine:
     name = "inprocess"
 
-    def __init__(self, cfg: EngineConfig, model_dir: str, device: str, model: Any = None, tokenizer: Any = None):
+    def __init__(self, cfg: EngineConfig, model_dir: str, device: str, model: Any = None, tokenizer: Any = None,
+                 kv_tokens: int | None = None):
         self.cfg = cfg
-        self.model, self.tok = load(model_dir, device, model, tokenizer)
+        self.model, self.tok = load(model_dir, device, model, tokenizer, cfg, kv_tokens)
         self.eos = eos_ids(self.model, self.tok)
         self.last_sizing: CacheSizing | None = None
 

@@ -17,9 +17,10 @@ from .types import Completion, Request
 class PaddedEngine:
     name = "padded"
 
-    def __init__(self, cfg: EngineConfig, model_dir: str, device: str, model: Any = None, tokenizer: Any = None):
+    def __init__(self, cfg: EngineConfig, model_dir: str, device: str, model: Any = None, tokenizer: Any = None,
+                 kv_tokens: int | None = None):
         self.cfg = cfg
-        self.model, self.tok = load(model_dir, device, model, tokenizer)
+        self.model, self.tok = load(model_dir, device, model, tokenizer, cfg, kv_tokens)
 
     def generate(self, requests: Sequence[Request]) -> Iterator[Completion]:
         for (temp, top_p, seed), group in group_by_params(requests).items():
