@@ -11,9 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .arch import ALL_MODULES, Module
 from .errors import ConfigError
-from .methods import METHOD_NAMES
+from .method_catalog import MethodName, needs_stages
 
-Method = Literal[METHOD_NAMES]  # type: ignore[valid-type]  # one table: rainmerge.methods.METHODS
+Method = MethodName  # one list: rainmerge.method_catalog.CATALOG
 
 
 class _Strict(BaseModel):
@@ -155,7 +155,7 @@ class RainConfig(_Strict):
     output: str | None = Field(default=None, description="merged model folder (the merge CLI; pipelines write "
                                "to their artifact store)")
     overwrite: bool = False
-    method: Method = Field(default="rain", description="merge method (rainmerge.methods.METHODS)")
+    method: Method = Field(default="rain", description="merge method (rainmerge.method_catalog)")
     strength: float = Field(default=1.0, allow_inf_nan=False,
                             description="global lambda in theta = theta_LRM + lambda*alpha*P(tau)")
     density: float = Field(default=0.5, gt=0, le=1, description="TIES/DARE keep ratio")
@@ -236,10 +236,10 @@ class RainConfig(_Strict):
 
     @model_validator(mode="after")
     def _calibration_for_rain(self) -> "RainConfig":
-        if self.method == "rain" and self.reasoning_calibration is None:
-            raise ValueError("method 'rain' needs reasoning_calibration (Stage 1)")
-        if self.method == "rain" and self.stage2.enabled and self.instruction_calibration is None:
-            raise ValueError("method 'rain' needs instruction_calibration (Stage 2), or set stage2.enabled: false")
+        if needs_stages(self.method) and self.reasoning_calibration is None:
+            raise ValueError(f"method {self.method!r} needs reasoning_calibration (Stage 1)")
+        if needs_stages(self.method) and self.stage2.enabled and self.instruction_calibration is None:
+            raise ValueError(f"method {self.method!r} needs instruction_calibration (Stage 2), or set stage2.enabled: false")
         return self
 
 

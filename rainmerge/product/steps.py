@@ -15,7 +15,7 @@ from typing import Any
 from ..config import CalibrationSpec, CoefficientConfig, ModelRef, ModelsSpec, ProjectionConfig, RainConfig, Runtime
 from ..context import MergeContext, open_models, resolve_device
 from ..merge import PROVENANCE_FILE, write_merged_model
-from ..methods import METHODS, build_method
+from ..methods import build_method, needs_stages
 from ..provenance import provenance
 from .. import stages
 from . import artifacts as A
@@ -180,7 +180,7 @@ def merge(models: dict[str, Any], config: RainConfig, calibration: A.DirRef | No
         ctx = _open(models, config.runtime())
         extra: dict[str, Any] = {}
         parts: dict[str, Any] = {}
-        if METHODS[config.method].needs_stages:
+        if needs_stages(config.method):
             assert projectors is not None and coefficients is not None
             parts = dict(arch=ctx.arch, bases=A.load_bases(projectors.verify().path),
                          coeffs=A.load_coefficients(coefficients.verify().path), device=ctx.device)
@@ -193,7 +193,7 @@ def merge(models: dict[str, Any], config: RainConfig, calibration: A.DirRef | No
                                        progress=True, extra_files=extra)
         prov = json.loads((model_dir / PROVENANCE_FILE).read_text())
         mlflow.log_artifact(str(model_dir / PROVENANCE_FILE))
-        if METHODS[config.method].needs_stages:
+        if needs_stages(config.method):
             from ..projection import projection_summary
 
             stats = prov["module_stats"]
