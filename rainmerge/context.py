@@ -11,6 +11,7 @@ import torch
 
 from .arch import ArchSpec, arch_from_config, check_compatible
 from .config import ModelsSpec, Runtime
+from .dtypes import compute_float
 from .errors import ConfigError
 from .io.lazy import ModelSource
 from .merge import merge_sites
@@ -106,13 +107,10 @@ def load_tokenizer(ctx: MergeContext) -> Any:
         raise ConfigError(f"reasoning model: cannot load its tokenizer from {src.root}: {exc}") from None
 
 
-_ST_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64}
-
-
 def stored_float_dtype(src: ModelSource) -> torch.dtype | None:
     """The one float dtype all of the model's float tensors are stored in; None when mixed or unknown."""
     seen = {src.dtype_str(n) for n in src.names() if src.dtype_str(n).startswith(("F", "BF"))}
-    return _ST_DTYPES.get(seen.pop()) if len(seen) == 1 else None
+    return compute_float(seen.pop()) if len(seen) == 1 else None
 
 
 @torch.no_grad()
