@@ -155,7 +155,7 @@ class RainConfig(_Strict):
     output: str | None = Field(default=None, description="merged model folder (the merge CLI; pipelines write "
                                "to their artifact store)")
     overwrite: bool = False
-    method: Method = Field(default="rain", description="merge method (rainmerge.method_catalog)")
+    method: Method = Field(default="rain", description="merge method (rainmerge.methods.METHODS)")
     strength: float = Field(default=1.0, allow_inf_nan=False,
                             description="global lambda in theta = theta_LRM + lambda*alpha*P(tau)")
     density: float = Field(default=0.5, gt=0, le=1, description="TIES/DARE keep ratio")
