@@ -9,7 +9,7 @@ from typing import Any
 
 from zenml import pipeline
 
-from rainmerge.methods import METHODS
+from rainmerge.method_catalog import needs_stages
 from rainmerge.product.config import PipelineConfig
 from rainmerge.product.dag import BY_NAME, DAG, SWEEP_REPLACES, Step, config_args
 from rainmerge.product.tracking import tracking_uri
@@ -33,7 +33,7 @@ def _call(step: Step, cfg: PipelineConfig, done: dict[str, Any], extra: dict[str
 
 def _wire(cfg: PipelineConfig, fingerprint: dict, code: str) -> None:
     extra = {"fingerprint": fingerprint, "tracking_uri": tracking_uri(cfg.tracking.tracking_uri), "code": code}
-    rain = METHODS[cfg.method].needs_stages
+    rain = needs_stages(cfg.method)
     sweep = rain and bool(cfg.sweep.strengths)
     done: dict[str, Any] = {}
     for step in DAG:

@@ -42,10 +42,10 @@ def run_pipeline(cfg: PipelineConfig, cache: bool = True, run_name: str | None =
 
     from .rain_merge import baseline_merge_pipeline, rain_merge_pipeline
 
-    from rainmerge.methods import METHODS
+    from rainmerge.method_catalog import needs_stages
     from rainmerge.product.registry import registered_name
 
-    pipe = rain_merge_pipeline if METHODS[cfg.method].needs_stages else baseline_merge_pipeline
+    pipe = rain_merge_pipeline if needs_stages(cfg.method) else baseline_merge_pipeline
     # a baseline gets its own ZenML model too: its stage never touches the RAIN model's production version
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
     run = pipe.with_options(
@@ -77,13 +77,13 @@ def create_snapshot(cfg: PipelineConfig, name: str, zenml_config: str | None = N
     from zenml import Model
     from zenml.utils.source_utils import set_custom_source_root
 
-    from rainmerge.methods import METHODS
+    from rainmerge.method_catalog import needs_stages
     from rainmerge.product.registry import registered_name
 
     set_custom_source_root(str(PROJECT))
     from .rain_merge import baseline_merge_pipeline, rain_merge_pipeline
 
-    pipe = rain_merge_pipeline if METHODS[cfg.method].needs_stages else baseline_merge_pipeline
+    pipe = rain_merge_pipeline if needs_stages(cfg.method) else baseline_merge_pipeline
     snap = pipe.with_options(
         model=Model(name=registered_name(cfg.tracking.zenml_model, cfg.method), tags=[cfg.method]),
         parameters={"config": cfg.model_dump(mode="json"), "fingerprint": fingerprint(cfg), "code": code_digest()},

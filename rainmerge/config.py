@@ -11,10 +11,10 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from .linears import ALL_MODULES, Module
 from .errors import ConfigError
 from .memory import parse_bytes
-from .methods import METHOD_NAMES
+from .method_catalog import MethodName, needs_stages
 from .refs import CalibrationRef, ModelRef, Strict as _Strict  # noqa: F401  (ModelRef: re-exported)
 
-Method = Literal[METHOD_NAMES]  # type: ignore[valid-type]  # one table: rainmerge.methods.METHODS
+Method = MethodName  # one list: rainmerge.method_catalog.CATALOG
 
 
 class ProjectionConfig(_Strict):
@@ -201,10 +201,10 @@ class RainConfig(_Strict):
 
     @model_validator(mode="after")
     def _calibration_for_rain(self) -> "RainConfig":
-        if self.method == "rain" and self.reasoning_calibration is None:
-            raise ValueError("method 'rain' needs reasoning_calibration (Stage 1)")
-        if self.method == "rain" and self.stage2.enabled and self.instruction_calibration is None:
-            raise ValueError("method 'rain' needs instruction_calibration (Stage 2), or set stage2.enabled: false")
+        if needs_stages(self.method) and self.reasoning_calibration is None:
+            raise ValueError(f"method {self.method!r} needs reasoning_calibration (Stage 1)")
+        if needs_stages(self.method) and self.stage2.enabled and self.instruction_calibration is None:
+            raise ValueError(f"method {self.method!r} needs instruction_calibration (Stage 2), or set stage2.enabled: false")
         return self
 
 

@@ -17,7 +17,7 @@ from .loading import Placement, gpu_max_memory, load_causal_lm, resolve_dtype
 from .loading import load_tokenizer as _load_tokenizer
 from .loading import stored_float_dtype as stored_float_dtype  # re-exported: callers read it here
 from .merge import merge_sites
-from .methods import Site
+from .methods.base import Site
 
 log = logging.getLogger("rainmerge")
 

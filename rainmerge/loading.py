@@ -12,11 +12,11 @@ from typing import Any
 import torch
 
 from .errors import ConfigError
-from .io.lazy import DTYPE_BYTES, ModelSource, read_header
+from .dtypes import DTYPE_BYTES, FLOATS, compute_float
+from .io.lazy import ModelSource, read_header
 
 log = logging.getLogger("rainmerge")
 
-ST_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64}
 GPU_USABLE = 0.9  # of a device's budget a load may fill (CUDA context, allocator slack)
 
 
@@ -40,7 +40,7 @@ def resolve_dtype(req: str, device: str) -> torch.dtype:
         return torch.bfloat16 if device != "cpu" else torch.float32
     if device == "cpu" and req != "float32":
         log.warning("dtype %s on CPU is very slow; float32 is recommended", req)
-    return getattr(torch, req)
+    return FLOATS[req]
 
 
 def folder_tensors(folder: str | Path) -> dict[str, tuple[str, tuple[int, ...]]]:
@@ -57,7 +57,7 @@ def stored_float_dtype(src: ModelSource | dict[str, tuple[str, tuple[int, ...]]]
         seen = {src.dtype_str(n) for n in src.names() if src.dtype_str(n).startswith(("F", "BF"))}
     else:
         seen = {dt for dt, _ in src.values() if dt.startswith(("F", "BF"))}
-    return ST_DTYPES.get(seen.pop()) if len(seen) == 1 else None
+    return compute_float(seen.pop()) if len(seen) == 1 else None
 
 
 def weight_bytes(tensors: dict[str, tuple[str, tuple[int, ...]]], dtype: torch.dtype) -> int:

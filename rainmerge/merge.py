@@ -24,8 +24,7 @@ import torch
 from .arch import ArchSpec
 from .io.lazy import ModelSource, all_finite, check_finite
 from .io.writer import AtomicDir, copy_side_files, folder_contents, write_sharded
-from .methods import MergeMethod, Site
-from .methods.task_arithmetic import acc_dtype
+from .methods.base import MergeMethod, Site, acc_dtype
 
 PROVENANCE_FILE = "rainmerge_provenance.json"
 
@@ -83,10 +82,10 @@ def merge_one(method: MergeMethod, site: Site, srcs: tuple[ModelSource, ...], ra
               b: torch.Tensor, i: torch.Tensor, inputs_scanned: bool = False) -> torch.Tensor:
     """One merged tensor in the LRM's dtype. Methods with `accepts_raw` take the stored tensors and
     upcast as they compute (no separate cast pass); others get them cast to the accumulate dtype."""
-    if not inputs_scanned and not getattr(method, "propagates_nonfinite", False):
+    if not inputs_scanned and not method.propagates_nonfinite:
         check_inputs(srcs, site.name, (raw, b, i))
-    device = str(getattr(method, "device", "cpu"))
-    if getattr(method, "accepts_raw", False):
+    device = str(method.device)
+    if method.accepts_raw:
         merged = method.merge(site, raw, b, i)
     else:
         acc = acc_dtype(raw)
@@ -142,7 +141,7 @@ def write_merged_model(
             reader.close()
         copied = copy_side_files(reasoning.root, tmp)
         provenance = {**provenance, "copied_from_lrm": copied, "module_stats": method.stats(),
-                      "warnings": provenance.get("warnings", []) + getattr(method, "warnings", []),
+                      "warnings": provenance.get("warnings", []) + method.warnings,
                       "merge_seconds": round(time.time() - t0, 3)}
         for fname, obj in (extra_files or {}).items():
             (tmp / fname).write_text(json.dumps(obj, indent=2, sort_keys=True))

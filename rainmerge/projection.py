@@ -31,10 +31,10 @@ from typing import Any
 
 import torch
 
+from .dtypes import FLOATS
 from .factorize import factorize, resolve
 
 log = logging.getLogger("rainmerge")
-_DT = {"float64": torch.float64, "float32": torch.float32}
 RULES = ("exact", "energy", "capped")
 
 
@@ -172,8 +172,8 @@ def protected_bases(X: torch.Tensor, *, ridge: float = 1e-10, energy: float = 1.
     factorization and one device->host copy of the singular values, not B loops with a sync each."""
     B, m, width = X.shape
     if m == 0:
-        return [Basis(torch.zeros(width, 0, dtype=_DT[dtype], device=X.device),
-                      torch.zeros(0, dtype=_DT[dtype], device=X.device), 0, 0.0, False, 0, ridge) for _ in range(B)]
+        return [Basis(torch.zeros(width, 0, dtype=FLOATS[dtype], device=X.device),
+                      torch.zeros(0, dtype=FLOATS[dtype], device=X.device), 0, 0.0, False, 0, ridge) for _ in range(B)]
     f = factorize(X.to(torch.float64), resolve(factorization, X), rank_rtol)
     if f.redone:
         log.info("stage 1: %d of %d gram factors left out more than their tolerance of X; redone by svd",
@@ -193,8 +193,8 @@ def protected_bases(X: torch.Tensor, *, ridge: float = 1e-10, energy: float = 1.
         basis = Basis(f.V[b, :, :r].contiguous(), f.s[b, :r].contiguous(), k, 0.0, capped, m, ridge)
         if dtype == "float32" and basis.rule == "exact" and k:  # does float32 storage keep the identity?
             basis.float32_residual = storage_check(X[b].to(torch.float64), basis)
-        if basis.V.dtype != _DT[dtype] and not basis.float32_residual > STORE_TOL:
-            basis = basis.to(dtype=_DT[dtype])
+        if basis.V.dtype != FLOATS[dtype] and not basis.float32_residual > STORE_TOL:
+            basis = basis.to(dtype=FLOATS[dtype])
         out.append(basis)
     if kept := sum(b.V.dtype == torch.float64 for b in out) if dtype == "float32" else 0:
         log.info("stage 1: %d of %d float32 factors would leave more than %.0e of their features; kept in float64",

@@ -27,7 +27,7 @@ from .io.writer import check_output_path
 from .io.lazy import all_finite
 from .linears import FEATURE_GROUP
 from .merge import Prefetcher, check_inputs, write_merged_model
-from .methods import METHODS, build_method
+from .methods import build_method, needs_stages
 from .methods.rain import Rain
 from .projection import Basis
 from .provenance import provenance
@@ -260,7 +260,7 @@ def _warn_large_features(cfg: RainConfig, rep: Any) -> None:
 def run_merge(cfg: RainConfig, progress: bool = True) -> Path:
     """Validate, run the stages the method needs, write the merged folder; returns its path.
     One writer per output: the lock is taken before any work and held until the rename."""
-    if not progress and METHODS[cfg.method].needs_stages:  # baselines never load transformers
+    if not progress and needs_stages(cfg.method):  # baselines never load transformers
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
@@ -277,7 +277,7 @@ def _run_merge_locked(cfg: RainConfig, progress: bool) -> Path:
     check_output_path(out_dir, cfg.overwrite, protected=protected)
     plan = check_plan(cfg)
     ctx = open_models(cfg.models_spec(), cfg.runtime())
-    rain = METHODS[cfg.method].needs_stages
+    rain = needs_stages(cfg.method)
     # every failure that the headers, the disk or the weights can show, before any forward pass;
     # RAIN reads all of the LRM in its forwards, so its weights are scanned for NaN/Inf up front
     warnings = preflight(ctx.sources(), list(ctx.sites), out_dir, protected=protected, scan_finite=rain)
@@ -308,7 +308,7 @@ def _run_merge_locked(cfg: RainConfig, progress: bool) -> Path:
     out = write_merged_model(ctx.reasoning, ctx.base, ctx.instruct, ctx.sites, method, out_dir, prov,
                              cfg.overwrite, cfg.max_shard_size, progress, extra, inputs_scanned=rain)
     ctx.close()
-    if hasattr(method, "summary"):
-        log.info(method.summary())
+    if line := method.summary():
+        log.info(line)
     log.info("merged model written to %s in %.1fs", out, time.time() - t_all)
     return out

@@ -2,13 +2,14 @@ from typing import Annotated, Any, Optional
 
 from zenml import step
 
-from rainmerge.product.artifacts import DirRef
+from rainmerge.product.artifacts import DirRef, LoadedModels
 from rainmerge.product.config import EvaluationConfig
 from rainmerge.product.steps import STEPS
 
 
 @step
-def evaluate(models: dict, target: str, evaluation: EvaluationConfig, data_dir: str, calibration_file: Optional[str],
-             tracking_uri: str, code: str, merged: Optional[DirRef] = None) -> Annotated[dict[str, Any], "metrics"]:
+def evaluate(models: LoadedModels, target: str, evaluation: EvaluationConfig, data_dir: str,
+             calibration_file: Optional[str], tracking_uri: str, code: str,
+             merged: Optional[DirRef] = None) -> Annotated[dict[str, Any], "metrics"]:
     """IFEval checkers, think format, reasoning accuracy and L_think for one model (merged or an input)."""
     return STEPS["evaluate"](models, target, evaluation, data_dir, calibration_file, tracking_uri, merged)

@@ -1,8 +1,9 @@
-from typing import Annotated, Any
+from typing import Annotated
 
 from zenml import step
 
 from rainmerge.config import ModelsSpec
+from rainmerge.product.artifacts import LoadedModels
 from rainmerge.product.config import DiagnosticsConfig
 from rainmerge.product.steps import STEPS
 
@@ -11,6 +12,6 @@ from ._common import payload_dir
 
 @step
 def load_models(models: ModelsSpec, fingerprint: dict, diagnostics: DiagnosticsConfig, tracking_uri: str,
-                code: str) -> Annotated[dict[str, Any], "models"]:
+                code: str) -> Annotated[LoadedModels, "models"]:
     """Resolve the trio (revision -> commit), validate it before any heavy work; task-vector overlap."""
     return STEPS["load_models"](models, fingerprint, tracking_uri, diagnostics, payload_dir("models"))

@@ -5,7 +5,7 @@ from zenml.enums import ModelStages
 
 from rainmerge.config import RainConfig
 from rainmerge.product import describe
-from rainmerge.product.artifacts import DirRef
+from rainmerge.product.artifacts import DirRef, LoadedModels
 from rainmerge.product.config import PromotionGates
 from rainmerge.product.steps import STEPS
 
@@ -13,7 +13,7 @@ from ._common import payload_dir
 
 
 @step(enable_cache=False)
-def promote(merged: DirRef, metrics: dict, lrm_metrics: dict, models: dict, calibration: Optional[DirRef],
+def promote(merged: DirRef, metrics: dict, lrm_metrics: dict, models: LoadedModels, calibration: Optional[DirRef],
             config: RainConfig, gates: PromotionGates, registered_model: str, tracking_uri: str,
             code: str) -> Annotated[dict[str, Any], "decision"]:
     """Register the merged model (alias `challenger`), apply the gates, move `champion` if they pass;

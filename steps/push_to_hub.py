@@ -3,7 +3,7 @@ from typing import Annotated, Any
 from zenml import step
 
 from rainmerge.config import RainConfig
-from rainmerge.product.artifacts import DirRef
+from rainmerge.product.artifacts import DirRef, LoadedModels
 from rainmerge.product.config import HubConfig
 from rainmerge.product.steps import STEPS
 
@@ -11,8 +11,9 @@ from ._common import payload_dir
 
 
 @step(enable_cache=False)
-def push_to_hub(merged: DirRef, decision: dict, metrics: dict, lrm_metrics: dict, models: dict, config: RainConfig,
-                hub_cfg: HubConfig, tracking_uri: str, code: str) -> Annotated[dict[str, Any], "hub"]:
+def push_to_hub(merged: DirRef, decision: dict, metrics: dict, lrm_metrics: dict, models: LoadedModels,
+                config: RainConfig, hub_cfg: HubConfig, tracking_uri: str,
+                code: str) -> Annotated[dict[str, Any], "hub"]:
     """Publish with a model card naming all three parents; off by default, dry run writes the folder."""
     return STEPS["push_to_hub"](merged, decision, metrics, lrm_metrics, models, config, hub_cfg, payload_dir("hub"),
                                 tracking_uri)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from rainmerge.product.artifacts import LoadedModels
 from rainmerge.product.config import EvaluationConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,10 +17,12 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not (TOY / "reasoning" / "config.json").is_file(), reason="toy trio not built")]
 
 
-def _models() -> dict:
+def _models() -> LoadedModels:
     lrm = str(TOY / "reasoning")
-    return {"inputs": {"reasoning": {"path": lrm, "resolved_dir": lrm, "commit": None,
-                                     "weights_sha256": {"model.safetensors": "toy-lrm"}}}}
+    return LoadedModels(inputs={"reasoning": {"role": "reasoning", "path": lrm, "resolved_dir": lrm, "commit": None,
+                                              "config_sha256": "toy-config",
+                                              "weights_sha256": {"model.safetensors": "toy-lrm"}}},
+                        arch={}, layers=[], modules=[])
 
 
 def test_lrm_evaluation_is_reused_by_content(tmp_path):

@@ -24,9 +24,9 @@ PACKAGES = ("rainmerge.io", "rainmerge.eval", "rainmerge.preflight", "rainmerge.
             "rainmerge.methods", "steps", "pipelines", "benchmarks", "scripts", "k8s")
 
 LAYERS: list[tuple[str, set[str]]] = [  # bottom to top
-    ("names, errors, small pure helpers",
+    ("names, errors, the dtype table, the method catalog, small pure helpers",
      {"rainmerge", "rainmerge.errors", "rainmerge.redact", "rainmerge.diagnostics", "rainmerge.factorize",
-      "rainmerge.linears", "rainmerge.refs", "rainmerge.transfer"}),
+      "rainmerge.linears", "rainmerge.refs", "rainmerge.transfer", "rainmerge.dtypes", "rainmerge.method_catalog"}),
     ("architecture adapter, logging, sizes, --set values, Stage 1 projection",
      {"rainmerge.arch", "rainmerge.logs", "rainmerge.memory", "rainmerge.overrides", "rainmerge.projection"}),
     ("Stage 2 coefficients, Stage 3 rounding, safetensors I/O",

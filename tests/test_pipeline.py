@@ -43,7 +43,7 @@ def test_run_registers_challenger_lineage_and_stage2_change_reuses_stage1(capsys
     run1, st1 = _statuses()
     assert all(s == "completed" for s in st1.values()), st1
     # the load step's look at the trio: every merged module's task-vector overlap against random subspaces
-    overlap = step_output(run1, "load_models", "models")["overlap"]
+    overlap = step_output(run1, "load_models", "models").overlap
     assert len(overlap["modules"]) == 28 and all(m["random"] > 0 for m in overlap["modules"].values())
     info = registry.lineage("t-cache", d1["version"])
     assert "challenger" in info["aliases"]

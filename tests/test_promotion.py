@@ -61,6 +61,13 @@ def _inputs(tmp_path: Path) -> dict:
                           "config_sha256": "4" * 64}}
 
 
+def _models(inputs: dict):
+    """What the load step hands the later steps, for these inputs."""
+    from rainmerge.product.artifacts import LoadedModels
+
+    return LoadedModels(inputs={r: {"role": r, **d} for r, d in inputs.items()}, arch={}, layers=[], modules=[])
+
+
 def _config(inputs: dict) -> RainConfig:
     return RainConfig(base={"path": inputs["base"]["path"]}, instruct={"path": inputs["instruct"]["path"]},
                       reasoning={"path": inputs["reasoning"]["path"]}, method="rain",
@@ -104,7 +111,7 @@ def _push(tmp_path, name, version, decision_promote, dry_run=False):
     merged = A.make_ref("merged_model", folder)
     decision = {"promote": decision_promote, "version": version, "model": name}
     hub_cfg = HubConfig(enabled=True, dry_run=dry_run, repo_id="acme/merged")
-    res = push_to_hub(merged, decision, GOOD | {"model": "merged"}, LRM | {"model": "reasoning"}, {"inputs": inputs}, _config(inputs), hub_cfg,
+    res = push_to_hub(merged, decision, GOOD | {"model": "merged"}, LRM | {"model": "reasoning"}, _models(inputs), _config(inputs), hub_cfg,
                       tmp_path / "hub", None)
     return res, folder, inputs
 

@@ -17,7 +17,7 @@ from rainmerge.product import artifacts as A
 from rainmerge.product import records, registry
 from rainmerge.product.config import HubConfig, PromotionGates
 from tests.paired import evaluation, stored
-from tests.test_promotion import LRM, TOY_CFG, _config, _inputs
+from tests.test_promotion import LRM, TOY_CFG, _config, _inputs, _models
 
 X = 94 / 147  # 0.63945578...: rounding it to 6 digits (the old tags) changes a tie into a loss
 # as a registered version stores them: scores plus the paired intervals' ci.* values (tests/paired.py)
@@ -53,7 +53,7 @@ def _pipeline_promote(tmp_path: Path, name: str, metrics: dict, weights: bytes =
 
     inputs = _inputs(tmp_path / uuid.uuid4().hex[:6])
     merged = merged or _merged(tmp_path, weights)
-    return promote(merged, metrics | {"model": "merged"}, LRM | {"model": "reasoning"}, {"inputs": inputs}, None,
+    return promote(merged, metrics | {"model": "merged"}, LRM | {"model": "reasoning"}, _models(inputs), None,
                    _config(inputs), gates or _toy_gates(), name, tmp_path / f"out-{uuid.uuid4().hex[:6]}", None)
 
 
@@ -153,7 +153,7 @@ def test_a_flipped_byte_is_flagged_and_blocks_promotion_push_and_reregistration(
     monkeypatch.setenv("HF_TOKEN", "hf_x")
     inputs = _inputs(tmp_path / "p")
     with pytest.raises(RainMergeError, match="Hub push blocked"):
-        push_to_hub(merged, {"promote": True, "model": name, "version": v}, GOOD, LRM, {"inputs": inputs},
+        push_to_hub(merged, {"promote": True, "model": name, "version": v}, GOOD, LRM, _models(inputs),
                     _config(inputs), HubConfig(enabled=True, dry_run=True, repo_id="acme/x"), tmp_path / "hub", None)
 
 
@@ -280,7 +280,7 @@ def test_a_401_push_is_recorded_on_the_version_and_not_retried(tmp_path, monkeyp
         monkeypatch.setattr(hub, "time", SimpleNamespace(sleep=lambda s: pytest.fail("a 401 was retried")))
         with pytest.raises(RainMergeError, match="401 Unauthorized"):
             push_to_hub(merged, d.as_dict(), GOOD | {"model": "merged"}, LRM | {"model": "reasoning"},
-                        {"inputs": inputs}, _config(inputs),
+                        _models(inputs), _config(inputs),
                         HubConfig(enabled=True, dry_run=False, repo_id="acme/x", max_retries=3), tmp_path / "hub",
                         None)
     finally:

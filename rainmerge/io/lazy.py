@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from ..dtypes import DTYPE_BYTES
 from ..refs import ModelRef
 from ..errors import ConfigError, CorruptInputError, NonFiniteError
 
@@ -57,9 +58,6 @@ def sha256_files(paths: list[Path], workers: int | None = None) -> list[str]:
     return [_DIGESTS[k] for k in keys]
 
 
-# bytes per element of the safetensors dtypes
-DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8,
-               "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1}
 _MAX_HEADER = 100 * 1024 * 1024  # the safetensors library's own limit
 
 _LIVE: weakref.WeakSet[ModelSource] = weakref.WeakSet()

@@ -22,14 +22,14 @@ from types import TracebackType
 
 import torch
 
-from .lazy import DTYPE_BYTES
+from ..dtypes import DTYPE_BYTES, SAFETENSORS
 
 # the order of safetensors' Rust Dtype enum; the data section is sorted by it, descending
 _RANK = ("BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "F8_E8M0", "I16", "U16", "F16", "BF16", "I32", "U32",
          "F32", "F64", "I64", "U64")
-DTYPE_STR = {torch.bool: "BOOL", torch.uint8: "U8", torch.int8: "I8", torch.float8_e5m2: "F8_E5M2",
-             torch.float8_e4m3fn: "F8_E4M3", torch.int16: "I16", torch.float16: "F16", torch.bfloat16: "BF16",
-             torch.int32: "I32", torch.float32: "F32", torch.float64: "F64", torch.int64: "I64"}
+# torch dtype -> safetensors name, for the dtypes this writer produces
+DTYPE_STR = {SAFETENSORS[n]: n for n in ("BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "I16", "F16", "BF16", "I32",
+                                         "F32", "F64", "I64")}
 
 Layout = dict[str, tuple[tuple[int, ...], str]]
 

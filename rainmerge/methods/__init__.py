@@ -1,45 +1,28 @@
-"""Merge methods behind one interface, and the one table every list of methods derives from.
+"""Merge methods behind one interface (methods/base.py), each row of the catalog
+(rainmerge.method_catalog) paired with the builder that makes it.
 
 Each method returns W_LRM + delta in float32/float64; Stage 3 casts once to the LRM dtype.
-The config's `method` choices, the CLI choices, `rainmerge.eval compare`'s defaults and
-`build_method` all read METHODS, so adding a method is one file plus one row here.
+The config's `method` choices and the CLI choices read the catalog; `rainmerge.eval compare`'s
+defaults and `build_method` read METHODS. A new method: its file here, its row in the catalog and
+its builder below.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-import torch
+from ..method_catalog import CATALOG, METHOD_NAMES, MethodSpec, needs_stages
+from .base import MergeMethod, MethodBase, Site
 
-
-@dataclass(frozen=True)
-class Site:
-    layer: int
-    module: str  # q k v o gate up down
-    name: str  # tensor name
+__all__ = ["METHODS", "METHOD_NAMES", "MergeMethod", "MethodBase", "MethodInfo", "Site", "build_method",
+           "needs_stages"]
 
 
-class MergeMethod(Protocol):
-    name: str
-
-    def merge(self, site: Site, reasoning: torch.Tensor, base: torch.Tensor, instruct: torch.Tensor) -> torch.Tensor:
-        """All inputs float32 (or float64); returns the merged weight in the same dtype."""
-        ...
-
-    def stats(self) -> dict[str, dict[str, float]]:
-        ...
-
-
-@dataclass(frozen=True)
-class MethodInfo:
-    name: str
-    summary: str
-    # RAIN needs calibration, Stage 1 projectors and Stage 2 coefficients; baselines need only the trio
-    needs_stages: bool
+@dataclass(frozen=True, kw_only=True)
+class MethodInfo(MethodSpec):
     build: Callable[..., MergeMethod]
-    compared_by_default: bool = True  # in `rainmerge.eval compare`'s default table
 
 
 def _rain(cfg: Any, arch: Any = None, bases: Any = None, coeffs: Any = None, device: str = "cpu") -> MergeMethod:
@@ -66,13 +49,9 @@ def _dare(cfg: Any, **_: Any) -> MergeMethod:
     return Dare(cfg.strength, cfg.density, cfg.seed)
 
 
-METHODS: dict[str, MethodInfo] = {m.name: m for m in (
-    MethodInfo("rain", "RAIN-Merging: null-space projected, attention-weighted task vector", True, _rain),
-    MethodInfo("task_arithmetic", "LRM + lambda * (ITM - base)", False, _task_arithmetic),
-    MethodInfo("ties", "TIES over the LRM and ITM task vectors (peft)", False, _ties),
-    MethodInfo("dare", "DARE-TIES, seeded per tensor (peft)", False, _dare, compared_by_default=False),
-)}
-METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
+BUILDERS: dict[str, Callable[..., MergeMethod]] = {"rain": _rain, "task_arithmetic": _task_arithmetic,
+                                                   "ties": _ties, "dare": _dare}
+METHODS: dict[str, MethodInfo] = {n: MethodInfo(**vars(s), build=BUILDERS[n]) for n, s in CATALOG.items()}
 
 
 def build_method(cfg: Any, **stages: Any) -> MergeMethod:

@@ -8,15 +8,15 @@ import zlib
 import torch
 from peft.utils.merge_utils import dare_ties
 
-from . import Site
+from .base import MethodBase, Site
 
 
-class Dare:
+class Dare(MethodBase):
     name = "dare"
 
     def __init__(self, strength: float, density: float, seed: int):
+        super().__init__()
         self.strength, self.density, self.seed = strength, density, seed
-        self._stats: dict[str, dict[str, float]] = {}
 
     def merge(self, site: Site, reasoning: torch.Tensor, base: torch.Tensor, instruct: torch.Tensor) -> torch.Tensor:
         w = torch.tensor([1.0, self.strength], dtype=reasoning.dtype)
@@ -25,6 +25,3 @@ class Dare:
             merged = base + dare_ties([reasoning - base, instruct - base], w, self.density)
         self._stats[site.name] = {"delta_norm": float(torch.linalg.norm(merged - reasoning))}
         return merged
-
-    def stats(self) -> dict[str, dict[str, float]]:
-        return self._stats

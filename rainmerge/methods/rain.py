@@ -20,8 +20,7 @@ import torch
 from ..arch import FEATURE_GROUP, ArchSpec
 from ..projection import Basis, project_delta_, project_with_stats_, projection_summary
 from ..rounding import NARROW, ROUNDINGS, RoundingFactor, compensated_round, feature_norm, protected_gram
-from . import Site
-from .task_arithmetic import task_vector
+from .base import MethodBase, Site, task_vector
 
 
 def o_proj_mode(bases: dict[str, Basis]) -> str:
@@ -90,7 +89,7 @@ def project_module_(module: str, d: torch.Tensor, bases: dict[str, Basis], arch:
             "rule": "capped" if "capped" in rules else "energy" if "energy" in rules else "exact"}
 
 
-class Rain:
+class Rain(MethodBase):
     name = "rain"
     accepts_raw = True  # stored tensors in: moved to the device as stored, upcast there, once each
     propagates_nonfinite = True  # any NaN/Inf input reaches the output, which merge_one checks
@@ -100,6 +99,7 @@ class Rain:
                  min_kept_norm: float = 0.0, exact_tol: float = 1e-4, rounding: str = "compensated"):
         if rounding not in ROUNDINGS:
             raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
+        super().__init__()
         self.arch, self.coeffs, self.strength, self.device = arch, coeffs, strength, device
         self.min_kept_norm, self.exact_tol, self.rounding = min_kept_norm, exact_tol, rounding
         self._factors: dict[tuple[int, str], RoundingFactor | None] = {}  # this layer's, per input
@@ -107,7 +107,6 @@ class Rain:
         # merged sites come layer by layer: ~0.4 GB of a 7B's bases at once instead of all ~12 GB
         self.bases = bases
         self._on_device: tuple[int, dict[str, Basis]] | None = None
-        self._stats: dict[str, dict[str, Any]] = {}
         self.fallbacks = 0  # float32 modules redone in float64 because their residual missed exact_tol
 
     @property
@@ -233,9 +232,6 @@ class Rain:
                     st["cast_change_nearest"] = float(torch.linalg.vector_norm(near.to(merged.dtype) - merged)) / delta
                 del near
         return out
-
-    def stats(self) -> dict[str, dict[str, Any]]:
-        return self._stats
 
     def summary(self) -> str:
         """One console line over every recorded module (see projection.projection_summary)."""

@@ -16,8 +16,7 @@ import math
 
 import torch
 
-from . import Site
-from .task_arithmetic import acc_dtype
+from .base import MethodBase, Site, acc_dtype
 
 _SAMPLE = 1 << 15  # strided sample size of the bracketed selection
 
@@ -101,13 +100,13 @@ def ties_merge(taus: list[torch.Tensor], weights: list[float], density: float,
     return num.div_(count.clamp_(min=1.0))
 
 
-class Ties:
+class Ties(MethodBase):
     name = "ties"
     accepts_raw = True  # stored dtypes in; upcast once while forming the task vectors
 
     def __init__(self, strength: float, density: float):
+        super().__init__()
         self.strength, self.density = strength, density
-        self._stats: dict[str, dict[str, float]] = {}
 
     def merge(self, site: Site, reasoning: torch.Tensor, base: torch.Tensor, instruct: torch.Tensor) -> torch.Tensor:
         acc = acc_dtype(reasoning, base, instruct)
@@ -119,6 +118,3 @@ class Ties:
         merged = ties_merge([tau_r, tau_i], w, self.density, inplace=True).add_(b)
         self._stats[site.name] = {"delta_norm": float(torch.linalg.vector_norm(merged - reasoning.to(acc)))}
         return merged
-
-    def stats(self) -> dict[str, dict[str, float]]:
-        return self._stats

@@ -8,14 +8,13 @@ from typing import Any
 
 from ..arch import FEATURE_GROUP, ArchSpec
 from ..config import RainConfig, parse_bytes
-from ..io.lazy import DTYPE_BYTES
+from ..dtypes import DTYPE_BYTES, FLOAT_BYTES
 from ..memory import (DEFAULT_GPU_BUDGET, GIB, GPU_USABLE, Pieces, act_bytes, choose_stages_path, chunk_bytes,
                       hidden_placement, k8s_sizes, layer_bases_bytes, memory_seen, merge_work_bytes,
                       sequential_path, solve_bytes, whole_path)
 from .report import PathReport, Resources
 from .sources import _Meta
 
-_FWD_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 IN_FLIGHT_TENSORS = 5  # stage 3 host memory: tensors read ahead, being made, queued and being written
 # mean tokens per record of the authors' files (rain-method.md F.1: reasoning num_tokens mean 1,446;
 # instruction: ~3.4k characters per full text, ~900 tokens [estimate]) when a plan cannot encode them
@@ -24,7 +23,7 @@ MEAN_TOKENS = {"reasoning": 1446, "instruction": 900}
 
 def _fwd_bytes(cfg: RainConfig, device: str) -> tuple[str, int]:
     if cfg.forward_dtype != "auto":
-        return cfg.forward_dtype, _FWD_BYTES[cfg.forward_dtype]
+        return cfg.forward_dtype, FLOAT_BYTES[cfg.forward_dtype]
     return ("bfloat16", 2) if device != "cpu" else ("float32", 4)
 
 

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from safetensors.torch import load_file, save_file
 
 from ..calibration import InstructionSample, InstructionSpans, ReasoningSample
+from ..config import ModelRef, ModelsSpec
 from ..errors import RainMergeError
 from ..io.lazy import sha256_file
 from ..projection import Basis
@@ -45,6 +46,57 @@ class DirRef(BaseModel):
                     f"{self.kind} artifact at {self.uri}: {rel} is missing or changed since its step wrote it (a "
                     "cached step output is reused by every rerun); rerun without the cache: rainmerge run --no-cache")
         return self
+
+
+class ModelInput(BaseModel):
+    """One model of the trio as the load step resolved it (io.lazy.ModelSource.describe, and
+    trust_remote_code): what later steps reopen, and what provenance, tags and the Hub card name."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    role: str
+    path: str  # as configured: a local folder or a Hub id
+    revision: str | None = None
+    commit: str | None = None  # the resolved Hub commit; None for a local folder
+    resolved_dir: str  # the pinned snapshot folder
+    model_type: str | None = None
+    config_sha256: str
+    weights_sha256: dict[str, str] | None = None  # per weight file; None when the run does not hash inputs
+    trust_remote_code: bool = False
+
+    def record(self) -> dict[str, Any]:
+        """The description as describe() writes it (no weights_sha256 key when not hashed)."""
+        d = self.model_dump(mode="json")
+        if d["weights_sha256"] is None:
+            del d["weights_sha256"]
+        return d
+
+
+class LoadedModels(BaseModel):
+    """The load step's output (artifact `models`), read by every later step: the trio as resolved,
+    its architecture, the merged layers and modules, the load warnings and the overlap diagnostic."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    inputs: dict[str, ModelInput]  # by role: base, instruct, reasoning
+    arch: dict[str, int | str]  # arch.ArchSpec.dims() and model_type
+    layers: list[int]
+    modules: list[str]
+    warnings: list[str] = []
+    overlap: dict[str, Any] | None = None  # diagnostics.overlap's summary, when it ran
+
+    def spec(self) -> ModelsSpec:
+        """Reopen the trio exactly as resolved (pinned snapshot folders, no re-hashing)."""
+        refs = {r: ModelRef(path=d.resolved_dir, trust_remote_code=d.trust_remote_code) for r, d in self.inputs.items()}
+        return ModelsSpec(**refs, layers=self.layers, modules=self.modules, hash_inputs=False)
+
+    def input_records(self) -> dict[str, dict[str, Any]]:
+        """The inputs as plain records (provenance, the Hub card)."""
+        return {r: d.record() for r, d in self.inputs.items()}
+
+    def record(self) -> dict[str, Any]:
+        """As logged to the load step's run (models.json)."""
+        out = {"inputs": self.input_records(), "arch": self.arch, "layers": self.layers, "modules": self.modules,
+               "warnings": self.warnings}
+        return out | ({"overlap": self.overlap} if self.overlap is not None else {})
 
 
 # Large payloads (weights, features, bases) stay on a POSIX filesystem shared by every step pod (the

@@ -139,9 +139,9 @@ class SweepConfig(_Strict):
     @field_validator("baselines")
     @classmethod
     def _known(cls, v: list[str]) -> list[str]:
-        from ..methods import METHODS
+        from ..method_catalog import METHOD_NAMES, needs_stages
 
-        bad = [m for m in v if m not in METHODS or METHODS[m].needs_stages]
+        bad = [m for m in v if m not in METHOD_NAMES or needs_stages(m)]
         if bad:
             raise ValueError(f"baselines must be baseline methods, not {bad}")
         return v

@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from .artifacts import LoadedModels
 from .config import EvaluationConfig
 
 log = logging.getLogger("rainmerge")
@@ -30,13 +31,13 @@ def settings(evaluation: EvaluationConfig) -> dict[str, Any]:
     return out
 
 
-def model_digest(models: dict[str, Any], target: str, merged: Any = None) -> str:
+def model_digest(models: LoadedModels, target: str, merged: Any = None) -> str:
     """The evaluated weights' identity: the merged folder's file digests, or an input's weights digests
     (commit when the load step did not hash them)."""
     if merged is not None:
         return hashlib.sha256(json.dumps(merged.files, sort_keys=True).encode()).hexdigest()
-    d = models["inputs"][target]
-    ident = d.get("weights_sha256") or {"path": d.get("path"), "commit": d.get("commit")}
+    d = models.inputs[target]
+    ident = d.weights_sha256 or {"path": d.path, "commit": d.commit}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
 

@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import TypeAdapter
 from pydantic_core import to_jsonable_python
 
-from ..methods import METHODS
+from ..method_catalog import needs_stages
 from .artifacts import DirRef
 from .config import PipelineConfig
 from .dag import BY_NAME, DAG, config_args
@@ -40,7 +40,7 @@ def configure_from_form(form: dict[str, Any]) -> tuple[str, ...]:
         if step.sweep_only:
             continue
         args = config_args(step, cfg) | {"tracking_uri": cfg.tracking.tracking_uri, "work_dir": cfg.work_dir,
-                                          "rain": METHODS[cfg.method].needs_stages}
+                                          "rain": needs_stages(cfg.method)}
         out.append(json.dumps(to_jsonable_python(args), sort_keys=True))
     return (*out, code_digest())
 

@@ -6,6 +6,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ..method_catalog import needs_stages
+
 
 def _plt():
     import matplotlib
@@ -78,11 +80,11 @@ def tradeoff_plot(rows: list[dict[str, Any]], path: Path, selected: float | None
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), sharex=True)
     keys = (("if_inst_strict", "IF instruction strict"), ("think_well_formed", "well-formed think"),
             ("reasoning_acc", "reasoning accuracy"))
-    methods = sorted({r["method"] for r in rows}, key=lambda m: (m != "rain", m))
+    methods = sorted({r["method"] for r in rows}, key=lambda m: (not needs_stages(m), m))
     for ax, (k, label) in zip(axes, keys):
         for m in methods:
             pts = sorted((r["strength"], 100 * (r["metrics"].get(k) or 0.0)) for r in rows if r["method"] == m)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-" if m == "rain" else "s--", label=m)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-" if needs_stages(m) else "s--", label=m)
         if selected is not None:
             ax.axvline(selected, color="grey", lw=1, ls=":")
         if lrm and lrm.get(k) is not None:

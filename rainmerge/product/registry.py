@@ -26,9 +26,9 @@ log = logging.getLogger("rainmerge")
 def registered_name(registered_model: str, method: str) -> str:
     """The RAIN model keeps the configured name; a baseline (`needs_stages` False) registers under
     `<name>-<method>`, so a baseline A/B run never moves the RAIN model's `challenger` or `champion`."""
-    from ..methods import METHODS
+    from ..method_catalog import needs_stages
 
-    return registered_model if METHODS[method].needs_stages else f"{registered_model}-{method}"
+    return registered_model if needs_stages(method) else f"{registered_model}-{method}"
 
 
 def _numeric(v: Any) -> bool:

@@ -54,7 +54,7 @@ def _eval_set_tags(metrics: dict[str, Any], parent: str | None) -> dict[str, str
     return out
 
 
-def lineage_tags(config: RainConfig, models: dict[str, Any], calibration: A.DirRef | None, merged: A.DirRef,
+def lineage_tags(config: RainConfig, models: A.LoadedModels, calibration: A.DirRef | None, merged: A.DirRef,
                  metrics: dict[str, Any], lrm_metrics: dict[str, Any], gates: PromotionGates | None = None
                  ) -> dict[str, str]:
     """What an auditor needs on the registered version: inputs, digests (weights per file and overall,
@@ -76,12 +76,12 @@ def lineage_tags(config: RainConfig, models: dict[str, Any], calibration: A.DirR
     made_by = {k: merged.meta.get(k) for k in ("step", "mlflow_run_id", "candidate")}
     tags["merge.strength"] = repr(config.strength)
     tags |= {f"merge.{k}": str(v) for k, v in made_by.items() if v is not None}
-    for role, d in models["inputs"].items():
-        tags |= {f"input.{role}": d["path"], f"input.{role}.revision": str(d["revision"]),
-                 f"input.{role}.commit": str(d["commit"]), f"input.{role}.config_sha256": d["config_sha256"]}
-        if d.get("weights_sha256"):  # one digest over the per-file digests
+    for role, d in models.inputs.items():
+        tags |= {f"input.{role}": d.path, f"input.{role}.revision": str(d.revision),
+                 f"input.{role}.commit": str(d.commit), f"input.{role}.config_sha256": d.config_sha256}
+        if d.weights_sha256:  # one digest over the per-file digests
             tags[f"input.{role}.weights_sha256"] = hashlib.sha256(
-                json.dumps(d["weights_sha256"], sort_keys=True).encode()).hexdigest()
+                json.dumps(d.weights_sha256, sort_keys=True).encode()).hexdigest()
     for role, rec in ((calibration.meta.get("calibration", {}) if calibration else {}) or {}).items():
         tags[f"calibration.{role}"] = rec["sha256"]
     tags |= _eval_set_tags(metrics, parent_run_id())
@@ -91,7 +91,7 @@ def lineage_tags(config: RainConfig, models: dict[str, Any], calibration: A.DirR
     return clean_tags(tags)  # no "None" strings (local inputs have no revision or commit)
 
 
-def promote(merged: A.DirRef, metrics: dict[str, Any], lrm_metrics: dict[str, Any], models: dict[str, Any],
+def promote(merged: A.DirRef, metrics: dict[str, Any], lrm_metrics: dict[str, Any], models: A.LoadedModels,
             calibration: A.DirRef | None, config: RainConfig, gates: PromotionGates, registered_model: str,
             out: Path, uri: str) -> registry.Decision:
     """Verify the merged folder against the digests the merge recorded, register it (alias `challenger`)
@@ -167,7 +167,7 @@ def _published_decision(decision: dict[str, Any], uri: str) -> str | None:
 
 
 def push_to_hub(merged: A.DirRef, decision: dict[str, Any], metrics: dict[str, Any], lrm_metrics: dict[str, Any],
-                models: dict[str, Any], config: RainConfig, hub_cfg: HubConfig, out: Path, uri: str) -> dict[str, Any]:
+                models: A.LoadedModels, config: RainConfig, hub_cfg: HubConfig, out: Path, uri: str) -> dict[str, Any]:
     """Publish a promoted version only (forced or not), with a model card naming all three parents by Hub id
     or redacted local name; off by default, dry run writes the folder. A rejected version makes no Hub request.
     The weights are verified against the version's recorded digest first; every push, failed or not, is
@@ -189,9 +189,9 @@ def push_to_hub(merged: A.DirRef, decision: dict[str, Any], metrics: dict[str, A
     same_folder = records.local_folder(mv.source) == merged.path
     hub.check_same_weights(merged if same_folder else merged.verify(), mv.tags)
     with step_run("push_to_hub", uri):
-        card = hub.model_card(config.model_dump(mode="json"), models["inputs"], [lrm_metrics, metrics],
+        card = hub.model_card(config.model_dump(mode="json"), models.input_records(), [lrm_metrics, metrics],
                               version, hub_cfg.extra_tags, repo_id=hub_cfg.repo_id)
-        folder = hub.stage_folder(merged.path, card, out / "upload", models["inputs"])
+        folder = hub.stage_folder(merged.path, card, out / "upload", models.input_records())
         mlflow.log_text(card, "model_card.md")
         mlflow.log_params({"hub.repo_id": str(hub_cfg.repo_id), "hub.dry_run": hub_cfg.dry_run})
         if hub_cfg.dry_run:

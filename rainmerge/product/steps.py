@@ -12,13 +12,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ..config import CalibrationSpec, CoefficientConfig, ModelRef, ModelsSpec, ProjectionConfig, RainConfig, Runtime
+from ..config import CalibrationSpec, CoefficientConfig, ModelsSpec, ProjectionConfig, RainConfig, Runtime
 from ..context import MergeContext, open_models, resolve_device
 from ..merge import PROVENANCE_FILE, write_merged_model
-from ..methods import METHODS, build_method
+from ..methods import build_method, needs_stages
 from ..provenance import provenance
 from .. import stages
 from . import artifacts as A
+from .artifacts import LoadedModels, ModelInput
 from . import registry
 from .config import DiagnosticsConfig, EvaluationConfig, PromotionGates
 from .tracking import flatten, log_calibration_datasets, run_ids, step_run
@@ -26,16 +27,13 @@ from .tracking import flatten, log_calibration_datasets, run_ids, step_run
 log = logging.getLogger("rainmerge")
 
 
-def _open(models: dict[str, Any], runtime: Runtime) -> MergeContext:
+def _open(models: LoadedModels, runtime: Runtime) -> MergeContext:
     """Reopen the trio exactly as load_models resolved it (pinned snapshot folders, no re-hashing)."""
-    spec = ModelsSpec(**{r: ModelRef(path=d["resolved_dir"], trust_remote_code=d.get("trust_remote_code", False))
-                         for r, d in models["inputs"].items()},
-                      layers=models["layers"], modules=models["modules"], hash_inputs=False)
-    return open_models(spec, runtime)
+    return open_models(models.spec(), runtime)
 
 
 def load_models(models: ModelsSpec, fingerprint: dict[str, str], uri: str,
-                diagnostics: DiagnosticsConfig | None = None, out: Path | None = None) -> dict[str, Any]:
+                diagnostics: DiagnosticsConfig | None = None, out: Path | None = None) -> LoadedModels:
     """Resolve the trio (revision -> commit), validate shapes and family, hash the weights once per run,
     and look at the trio: do the two task vectors overlap more than random subspaces would?"""
     import mlflow
@@ -43,14 +41,15 @@ def load_models(models: ModelsSpec, fingerprint: dict[str, str], uri: str,
     with step_run("load_models", uri):
         mlflow.log_params(flatten(models.model_dump(mode="json")))
         ctx = open_models(models, Runtime(device="cpu"))
-        inputs = {r: s.describe(models.hash_inputs) | {"trust_remote_code": getattr(models, r).trust_remote_code}
+        refs = {"base": models.base, "instruct": models.instruct, "reasoning": models.reasoning}
+        inputs = {r: ModelInput(**s.describe(models.hash_inputs), trust_remote_code=refs[r].trust_remote_code)
                   for r, s in ctx.sources().items()}
-        info = {"inputs": inputs, "arch": ctx.arch.dims() | {"model_type": ctx.arch.model_type},
-                "layers": list(ctx.layers), "modules": list(models.modules), "warnings": list(ctx.warnings)}
-        mlflow.set_tags({f"input.{r}.commit": d["commit"] for r, d in inputs.items() if d["commit"]})
-        if diagnostics is not None and diagnostics.overlap:
-            info["overlap"] = _overlap(ctx, diagnostics, out)
-        mlflow.log_dict(info, "models.json")
+        mlflow.set_tags({f"input.{r}.commit": d.commit for r, d in inputs.items() if d.commit})
+        overlap = _overlap(ctx, diagnostics, out) if diagnostics is not None and diagnostics.overlap else None
+        info = LoadedModels(inputs=inputs, arch=ctx.arch.dims() | {"model_type": ctx.arch.model_type},
+                            layers=list(ctx.layers), modules=list(models.modules), warnings=list(ctx.warnings),
+                            overlap=overlap)
+        mlflow.log_dict(info.record(), "models.json")
     return info
 
 
@@ -86,7 +85,7 @@ def _overlap(ctx: MergeContext, diag: DiagnosticsConfig, out: Path | None) -> di
     return summary
 
 
-def build_calibration_sets(models: dict[str, Any], spec: CalibrationSpec, out: Path, uri: str) -> A.DirRef:
+def build_calibration_sets(models: LoadedModels, spec: CalibrationSpec, out: Path, uri: str) -> A.DirRef:
     """Verify (sha256), render with the LRM template, locate think tags and spans; log as datasets."""
     import mlflow
 
@@ -102,7 +101,7 @@ def build_calibration_sets(models: dict[str, Any], spec: CalibrationSpec, out: P
     return A.make_ref("calibration", out, {"calibration": cal.record})
 
 
-def collect_features(models: dict[str, Any], calibration: A.DirRef, runtime: Runtime, out: Path,
+def collect_features(models: LoadedModels, calibration: A.DirRef, runtime: Runtime, out: Path,
                      uri: str) -> A.DirRef:
     """Stage 1: one LRM forward per reasoning sample; inputs of every merged linear at Omega_think."""
     import mlflow
@@ -121,7 +120,7 @@ def collect_features(models: dict[str, Any], calibration: A.DirRef, runtime: Run
     return A.make_ref("features", out, {"shapes": rows} | timings)
 
 
-def compute_projectors(models: dict[str, Any], features: A.DirRef, stage1: ProjectionConfig, runtime: Runtime,
+def compute_projectors(models: LoadedModels, features: A.DirRef, stage1: ProjectionConfig, runtime: Runtime,
                        out: Path, uri: str) -> A.DirRef:
     """Stage 1: one factorisation per feature group (paper Eq. 4), shared by every module reading it."""
     import mlflow
@@ -139,7 +138,7 @@ def compute_projectors(models: dict[str, Any], features: A.DirRef, stage1: Proje
     return A.make_ref("projectors", out, {"capped_groups": capped} | timings)
 
 
-def score_attention_heads(models: dict[str, Any], calibration: A.DirRef, projectors: A.DirRef,
+def score_attention_heads(models: LoadedModels, calibration: A.DirRef, projectors: A.DirRef,
                           stage2: CoefficientConfig, strength: float, runtime: Runtime, out: Path,
                           uri: str) -> A.DirRef:
     """Stage 2: response->instruction attention on the probe merge; alpha per head (Eq. 15)."""
@@ -167,7 +166,7 @@ def score_attention_heads(models: dict[str, Any], calibration: A.DirRef, project
     return A.make_ref("coefficients", out, {"estimator": detail["estimator"]})
 
 
-def merge(models: dict[str, Any], config: RainConfig, calibration: A.DirRef | None, projectors: A.DirRef | None,
+def merge(models: LoadedModels, config: RainConfig, calibration: A.DirRef | None, projectors: A.DirRef | None,
           coefficients: A.DirRef | None, out: Path, uri: str) -> A.DirRef:
     """Stage 3: stream the trio and write the merged folder atomically to out/model."""
     import mlflow
@@ -180,20 +179,20 @@ def merge(models: dict[str, Any], config: RainConfig, calibration: A.DirRef | No
         ctx = _open(models, config.runtime())
         extra: dict[str, Any] = {}
         parts: dict[str, Any] = {}
-        if METHODS[config.method].needs_stages:
+        if needs_stages(config.method):
             assert projectors is not None and coefficients is not None
             parts = dict(arch=ctx.arch, bases=A.load_bases(projectors.verify().path),
                          coeffs=A.load_coefficients(coefficients.verify().path), device=ctx.device)
             extra["rain_alpha.json"] = json.loads((coefficients.path / "rain_alpha.json").read_text())
         cal_record = calibration.meta.get("calibration", {}) if calibration is not None else {}
-        prov = provenance(config, ctx, models["inputs"], cal_record, {})
+        prov = provenance(config, ctx, models.input_records(), cal_record, {})
         prov["warnings"] += list(extra.get("rain_alpha.json", {}).get("warnings") or [])
         model_dir = write_merged_model(ctx.reasoning, ctx.base, ctx.instruct, ctx.sites, build_method(config, **parts),
                                        out / "model", prov, overwrite=True, max_shard_size=config.max_shard_size,
                                        progress=True, extra_files=extra)
         prov = json.loads((model_dir / PROVENANCE_FILE).read_text())
         mlflow.log_artifact(str(model_dir / PROVENANCE_FILE))
-        if METHODS[config.method].needs_stages:
+        if needs_stages(config.method):
             from ..projection import projection_summary
 
             stats = prov["module_stats"]
@@ -223,7 +222,7 @@ def load_benchmarks(evaluation: EvaluationConfig, data_dir: str, calibration_fil
     return [load_benchmark(s, calibration_file) for s in specs]
 
 
-def evaluate(models: dict[str, Any], target: str, evaluation: EvaluationConfig, data_dir: str,
+def evaluate(models: LoadedModels, target: str, evaluation: EvaluationConfig, data_dir: str,
              calibration_file: str | None, uri: str, merged: A.DirRef | None = None) -> dict[str, Any]:
     """Pinned benchmarks, per-sample records, pass@1 metrics with per-prompt units for the paired gates,
     L_think; the LRM's evaluation is reused when its weights, settings and data are unchanged."""
@@ -232,7 +231,7 @@ def evaluate(models: dict[str, Any], target: str, evaluation: EvaluationConfig, 
     from ..eval.suite import evaluate_benchmarks
     from . import evaldata
 
-    folder = merged.verify().path if merged is not None else Path(models["inputs"][target]["resolved_dir"])
+    folder = merged.verify().path if merged is not None else Path(models.inputs[target].resolved_dir)
     with step_run(f"evaluate_{target}", uri):
         mlflow.log_params(flatten({"target": target, **evaluation.model_dump(mode="json", exclude={"benchmarks"})}))
         benchmarks = load_benchmarks(evaluation, data_dir, calibration_file)  # before any model is loaded
@@ -250,7 +249,7 @@ def evaluate(models: dict[str, Any], target: str, evaluation: EvaluationConfig, 
             res, records = evaluate_benchmarks(
                 folder, benchmarks, rdir / "completions.jsonl", engine=evaluation.engine,
                 sampling=evaluation.sampling, max_new_tokens=evaluation.max_new_tokens,
-                device=resolve_device(evaluation.device), lrm_dir=models["inputs"]["reasoning"]["resolved_dir"],
+                device=resolve_device(evaluation.device), lrm_dir=models.inputs["reasoning"].resolved_dir,
                 data_dir=data_dir, name=target)
             scored = rdir / f"records_{target}.jsonl"
             scored.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
@@ -304,7 +303,7 @@ STEPS = {f.__name__: f for f in (load_models, build_calibration_sets, collect_fe
                                   score_attention_heads, merge, evaluate, select_candidate, promote, push_to_hub)}
 
 
-def _log_eval_to_parent(models: dict[str, Any], target: str, res: dict[str, Any], data_dir: str,
+def _log_eval_to_parent(models: LoadedModels, target: str, res: dict[str, Any], data_dir: str,
                         merged: A.DirRef | None) -> None:
     """Evaluation sets as dataset inputs; lrm.* (reasoning eval) / merged.* (merged eval) on the parent run,
     and, once the merged model is evaluated (the LRM eval ran first), the parent run's markdown description."""
@@ -317,7 +316,7 @@ def _log_eval_to_parent(models: dict[str, Any], target: str, res: dict[str, Any]
     elif target == "merged" and (parent := parent_run_id()):
         got = MlflowClient().get_run(parent).data.metrics
         lrm = {k.removeprefix("lrm."): v for k, v in got.items() if k.startswith("lrm.")}
-        params = {f"input.{r}": d["path"] + (f" @ {d['commit'][:12]}" if d.get("commit") else " (local folder)")
-                  for r, d in models["inputs"].items()}
+        params = {f"input.{r}": d.path + (f" @ {d.commit[:12]}" if d.commit else " (local folder)")
+                  for r, d in models.inputs.items()}
         params["method"] = (merged.meta.get("method") if merged is not None else None)
         log_parent_summary(res, lrm, None, params=params, data_dir=data_dir)
