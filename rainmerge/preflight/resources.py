@@ -13,13 +13,10 @@ from ..memory import (DEFAULT_GPU_BUDGET, GIB, GPU_USABLE, Pieces, act_bytes, ch
                       hidden_placement, k8s_sizes, layer_bases_bytes, memory_seen, merge_work_bytes,
                       sequential_path, solve_bytes, whole_path)
 from .report import PathReport, Resources
-from .sources import _Meta
+from .sources import ModelMeta
 
 _FWD_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 IN_FLIGHT_TENSORS = 5  # stage 3 host memory: tensors read ahead, being made, queued and being written
-# mean tokens per record of the authors' files (rain-method.md F.1: reasoning num_tokens mean 1,446;
-# instruction: ~3.4k characters per full text, ~900 tokens [estimate]) when a plan cannot encode them
-MEAN_TOKENS = {"reasoning": 1446, "instruction": 900}
 
 
 def _fwd_bytes(cfg: RainConfig, device: str) -> tuple[str, int]:
@@ -38,7 +35,7 @@ def _budget(cfg: RainConfig) -> tuple[list[int] | None, int | None, str]:
     return None, None, "none seen and gpu_memory unset: one 80 GB GPU assumed"
 
 
-def _layer_params(arch: ArchSpec, metas: dict[str, _Meta]) -> tuple[int, int]:
+def _layer_params(arch: ArchSpec, metas: dict[str, ModelMeta]) -> tuple[int, int]:
     """Parameters of the LRM's largest decoder layer and of its input embedding."""
     per: dict[int, int] = {}
     embed = 0
@@ -53,7 +50,7 @@ def _layer_params(arch: ArchSpec, metas: dict[str, _Meta]) -> tuple[int, int]:
     return max(per.values()), embed or arch.vocab_size * arch.hidden
 
 
-def resources(cfg: RainConfig, arch: ArchSpec | None, metas: dict[str, _Meta], rows: int, layers: list[int],
+def resources(cfg: RainConfig, arch: ArchSpec | None, metas: dict[str, ModelMeta], rows: int, layers: list[int],
               modules: list[str], t_reason: int, t_instr: int, tok_reason: int, tok_instr: int) -> Resources:
     reasoning = metas["reasoning"].report
     on_cpu = cfg.device == "cpu"

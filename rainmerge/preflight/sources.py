@@ -15,7 +15,8 @@ from typing import Any
 
 from ..config import ModelRef
 from ..errors import CorruptInputError
-from ..io.lazy import DTYPE_BYTES, read_header
+from ..io.lazy import DTYPE_BYTES
+from .checks import shard_tensors
 from .report import InputReport, Problem, WeightFile
 
 # what ModelSource downloads for a Hub id (rainmerge.io.lazy._HUB_PATTERNS), i.e. what a merge fetches
@@ -39,7 +40,7 @@ def file_digest(path: Path) -> str:
 # reading one input's metadata
 
 
-class _Meta:
+class ModelMeta:
     """What the plan learned about one model, whatever the source."""
 
     def __init__(self, role: str, ref: ModelRef):
@@ -74,7 +75,7 @@ def _card_base_models(readme: Path) -> list[str]:
     return [bm] if isinstance(bm, str) else [str(x) for x in bm] if isinstance(bm, list) else []
 
 
-def _read_local(meta: _Meta, root: Path, problems: list[Problem], hash_weights: bool) -> None:
+def _read_local(meta: ModelMeta, root: Path, problems: list[Problem], hash_weights: bool) -> None:
     r = meta.report
     r.resolved_dir = str(root)
     cfg_path = root / "config.json"
@@ -122,8 +123,8 @@ def _read_local(meta: _Meta, root: Path, problems: list[Problem], hash_weights: 
                                     message=f"{f.name} is listed in the index but missing"))
             continue
         wf.size = f.stat().st_size
-        try:  # the same header check as every read of a merge (io.lazy)
-            tensors = {n: (shape, dt) for n, (dt, shape, _, _) in read_header(f, meta.role).items()}
+        try:  # the header check the merge start runs again on the opened models
+            tensors = shard_tensors(f, meta.role)
         except CorruptInputError as exc:
             problems.append(Problem(code="corrupt_header", role=meta.role,
                                     message=str(exc).removeprefix(f"{meta.role}: ")))
@@ -137,7 +138,7 @@ def _read_local(meta: _Meta, root: Path, problems: list[Problem], hash_weights: 
     meta.card_base = _card_base_models(readme) if readme.is_file() else []
 
 
-def _add_tensors(meta: _Meta, tensors: dict[str, tuple[tuple[int, ...], str]], fname: str,
+def _add_tensors(meta: ModelMeta, tensors: dict[str, tuple[tuple[int, ...], str]], fname: str,
                  problems: list[Problem]) -> None:
     for name, v in tensors.items():
         if name in meta.tensors:
@@ -155,7 +156,7 @@ def _lfs_sha(sib: Any) -> str | None:
     return getattr(lfs, "sha256", None)
 
 
-def _read_hub(meta: _Meta, api: Any, problems: list[Problem], fetched: list[str], workdir: Path,
+def _read_hub(meta: ModelMeta, api: Any, problems: list[Problem], fetched: list[str], workdir: Path,
               want_tokenizer: bool) -> None:
     from huggingface_hub import try_to_load_from_cache
 
@@ -235,7 +236,7 @@ def _cached(fn: Any, repo: str, fname: str, rev: str | None) -> bool:
         return False
 
 
-def _read_offline_cache(meta: _Meta, problems: list[Problem], hash_weights: bool) -> None:
+def _read_offline_cache(meta: ModelMeta, problems: list[Problem], hash_weights: bool) -> None:
     """HF_HUB_OFFLINE=1 and no api given: use the local HF cache snapshot if there is one."""
     from huggingface_hub import try_to_load_from_cache
 
@@ -252,9 +253,11 @@ def _read_offline_cache(meta: _Meta, problems: list[Problem], hash_weights: bool
     meta.report.source, meta.report.commit, meta.report.name = "hub-cache", root.name, repo
 
 
-def _inspect(role: str, ref: ModelRef, api: Any, problems: list[Problem], fetched: list[str], workdir: Path,
-             hash_weights: bool, want_tokenizer: bool) -> _Meta:
-    meta = _Meta(role, ref)
+def read_metadata(role: str, ref: ModelRef, api: Any, problems: list[Problem], fetched: list[str], workdir: Path,
+                  hash_weights: bool, want_tokenizer: bool) -> ModelMeta:
+    """One input's metadata, from a local folder, the Hub (`api`) or, offline, the local HF cache;
+    what cannot be read is a problem, never an exception."""
+    meta = ModelMeta(role, ref)
     if ref.trust_remote_code:
         problems.append(Problem(code="trust_remote_code", role=role,
                                 message="trust_remote_code is set; rainmerge plans and merges without remote code"))
@@ -298,6 +301,3 @@ def _inspect(role: str, ref: ModelRef, api: Any, problems: list[Problem], fetche
     r.lm_head_shape = list(head[0]) if head else None
     return meta
 
-
-# ---------------------------------------------------------------------------------------------------
-# checks
