@@ -50,8 +50,7 @@ def build_plan(cfg: RainConfig, api: Any = None, *, hash_weights: bool | None = 
         rep.calibration, rep.rows_vs_width, load = calibration_checks(cfg, tpl, arch, problems, warnings)
         if check_output:
             problems.extend(_output_problems(cfg))
-        rep.resources = resources(cfg, arch, metas, load.rows, rep.layers, list(cfg.modules), load.reason_len,
-                                  load.instr_len, load.reason_tokens, load.instr_tokens)
+        rep.resources = resources(cfg, arch, metas, rep.layers, load)
         rep.lineage = lineage(metas, warnings, notes)
     rep.problems, rep.warnings, rep.notes, rep.hub_files_fetched = problems, warnings, notes, fetched
     rep.ok = not problems
