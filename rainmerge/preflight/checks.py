@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..arch import ArchSpec, arch_from_config
+from ..arch import ArchSpec, arch_from_config, compare_arch
 from ..errors import ConfigError, DiskSpaceError, RainMergeError
 from ..io.lazy import ModelSource, check_finite, read_header
 from ..io.lock import human_bytes
@@ -30,7 +30,6 @@ class HasConfig(Protocol):
     config: dict[str, Any] | None
 
 
-_CMP_FIELDS = ("num_layers", "hidden", "num_heads", "num_kv_heads", "head_dim", "intermediate")
 _WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".pkl"}
 
 
@@ -80,24 +79,12 @@ def arch_checks(metas: Mapping[str, HasConfig], problems: list[Problem], warning
     ref = specs.get("reasoning")
     if ref is not None:
         for role, s in specs.items():
-            if role != "reasoning":
-                _compare_arch(ref, role, s, problems, warnings)
+            if role == "reasoning":
+                continue
+            errors, warns = compare_arch(ref, s, "reasoning", role)  # the merge start's own comparison
+            problems.extend(Problem(code="arch_mismatch", role=role, message=msg) for msg in errors)
+            warnings.extend(warns)
     return specs
-
-
-def _compare_arch(ref: ArchSpec, role: str, s: ArchSpec, problems: list[Problem], warnings: list[str]) -> None:
-    if s.model_type != ref.model_type:
-        problems.append(Problem(code="arch_mismatch", role=role, message=(
-            f"architecture family differs: reasoning is '{ref.model_type}', {role} is '{s.model_type}'")))
-        return
-    for f in _CMP_FIELDS:
-        a, b = getattr(ref, f), getattr(s, f)
-        if a != b:
-            problems.append(Problem(code="arch_mismatch", role=role, message=(
-                f"{f} differs: reasoning={a}, {role}={b}; these models cannot be merged")))
-    if s.vocab_size != ref.vocab_size:
-        warnings.append(f"vocab size differs (reasoning={ref.vocab_size}, {role}={s.vocab_size}); "
-                        "embeddings and lm_head are never merged, so the LRM's are kept")
 
 
 def merged_layers(layers: list[int] | None, arch: ArchSpec, problems: list[Problem]) -> list[int]:
