@@ -182,6 +182,25 @@ def test_plan_and_merge_start_share_the_dtype_check(trio_factory, calib, tmp_pat
     assert not [w for w in build_plan(trio_config(trio, calib, tmp_path / "m")).warnings if "merged tensor" in w]
 
 
+def test_merge_start_warns_a_dtype_difference_once(trio_factory, calib, tmp_path, caplog):
+    # check_plan logs the plan's dtype warning; the run-time preflight finds the same one and keeps it in
+    # the provenance without logging it again
+    from rainmerge.stages import run_merge
+
+    trio = trio_factory()
+    itm = tmp_path / "itm"
+    shutil.copytree(trio["instruct"], itm)
+    sd = {k: v.to(torch.bfloat16) for k, v in load_file(itm / "model.safetensors").items()}
+    save_file(sd, itm / "model.safetensors", metadata={"format": "pt"})
+    out = run_merge(trio_config({**trio, "instruct": itm}, calib, tmp_path / "m", method="task_arithmetic"),
+                    progress=False)
+    logged = [r.getMessage() for r in caplog.records if "merged tensor(s) are BF16" in r.getMessage()]
+    # (caplog may hold a record twice: the conftest hands rainmerge's records over and root propagates)
+    assert logged and set(logged) == {logged[0]} and logged[0].startswith("plan: instruct: 14 merged tensor(s)")
+    prov = json.loads(next(out.glob("*provenance*.json")).read_text())
+    assert any("merged tensor(s) are BF16" in w for w in prov["warnings"])
+
+
 def test_header_reader_catches_truncation(tmp_path):
     f = tmp_path / "w.safetensors"
     save_file({"a": torch.zeros(4, 4), "b": torch.ones(3)}, f)
