@@ -4,7 +4,8 @@
 the files or from the Hub) and reports problems; the merge start runs the plan, then
 `rainmerge.safety.preflight` runs them again on the opened models and the real output filesystem, and
 raises. A check takes plain data where it can, a tensor table {name: (shape, dtype)} per role, so both
-callers hand it what they have; failures name the role, the file and the fix.
+callers hand it what they have; failures name the role, the file and the fix. The architecture
+comparison itself is `rainmerge.arch.compare_arch`, which the merge start's `check_compatible` also uses.
 """
 
 from __future__ import annotations
