@@ -103,24 +103,32 @@ def arch_from_config(cfg: dict[str, Any], where: str = "model") -> ArchSpec:
     return spec
 
 
+# the dimensions that change a merged weight's meaning when they differ
+COMPARED_DIMS = ("num_layers", "hidden", "num_heads", "num_kv_heads", "head_dim", "intermediate")
+
+
+def compare_arch(ref: ArchSpec, other: ArchSpec, ref_role: str, role: str) -> tuple[list[str], list[str]]:
+    """(errors, warnings) of merging `role`'s model with `ref_role`'s: a different family (then nothing
+    else is compared) or any differing dimension is an error; a different vocabulary size a warning."""
+    if other.model_type != ref.model_type:
+        return [f"architecture family differs: {ref_role} is '{ref.model_type}', {role} is '{other.model_type}'"], []
+    errors = [f"{f} differs: {ref_role}={getattr(ref, f)}, {role}={getattr(other, f)}; these models cannot be merged"
+              for f in COMPARED_DIMS if getattr(ref, f) != getattr(other, f)]
+    if other.vocab_size == ref.vocab_size:
+        return errors, []
+    return errors, [f"vocab size differs ({ref_role}={ref.vocab_size}, {role}={other.vocab_size}); "
+                    "embeddings and lm_head are never merged, so the LRM's are kept"]
+
+
 def check_compatible(specs: dict[str, ArchSpec]) -> list[str]:
-    """Fail on any difference that changes a merged weight's meaning; return warnings for the rest."""
+    """Fail on any difference that changes a merged weight's meaning; return warnings for the rest.
+    The first role is the reference (the merge start passes the LRM first, as the plan compares)."""
     roles = list(specs)
     ref_role, ref = roles[0], specs[roles[0]]
     warnings: list[str] = []
     for role in roles[1:]:
-        s = specs[role]
-        if s.model_type != ref.model_type:
-            raise ConfigError(
-                f"architecture family differs: {ref_role} is '{ref.model_type}', {role} is '{s.model_type}'"
-            )
-        for field in ("num_layers", "hidden", "num_heads", "num_kv_heads", "head_dim", "intermediate"):
-            a, b = getattr(ref, field), getattr(s, field)
-            if a != b:
-                raise ConfigError(f"{field} differs: {ref_role}={a}, {role}={b}; these models cannot be merged")
-        if s.vocab_size != ref.vocab_size:
-            warnings.append(
-                f"vocab size differs ({ref_role}={ref.vocab_size}, {role}={s.vocab_size}); "
-                "embeddings and lm_head are never merged, so the LRM's are kept"
-            )
+        errors, warns = compare_arch(ref, specs[role], ref_role, role)
+        if errors:
+            raise ConfigError(errors[0])
+        warnings += warns
     return warnings

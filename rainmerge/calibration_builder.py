@@ -93,52 +93,72 @@ def build_calibration(model_dir: str | Path, prompts: list[dict[str, Any]], *, m
     model, tok = load_model(model_dir, device)
     tpl = Template(tok, append_think_prefix=append_think_prefix)
     tpl.check_tokens()
-    dropped: dict[str, int] = {r: 0 for r in REASONS}
-    examples: dict[str, list[dict[str, Any]]] = {}
-
-    def drop(reason: str, i: int, completion: str = "") -> None:
-        dropped[reason] += 1
-        if len(examples.setdefault(reason, [])) < examples_per_reason:
-            examples[reason].append({"index": i, "prompt": prompts[i]["prompt"][:200], "completion": completion[-300:]})
-
-    todo, seen = [], set()
-    for i, row in enumerate(prompts):
-        p = row["prompt"]
-        if not p.strip():
-            drop("empty_prompt", i)
-        elif p in seen:
-            drop("duplicate_prompt", i)
-        else:
-            seen.add(p)
-            todo.append(i)
+    drops = _Drops(prompts, examples_per_reason)
+    todo = _unique_prompts(prompts, drops)
     rendered = [tpl.prefix(prompts[i]["prompt"])[0] for i in todo]
     outs = generate(model, tok, rendered, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress,
                     desc="calibration traces")
     source = source or f"self-generated:{Path(model_dir).name}"
     records: list[dict[str, Any]] = []
     for i, out in zip(todo, outs):
-        n_tok = len(tok(out, add_special_tokens=False)["input_ids"])
-        reason, reasoning, answer = classify(out, n_tok, max_new_tokens, tpl.think_open, tpl.think_close)
+        reason, rec = _trace_record(prompts[i], i, out, tok, tpl, max_new_tokens, max_seq_len, source)
         if reason:
-            drop(reason, i, out)
-            continue
-        row = prompts[i]
-        sid = row.get("id", row.get("sample_id", row.get("key", i)))
-        rec = {"prompt": row["prompt"], "reasoning": reasoning, "response": answer, "sample_id": sid,
-               "source": source}
-        # the Stage-1 encoder must find both think tags as single tokens in the rendered sample
-        _, rep = encode_reasoning([ReasoningRecord.model_validate(rec)], tpl, "tags", 0, max_seq_len)
-        if rep.kept != 1:
-            drop(next(iter(rep.skipped)), i, out)
-            continue
-        records.append(rec)
+            drops.add(reason, i, out)
+        else:
+            records.append(rec)
     report = {
         "model": str(model_dir), "n_prompts": len(prompts), "generated": len(todo), "kept": len(records),
-        "dropped": {k: v for k, v in dropped.items() if v}, "n_dropped": sum(dropped.values()),
-        "drop_examples": examples, "max_new_tokens": max_new_tokens, "greedy": True, "device": device,
+        "dropped": {k: v for k, v in drops.counts.items() if v}, "n_dropped": sum(drops.counts.values()),
+        "drop_examples": drops.examples, "max_new_tokens": max_new_tokens, "greedy": True, "device": device,
         "seconds": round(time.time() - t0, 2),
     }
     return records, report
+
+
+class _Drops:
+    """Dropped prompts per reason, with the first few of each as examples for the report."""
+
+    def __init__(self, prompts: list[dict[str, Any]], examples_per_reason: int):
+        self.prompts, self.per_reason = prompts, examples_per_reason
+        self.counts: dict[str, int] = {r: 0 for r in REASONS}
+        self.examples: dict[str, list[dict[str, Any]]] = {}
+
+    def add(self, reason: str, i: int, completion: str = "") -> None:
+        self.counts[reason] += 1
+        if len(self.examples.setdefault(reason, [])) < self.per_reason:
+            self.examples[reason].append({"index": i, "prompt": self.prompts[i]["prompt"][:200],
+                                          "completion": completion[-300:]})
+
+
+def _unique_prompts(prompts: list[dict[str, Any]], drops: _Drops) -> list[int]:
+    """Indices of the prompts to generate for: empty and repeated prompts are dropped."""
+    todo, seen = [], set()
+    for i, row in enumerate(prompts):
+        p = row["prompt"]
+        if not p.strip():
+            drops.add("empty_prompt", i)
+        elif p in seen:
+            drops.add("duplicate_prompt", i)
+        else:
+            seen.add(p)
+            todo.append(i)
+    return todo
+
+
+def _trace_record(row: dict[str, Any], i: int, completion: str, tok: Any, tpl: Template, max_new_tokens: int,
+                  max_seq_len: int, source: str) -> tuple[str | None, dict[str, Any]]:
+    """(drop reason, {}) or (None, the record in the reasoning schema) for one greedy completion."""
+    n_tok = len(tok(completion, add_special_tokens=False)["input_ids"])
+    reason, reasoning, answer = classify(completion, n_tok, max_new_tokens, tpl.think_open, tpl.think_close)
+    if reason:
+        return reason, {}
+    sid = row.get("id", row.get("sample_id", row.get("key", i)))
+    rec = {"prompt": row["prompt"], "reasoning": reasoning, "response": answer, "sample_id": sid, "source": source}
+    # the Stage-1 encoder must find both think tags as single tokens in the rendered sample
+    _, rep = encode_reasoning([ReasoningRecord.model_validate(rec)], tpl, "tags", 0, max_seq_len)
+    if rep.kept != 1:
+        return next(iter(rep.skipped)), {}
+    return None, rec
 
 
 def write(records: list[dict[str, Any]], report: dict[str, Any], out: str | Path,

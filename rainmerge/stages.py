@@ -282,7 +282,8 @@ def _run_merge_locked(cfg: RainConfig, progress: bool) -> Path:
     # RAIN reads all of the LRM in its forwards, so its weights are scanned for NaN/Inf up front
     warnings = preflight(ctx.sources(), list(ctx.sites), out_dir, protected=protected, scan_finite=rain)
     for w in warnings:
-        log.warning(w)
+        if w not in plan["warnings"]:  # check_plan logged it (the same dtype check on the headers)
+            log.warning(w)
     timings: dict[str, float] = {}
     inputs = {r: s.describe(cfg.hash_inputs) for r, s in ctx.sources().items()}
     extra: dict[str, Any] = {}

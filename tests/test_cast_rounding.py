@@ -91,11 +91,11 @@ def test_bf16_trio_reports_the_residual_of_the_written_weights_and_rounding_lowe
 def test_unsupported_family_is_refused_once_with_every_role_named():
     from types import SimpleNamespace
 
-    from rainmerge.preflight.checks import _arch_checks
+    from rainmerge.preflight.checks import arch_checks
 
     problems, warnings = [], []
     metas = {r: SimpleNamespace(config={"model_type": "gpt2"}) for r in ("reasoning", "base", "instruct")}
-    _arch_checks(metas, problems, warnings)
+    arch_checks(metas, problems, warnings)
     assert len(problems) == 1 and problems[0].role == "reasoning, base, instruct"
     text = f"{problems[0].role}: {problems[0].message}"  # how check_plan renders it
     assert text.count("gpt2") == 1 and text.count("base") == 1 and "supported: llama" in text

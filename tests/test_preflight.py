@@ -158,6 +158,49 @@ def test_output_and_layers_and_family_problems(trio_factory, calib, tmp_path):
     assert any(p.code == "arch_mismatch" and "family" in p.message for p in rep.problems)
 
 
+def test_plan_and_merge_start_share_the_dtype_check(trio_factory, calib, tmp_path):
+    # a bf16 ITM over an f32 base: `rainmerge plan` warns from the headers exactly what the merge start's
+    # run-time preflight warns on the opened models (one check function, rainmerge.preflight.checks)
+    from rainmerge.arch import arch_from_config
+    from rainmerge.io.lazy import ModelSource
+    from rainmerge.merge import merge_sites
+    from rainmerge.safety import preflight
+
+    trio = trio_factory()
+    itm = tmp_path / "itm"
+    shutil.copytree(trio["instruct"], itm)
+    sd = {k: v.to(torch.bfloat16) for k, v in load_file(itm / "model.safetensors").items()}
+    save_file(sd, itm / "model.safetensors", metadata={"format": "pt"})
+    cfg = trio_config({**trio, "instruct": itm}, calib, tmp_path / "m")
+    rep = build_plan(cfg)
+    assert rep.ok  # a warning, not a failure
+    dtype = [w for w in rep.warnings if "merged tensor(s) are" in w]
+    assert len(dtype) == 1 and dtype[0].startswith("instruct: 14 merged tensor(s) are BF16 while the base's are F32")
+    srcs = {r: ModelSource(getattr(cfg, r), r) for r in ("base", "instruct", "reasoning")}
+    arch = arch_from_config(srcs["reasoning"].config, "reasoning")
+    assert preflight(srcs, list(merge_sites(arch, rep.layers, rep.modules)), tmp_path / "o") == dtype  # its call
+    assert not [w for w in build_plan(trio_config(trio, calib, tmp_path / "m")).warnings if "merged tensor" in w]
+
+
+def test_merge_start_warns_a_dtype_difference_once(trio_factory, calib, tmp_path, caplog):
+    # check_plan logs the plan's dtype warning; the run-time preflight finds the same one and keeps it in
+    # the provenance without logging it again
+    from rainmerge.stages import run_merge
+
+    trio = trio_factory()
+    itm = tmp_path / "itm"
+    shutil.copytree(trio["instruct"], itm)
+    sd = {k: v.to(torch.bfloat16) for k, v in load_file(itm / "model.safetensors").items()}
+    save_file(sd, itm / "model.safetensors", metadata={"format": "pt"})
+    out = run_merge(trio_config({**trio, "instruct": itm}, calib, tmp_path / "m", method="task_arithmetic"),
+                    progress=False)
+    logged = [r.getMessage() for r in caplog.records if "merged tensor(s) are BF16" in r.getMessage()]
+    # (caplog may hold a record twice: the conftest hands rainmerge's records over and root propagates)
+    assert logged and set(logged) == {logged[0]} and logged[0].startswith("plan: instruct: 14 merged tensor(s)")
+    prov = json.loads(next(out.glob("*provenance*.json")).read_text())
+    assert any("merged tensor(s) are BF16" in w for w in prov["warnings"])
+
+
 def test_header_reader_catches_truncation(tmp_path):
     f = tmp_path / "w.safetensors"
     save_file({"a": torch.zeros(4, 4), "b": torch.ones(3)}, f)

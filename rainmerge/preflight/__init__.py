@@ -9,6 +9,13 @@ embeddings (vocab rows, tied or not), the LRM's think tokens and template pre-fi
 against each projected module's input width, resource estimates, lineage, and the problems that would
 make a merge fail. `run_plan(cfg)` prints it and returns 0, or 2 when a merge would fail.
 
+The package is the one home of a merge's checks. `checks` holds those the merge start runs again on
+the opened models (`rainmerge.safety.preflight`): shard headers, architecture, merged tensors' shapes
+and dtypes, the output's disk space, non-finite weights. The plan's own sections: `sources` (reading
+one input's metadata), `tokenizer` (think tokens, template), `calibration_rows` (calibration files,
+rows vs width), `lineage_check`, `resources` and `evaluation` (estimates); `report` is the PlanReport
+and its text, `plan` puts them together.
+
 No zenml / mlflow / kfp imports; never trust_remote_code; nothing is unpickled.
 """
 

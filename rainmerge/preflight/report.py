@@ -7,7 +7,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 
-
 # ---------------------------------------------------------------------------------------------------
 # the report
 
@@ -173,7 +172,7 @@ class PlanReport(BaseModel):
 
 
 # ---------------------------------------------------------------------------------------------------
-# safetensors headers
+# the text `rainmerge plan` prints
 
 
 def _gb(n: int | None) -> str:
@@ -183,119 +182,159 @@ def _gb(n: int | None) -> str:
 
 
 def format_plan(rep: PlanReport) -> str:
-    """Human-readable plan (what `rainmerge plan` prints)."""
-    L: list[str] = []
-    L.append(f"rainmerge plan - method {rep.method}: {'OK' if rep.ok else 'WOULD FAIL'}")
-    L.append("")
-    L.append("inputs:")
+    """Human-readable plan (what `rainmerge plan` prints): the verdict and inputs, then one section per
+    part of the report that has content, separated by blank lines."""
     unread = [role for role, r in rep.inputs.items() if not r.tensors]
+    lines = [f"rainmerge plan - method {rep.method}: {'OK' if rep.ok else 'WOULD FAIL'}", "", "inputs:"]
+    lines += _inputs(rep, unread)
+    sections = [_architecture(rep), _module_shapes(rep), _tokenizer(rep), _calibration(rep), _rows_vs_width(rep),
+                _resources(rep.resources, unread), _lineage(rep.lineage), _items("notes", rep.notes),
+                _items("warnings", rep.warnings), _problems(rep.problems), _fetched(rep.hub_files_fetched)]
+    for section in sections:
+        if section:
+            lines += [""] + section
+    return "\n".join(lines)
+
+
+def _inputs(rep: PlanReport, unread: list[str]) -> list[str]:
+    out = []
     for role, r in rep.inputs.items():
         where = r.commit and f"commit {r.commit}" or r.resolved_dir or ""
         if role in unread:  # nothing is known about it: say so once, no placeholders
-            L.append(f"  {role:9s} {r.path} [{r.source}] metadata not read (see PROBLEMS)")
+            out.append(f"  {role:9s} {r.path} [{r.source}] metadata not read (see PROBLEMS)")
             continue
         tie = {True: "tied", False: "untied", None: "?"}[r.tie_word_embeddings]
-        L.append(f"  {role:9s} {r.path} [{r.source}] {where}".rstrip())
-        L.append(f"            {r.model_type} {','.join(r.architectures)}; {r.tensors} tensors, {r.params / 1e9:.3f} B "
-                 f"params, {_gb(r.weight_bytes)} ({', '.join(sorted(r.dtypes))}); embed {r.embed_shape}, "
-                 f"lm_head {r.lm_head_shape or 'none'} ({tie}); download {_gb(r.download_bytes)}")
-    if rep.arch:
-        a = rep.arch
-        L.append("")
-        L.append(f"architecture: {a['model_type']} layers={a['num_layers']} hidden={a['hidden']} heads={a['num_heads']} "
-                 f"kv={a['num_kv_heads']} head_dim={a['head_dim']} intermediate={a['intermediate']} "
-                 f"vocab={a['vocab_size']} qkv_bias={a['qkv_bias']} qk_norm={a['qk_norm']}")
-        lay = rep.layers
-        span = f"{lay[0]}..{lay[-1]}" if lay and lay == list(range(lay[0], lay[-1] + 1)) else str(lay)
-        L.append(f"merge: {len(lay)} layers ({span}) x modules {','.join(rep.modules)} = {len(lay) * len(rep.modules)} tensors")
-    if rep.module_shapes:
-        L.append("")
-        L.append(f"  {'module':6s} {'tensor':42s} {'expected':>14s}  " + "  ".join(f"{r:>9s}" for r in rep.inputs))
-        for m in rep.module_shapes:
-            L.append(f"  {m.module:6s} {m.tensor:42s} {str(tuple(m.expected)):>14s}  "
-                     + "  ".join(f"{m.status.get(r, '-'):>9s}" for r in rep.inputs))
-    if rep.think_tokens or rep.template:
-        L.append("")
-        L.append("think tokens (LRM tokenizer):")
-        for t in rep.think_tokens:
-            kind = "added" if t.added else "in vocab" if t.in_base_vocab else "absent"
-            sp = "" if t.special is None else (" special" if t.special else " non-special")
-            L.append(f"  {t.tag!r:12s} id {t.id} ({kind}{sp}); encodes to {t.ids[:6]}"
-                     f"{'' if t.within_embedding in (None, True) else '  OUTSIDE EMBEDDING'}")
-        if rep.template:
-            tp = rep.template
-            L.append(f"  template: {'present' if tp.has_template else 'MISSING'}; pre-fill {tp.prefill}; "
-                     f"generation prompt ends {tp.rendered_tail!r}")
-            if tp.bos_token:
-                L.append(f"  BOS {tp.bos_token!r}: in template {tp.bos_in_template}, "
-                         f"{tp.bos_count_when_encoded} at the start when encoded without special tokens")
-    if rep.calibration:
-        L.append("")
-        L.append("calibration:")
-        for c in rep.calibration:
-            kept = f"{c.kept}/{c.records} kept" if c.exact else f"~{c.records} records"
-            skipped = f", skipped {c.skipped}" if c.skipped else ""
-            pos = f", {c.positions_per_sample:g} positions/sample = {c.rows} rows" if c.rows is not None else ""
-            longest = f", longest {c.max_tokens} tokens" if c.max_tokens else ""
-            L.append(f"  {c.role}: [{c.source}] {kept}{skipped}{pos}{longest}"
-                     f"{'' if c.exact else ' (' + (c.note or 'estimated') + ')'}")
-    if rep.rows_vs_width:
-        L.append("")
-        L.append("protected rows vs input width (per layer; removing k of width dims keeps ~sqrt(1-k/width)):")
-        L.append(f"  {'input':8s} {'modules':14s} {'width':>6s} {'rows':>6s} {'removed':>8s} {'cap':>6s} "
-                 f"{'kept~':>6s}  note")
-        for r in rep.rows_vs_width:
-            w = f"{r.width}" + (f"x{r.bases_per_layer}" if r.bases_per_layer > 1 else "")
-            note = "rank cap binds: identity not exact" if r.cap_binds else "exact null space"
-            L.append(f"  {r.group:8s} {','.join(r.modules):14s} {w:>6s} {r.rows:>6d} {r.removed:>8d} {r.cap:>6d} "
-                     f"{r.kept_norm:>6.3f}  {note}{'' if r.exact_rows else ' (rows estimated)'}")
-    if rep.resources and unread:
-        L.append("")
-        L.append(f"resources: not estimated until the metadata of {', '.join(unread)} can be read (see PROBLEMS)")
-    elif rep.resources:
-        s = rep.resources
-        L.append("")
-        L.append(f"resources (estimates; device {s.device}, forward {s.forward_dtype}):")
-        L.append(f"  download   {_gb(s.download_bytes)}  (" + ", ".join(f"{r} {_gb(b)}" for r, b in
-                                                             s.download_by_role.items()) + ")")
-        L.append(f"  disk       {_gb(s.disk_total_bytes)} = output {_gb(s.disk_output_bytes)} + download + pipeline "
-                 f"artifacts {_gb(s.disk_temp_bytes)} (features + bases; `rainmerge merge` keeps them in RAM)")
-        L.append(f"  host RAM   {_gb(s.host_ram_bytes)}")
-        for k, v in s.gpu_bytes.items():
-            L.append(f"  GPU {k:17s} {_gb(v)}")
-        if s.gpu_bytes:
-            L.append(f"  GPU peak   {_gb(s.gpu_peak_bytes)}")
-        if s.paths:
-            L.append(f"  stages 1-2 path: {s.stages_path.upper()} - {s.stages_path_reason} "
-                     f"(budget: {s.gpu_budget_source})")
-            L.append(f"    {'path':11s} {'GPU peak':>10s} {'host RAM':>10s} {'disk':>10s}  hidden states  per stage (GPU)")
-            for name, pr in s.paths.items():
-                stages = ", ".join(f"{k} {_gb(v)}" for k, v in pr.gpu_bytes.items())
-                L.append(f"    {name:11s} {_gb(pr.gpu_peak_bytes):>10s} {_gb(pr.host_ram_bytes):>10s} "
-                         f"{_gb(pr.disk_total_bytes):>10s}  {pr.hidden_states or '-':13s}  {stages or 'host only'}")
-        if s.k8s:
-            L.append("  pod (k8s/ and the ZenML run config): " + ", ".join(f"{k} {v}" for k, v in s.k8s.items()))
-        for n in s.notes:
-            L.append(f"  - {n}")
-    if rep.lineage:
-        L.append("")
-        L.append("lineage:")
-        for role, e in rep.lineage.inputs.items():
-            hashes = ", ".join(f"{k}={v[:16]}" for k, v in e["weights_sha256"].items() if v)
-            ident = e["commit"] and f"commit {e['commit']}" or hashes or "not pinned (metadata not read)"
-            L.append(f"  {role:9s} {e['name'] or e['path']}: {ident}")
-        if rep.lineage.lrm_declared_base:
-            L.append(f"  LRM declared base: {', '.join(rep.lineage.lrm_declared_base)} ({rep.lineage.lrm_declared_from})")
-    for title, items in (("notes", rep.notes), ("warnings", rep.warnings)):
-        if items:
-            L.append("")
-            L.append(f"{title}:")
-            L.extend(f"  - {w}" for w in items)
-    if rep.problems:
-        L.append("")
-        L.append("PROBLEMS (a merge would fail):")
-        L.extend(f"  - [{p.code}]{' ' + p.role + ':' if p.role else ''} {p.message}" for p in rep.problems)
-    if rep.hub_files_fetched:
-        L.append("")
-        L.append("fetched (metadata only): " + ", ".join(rep.hub_files_fetched))
-    return "\n".join(L)
+        out.append(f"  {role:9s} {r.path} [{r.source}] {where}".rstrip())
+        out.append(f"            {r.model_type} {','.join(r.architectures)}; {r.tensors} tensors, {r.params / 1e9:.3f} B "
+                   f"params, {_gb(r.weight_bytes)} ({', '.join(sorted(r.dtypes))}); embed {r.embed_shape}, "
+                   f"lm_head {r.lm_head_shape or 'none'} ({tie}); download {_gb(r.download_bytes)}")
+    return out
+
+
+def _architecture(rep: PlanReport) -> list[str]:
+    if not rep.arch:
+        return []
+    a, lay = rep.arch, rep.layers
+    span = f"{lay[0]}..{lay[-1]}" if lay and lay == list(range(lay[0], lay[-1] + 1)) else str(lay)
+    return [f"architecture: {a['model_type']} layers={a['num_layers']} hidden={a['hidden']} heads={a['num_heads']} "
+            f"kv={a['num_kv_heads']} head_dim={a['head_dim']} intermediate={a['intermediate']} "
+            f"vocab={a['vocab_size']} qkv_bias={a['qkv_bias']} qk_norm={a['qk_norm']}",
+            f"merge: {len(lay)} layers ({span}) x modules {','.join(rep.modules)} = {len(lay) * len(rep.modules)} tensors"]
+
+
+def _module_shapes(rep: PlanReport) -> list[str]:
+    if not rep.module_shapes:
+        return []
+    out = [f"  {'module':6s} {'tensor':42s} {'expected':>14s}  " + "  ".join(f"{r:>9s}" for r in rep.inputs)]
+    for m in rep.module_shapes:
+        out.append(f"  {m.module:6s} {m.tensor:42s} {str(tuple(m.expected)):>14s}  "
+                   + "  ".join(f"{m.status.get(r, '-'):>9s}" for r in rep.inputs))
+    return out
+
+
+def _tokenizer(rep: PlanReport) -> list[str]:
+    if not (rep.think_tokens or rep.template):
+        return []
+    out = ["think tokens (LRM tokenizer):"]
+    for t in rep.think_tokens:
+        kind = "added" if t.added else "in vocab" if t.in_base_vocab else "absent"
+        sp = "" if t.special is None else (" special" if t.special else " non-special")
+        out.append(f"  {t.tag!r:12s} id {t.id} ({kind}{sp}); encodes to {t.ids[:6]}"
+                   f"{'' if t.within_embedding in (None, True) else '  OUTSIDE EMBEDDING'}")
+    tp = rep.template
+    if tp:
+        out.append(f"  template: {'present' if tp.has_template else 'MISSING'}; pre-fill {tp.prefill}; "
+                   f"generation prompt ends {tp.rendered_tail!r}")
+        if tp.bos_token:
+            out.append(f"  BOS {tp.bos_token!r}: in template {tp.bos_in_template}, "
+                       f"{tp.bos_count_when_encoded} at the start when encoded without special tokens")
+    return out
+
+
+def _calibration(rep: PlanReport) -> list[str]:
+    if not rep.calibration:
+        return []
+    out = ["calibration:"]
+    for c in rep.calibration:
+        kept = f"{c.kept}/{c.records} kept" if c.exact else f"~{c.records} records"
+        skipped = f", skipped {c.skipped}" if c.skipped else ""
+        pos = f", {c.positions_per_sample:g} positions/sample = {c.rows} rows" if c.rows is not None else ""
+        longest = f", longest {c.max_tokens} tokens" if c.max_tokens else ""
+        out.append(f"  {c.role}: [{c.source}] {kept}{skipped}{pos}{longest}"
+                   f"{'' if c.exact else ' (' + (c.note or 'estimated') + ')'}")
+    return out
+
+
+def _rows_vs_width(rep: PlanReport) -> list[str]:
+    if not rep.rows_vs_width:
+        return []
+    out = ["protected rows vs input width (per layer; removing k of width dims keeps ~sqrt(1-k/width)):",
+           f"  {'input':8s} {'modules':14s} {'width':>6s} {'rows':>6s} {'removed':>8s} {'cap':>6s} {'kept~':>6s}  note"]
+    for r in rep.rows_vs_width:
+        w = f"{r.width}" + (f"x{r.bases_per_layer}" if r.bases_per_layer > 1 else "")
+        note = "rank cap binds: identity not exact" if r.cap_binds else "exact null space"
+        out.append(f"  {r.group:8s} {','.join(r.modules):14s} {w:>6s} {r.rows:>6d} {r.removed:>8d} {r.cap:>6d} "
+                   f"{r.kept_norm:>6.3f}  {note}{'' if r.exact_rows else ' (rows estimated)'}")
+    return out
+
+
+def _resources(s: Resources | None, unread: list[str]) -> list[str]:
+    if s is None:
+        return []
+    if unread:
+        return [f"resources: not estimated until the metadata of {', '.join(unread)} can be read (see PROBLEMS)"]
+    out = [f"resources (estimates; device {s.device}, forward {s.forward_dtype}):",
+           f"  download   {_gb(s.download_bytes)}  (" + ", ".join(f"{r} {_gb(b)}" for r, b in
+                                                         s.download_by_role.items()) + ")",
+           f"  disk       {_gb(s.disk_total_bytes)} = output {_gb(s.disk_output_bytes)} + download + pipeline "
+           f"artifacts {_gb(s.disk_temp_bytes)} (features + bases; `rainmerge merge` keeps them in RAM)",
+           f"  host RAM   {_gb(s.host_ram_bytes)}"]
+    out += [f"  GPU {k:17s} {_gb(v)}" for k, v in s.gpu_bytes.items()]
+    if s.gpu_bytes:
+        out.append(f"  GPU peak   {_gb(s.gpu_peak_bytes)}")
+    out += _stages_paths(s)
+    if s.k8s:
+        out.append("  pod (k8s/ and the ZenML run config): " + ", ".join(f"{k} {v}" for k, v in s.k8s.items()))
+    out += [f"  - {n}" for n in s.notes]
+    return out
+
+
+def _stages_paths(s: Resources) -> list[str]:
+    """Both Stages 1-2 paths side by side, and which one was chosen for the budget."""
+    if not s.paths:
+        return []
+    out = [f"  stages 1-2 path: {s.stages_path.upper()} - {s.stages_path_reason} (budget: {s.gpu_budget_source})",
+           f"    {'path':11s} {'GPU peak':>10s} {'host RAM':>10s} {'disk':>10s}  hidden states  per stage (GPU)"]
+    for name, pr in s.paths.items():
+        stages = ", ".join(f"{k} {_gb(v)}" for k, v in pr.gpu_bytes.items())
+        out.append(f"    {name:11s} {_gb(pr.gpu_peak_bytes):>10s} {_gb(pr.host_ram_bytes):>10s} "
+                   f"{_gb(pr.disk_total_bytes):>10s}  {pr.hidden_states or '-':13s}  {stages or 'host only'}")
+    return out
+
+
+def _lineage(lin: Lineage | None) -> list[str]:
+    if not lin:
+        return []
+    out = ["lineage:"]
+    for role, e in lin.inputs.items():
+        hashes = ", ".join(f"{k}={v[:16]}" for k, v in e["weights_sha256"].items() if v)
+        ident = e["commit"] and f"commit {e['commit']}" or hashes or "not pinned (metadata not read)"
+        out.append(f"  {role:9s} {e['name'] or e['path']}: {ident}")
+    if lin.lrm_declared_base:
+        out.append(f"  LRM declared base: {', '.join(lin.lrm_declared_base)} ({lin.lrm_declared_from})")
+    return out
+
+
+def _items(title: str, items: list[str]) -> list[str]:
+    return [f"{title}:"] + [f"  - {w}" for w in items] if items else []
+
+
+def _problems(problems: list[Problem]) -> list[str]:
+    if not problems:
+        return []
+    return ["PROBLEMS (a merge would fail):"] + [
+        f"  - [{p.code}]{' ' + p.role + ':' if p.role else ''} {p.message}" for p in problems]
+
+
+def _fetched(files: list[str]) -> list[str]:
+    return ["fetched (metadata only): " + ", ".join(files)] if files else []

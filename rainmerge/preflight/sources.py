@@ -15,7 +15,8 @@ from typing import Any
 
 from ..config import ModelRef
 from ..errors import CorruptInputError
-from ..io.lazy import DTYPE_BYTES, read_header
+from ..io.lazy import DTYPE_BYTES
+from .checks import shard_tensors
 from .report import InputReport, Problem, WeightFile
 
 # what ModelSource downloads for a Hub id (rainmerge.io.lazy._HUB_PATTERNS), i.e. what a merge fetches
@@ -39,7 +40,7 @@ def file_digest(path: Path) -> str:
 # reading one input's metadata
 
 
-class _Meta:
+class ModelMeta:
     """What the plan learned about one model, whatever the source."""
 
     def __init__(self, role: str, ref: ModelRef):
@@ -74,70 +75,83 @@ def _card_base_models(readme: Path) -> list[str]:
     return [bm] if isinstance(bm, str) else [str(x) for x in bm] if isinstance(bm, list) else []
 
 
-def _read_local(meta: _Meta, root: Path, problems: list[Problem], hash_weights: bool) -> None:
-    r = meta.report
-    r.resolved_dir = str(root)
-    cfg_path = root / "config.json"
-    if not cfg_path.is_file():
-        problems.append(Problem(code="missing_file", role=meta.role, message=f"{root} has no config.json"))
-    else:
-        try:
-            meta.config = json.loads(cfg_path.read_text())
-            r.config_sha256 = file_digest(cfg_path)
-        except json.JSONDecodeError as exc:
-            problems.append(Problem(code="bad_config", role=meta.role, message=f"config.json is not valid JSON "
-                                    f"({exc.msg} at line {exc.lineno}, column {exc.colno})"))
-        except OSError as exc:
-            problems.append(Problem(code="bad_config", role=meta.role, message=f"config.json: {exc}"))
+def _read_local(meta: ModelMeta, root: Path, problems: list[Problem], hash_weights: bool) -> None:
+    """A model folder: config.json, the weight files (index or glob) and each shard's header, the card."""
+    meta.report.resolved_dir = str(root)
+    _read_local_config(meta, root, problems)
     meta.small_dir = root
-    index = root / "model.safetensors.index.json"
-    files: list[Path]
-    if index.is_file():
-        try:
-            wm = json.loads(index.read_text())["weight_map"]
-            files = sorted({root / v for v in wm.values()})
-            outside = sorted({v for v in wm.values() if not (root / v).resolve().is_relative_to(root.resolve())})
-            if outside:  # never read a file the index names outside the model folder
-                problems.append(Problem(code="corrupt_index", role=meta.role, message=f"weight index {index.name} "
-                                        f"points outside the model folder: {', '.join(outside)}"))
-                files = [f for f in files if f.resolve().is_relative_to(root.resolve())]
-        except json.JSONDecodeError as exc:
-            problems.append(Problem(code="corrupt_index", role=meta.role, message=f"weight index {index.name} is not "
-                                    f"valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"))
-            files = sorted(root.glob("*.safetensors"))
-        except (OSError, KeyError, AttributeError, TypeError) as exc:
-            problems.append(Problem(code="corrupt_index", role=meta.role, message=f"weight index {index.name}: {exc}"))
-            files = sorted(root.glob("*.safetensors"))
-    else:
-        files = sorted(root.glob("*.safetensors"))
-    if not files:
-        pick = list(root.glob("*.bin")) + list(root.glob("*.pt"))
-        hint = " (only pickle weights found; convert them to safetensors first)" if pick else ""
-        problems.append(Problem(code="no_weights", role=meta.role, message=f"no safetensors weights in {root}{hint}"))
-    for f in files:
-        wf = WeightFile(name=f.name, cached=True)
-        r.weight_files.append(wf)
-        if not f.is_file():
-            problems.append(Problem(code="missing_file", role=meta.role,
-                                    message=f"{f.name} is listed in the index but missing"))
-            continue
-        wf.size = f.stat().st_size
-        try:  # the same header check as every read of a merge (io.lazy)
-            tensors = {n: (shape, dt) for n, (dt, shape, _, _) in read_header(f, meta.role).items()}
-        except CorruptInputError as exc:
-            problems.append(Problem(code="corrupt_header", role=meta.role,
-                                    message=str(exc).removeprefix(f"{meta.role}: ")))
-            continue
-        _add_tensors(meta, tensors, f.name, problems)
-        if hash_weights:
-            wf.sha256, wf.sha256_source = file_digest(f), "local"
-        else:
-            wf.sha256_source = "not-computed"
+    for f in _local_weight_files(meta.role, root, problems):
+        _read_local_shard(meta, f, problems, hash_weights)
     readme = root / "README.md"
     meta.card_base = _card_base_models(readme) if readme.is_file() else []
 
 
-def _add_tensors(meta: _Meta, tensors: dict[str, tuple[tuple[int, ...], str]], fname: str,
+def _read_local_config(meta: ModelMeta, root: Path, problems: list[Problem]) -> None:
+    cfg_path = root / "config.json"
+    if not cfg_path.is_file():
+        problems.append(Problem(code="missing_file", role=meta.role, message=f"{root} has no config.json"))
+        return
+    try:
+        meta.config = json.loads(cfg_path.read_text())
+        meta.report.config_sha256 = file_digest(cfg_path)
+    except json.JSONDecodeError as exc:
+        problems.append(Problem(code="bad_config", role=meta.role, message=f"config.json is not valid JSON "
+                                f"({exc.msg} at line {exc.lineno}, column {exc.colno})"))
+    except OSError as exc:
+        problems.append(Problem(code="bad_config", role=meta.role, message=f"config.json: {exc}"))
+
+
+def _local_weight_files(role: str, root: Path, problems: list[Problem]) -> list[Path]:
+    """The safetensors files: the index's (inside the folder only), else every *.safetensors."""
+    index = root / "model.safetensors.index.json"
+    files = _index_files(role, root, index, problems) if index.is_file() else sorted(root.glob("*.safetensors"))
+    if not files:
+        pick = list(root.glob("*.bin")) + list(root.glob("*.pt"))
+        hint = " (only pickle weights found; convert them to safetensors first)" if pick else ""
+        problems.append(Problem(code="no_weights", role=role, message=f"no safetensors weights in {root}{hint}"))
+    return files
+
+
+def _index_files(role: str, root: Path, index: Path, problems: list[Problem]) -> list[Path]:
+    try:
+        wm = json.loads(index.read_text())["weight_map"]
+        files = sorted({root / v for v in wm.values()})
+        outside = sorted({v for v in wm.values() if not (root / v).resolve().is_relative_to(root.resolve())})
+        if outside:  # never read a file the index names outside the model folder
+            problems.append(Problem(code="corrupt_index", role=role, message=f"weight index {index.name} "
+                                    f"points outside the model folder: {', '.join(outside)}"))
+            files = [f for f in files if f.resolve().is_relative_to(root.resolve())]
+        return files
+    except json.JSONDecodeError as exc:
+        problems.append(Problem(code="corrupt_index", role=role, message=f"weight index {index.name} is not "
+                                f"valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"))
+    except (OSError, KeyError, AttributeError, TypeError) as exc:
+        problems.append(Problem(code="corrupt_index", role=role, message=f"weight index {index.name}: {exc}"))
+    return sorted(root.glob("*.safetensors"))
+
+
+def _read_local_shard(meta: ModelMeta, f: Path, problems: list[Problem], hash_weights: bool) -> None:
+    wf = WeightFile(name=f.name, cached=True)
+    meta.report.weight_files.append(wf)
+    if not f.is_file():
+        problems.append(Problem(code="missing_file", role=meta.role,
+                                message=f"{f.name} is listed in the index but missing"))
+        return
+    wf.size = f.stat().st_size
+    try:  # the header check the merge start runs again on the opened models
+        tensors = shard_tensors(f, meta.role)
+    except CorruptInputError as exc:
+        problems.append(Problem(code="corrupt_header", role=meta.role,
+                                message=str(exc).removeprefix(f"{meta.role}: ")))
+        return
+    _add_tensors(meta, tensors, f.name, problems)
+    if hash_weights:
+        wf.sha256, wf.sha256_source = file_digest(f), "local"
+    else:
+        wf.sha256_source = "not-computed"
+
+
+def _add_tensors(meta: ModelMeta, tensors: dict[str, tuple[tuple[int, ...], str]], fname: str,
                  problems: list[Problem]) -> None:
     for name, v in tensors.items():
         if name in meta.tensors:
@@ -155,10 +169,10 @@ def _lfs_sha(sib: Any) -> str | None:
     return getattr(lfs, "sha256", None)
 
 
-def _read_hub(meta: _Meta, api: Any, problems: list[Problem], fetched: list[str], workdir: Path,
+def _read_hub(meta: ModelMeta, api: Any, problems: list[Problem], fetched: list[str], workdir: Path,
               want_tokenizer: bool) -> None:
-    from huggingface_hub import try_to_load_from_cache
-
+    """A Hub id: the commit and file list (model_info), the small files into `workdir`, the shard headers
+    (get_safetensors_metadata, HTTP range reads), and what a merge would download; never a weight byte."""
     r, repo = meta.report, meta.ref.path
     r.source, r.name = "hub", repo
     try:
@@ -172,8 +186,16 @@ def _read_hub(meta: _Meta, api: Any, problems: list[Problem], fetched: list[str]
     card = getattr(info, "card_data", None)
     bm = card.get("base_model") if isinstance(card, dict) else getattr(card, "base_model", None)
     meta.card_base = [bm] if isinstance(bm, str) else list(bm or [])
-    rev = r.commit or meta.ref.revision
-    folder = workdir / meta.role
+    rev = r.commit or meta.ref.revision  # everything after model_info at the resolved commit
+    _fetch_small_files(meta, api, siblings, rev, workdir / meta.role, want_tokenizer, problems, fetched)
+    _read_hub_headers(meta, api, siblings, rev, problems)
+    r.download_bytes = _download_bytes(meta, siblings, rev)
+
+
+def _fetch_small_files(meta: ModelMeta, api: Any, siblings: dict[str, Any], rev: str | None, folder: Path,
+                       want_tokenizer: bool, problems: list[Problem], fetched: list[str]) -> None:
+    """config.json (and, for the LRM, the tokenizer and template files) into `folder`; reads the config."""
+    repo = meta.ref.path
     folder.mkdir(parents=True, exist_ok=True)
     meta.small_dir = folder
     wanted = ["config.json"] + ([f for f in SMALL_FILES if f != "config.json"] if want_tokenizer else [])
@@ -197,35 +219,45 @@ def _read_hub(meta: _Meta, api: Any, problems: list[Problem], fetched: list[str]
             meta.config = json.loads(cfg_path.read_text())
             from ..io.lazy import sha256_file
 
-            r.config_sha256 = sha256_file(cfg_path)
+            meta.report.config_sha256 = sha256_file(cfg_path)
         except json.JSONDecodeError as exc:
             problems.append(Problem(code="bad_config", role=meta.role, message=f"config.json: {exc}"))
+
+
+def _read_hub_headers(meta: ModelMeta, api: Any, siblings: dict[str, Any], rev: str | None,
+                      problems: list[Problem]) -> None:
+    repo = meta.ref.path
     try:
         st = api.get_safetensors_metadata(repo, revision=rev)
     except Exception as exc:
         code = "corrupt_header" if "pars" in type(exc).__name__.lower() or "header" in str(exc).lower() else "no_weights"
         problems.append(Problem(code=code, role=meta.role, message=f"safetensors metadata of '{repo}': {exc}"))
-        st = None
-    if st is not None:
-        for fname in sorted(st.files_metadata):
-            fm = st.files_metadata[fname]
-            _add_tensors(meta, {n: (tuple(t.shape), t.dtype) for n, t in fm.tensors.items()}, fname, problems)
-        for fname in sorted(set(st.weight_map.values()) | set(st.files_metadata)):
-            sib = siblings.get(fname)
-            r.weight_files.append(WeightFile(name=fname, size=getattr(sib, "size", None), sha256=_lfs_sha(sib),
-                                             sha256_source="hub-lfs" if _lfs_sha(sib) else None))
-    # what a merge would download: ModelSource's patterns, minus what the HF cache already holds
+        return
+    for fname in sorted(st.files_metadata):
+        fm = st.files_metadata[fname]
+        _add_tensors(meta, {n: (tuple(t.shape), t.dtype) for n, t in fm.tensors.items()}, fname, problems)
+    for fname in sorted(set(st.weight_map.values()) | set(st.files_metadata)):
+        sib = siblings.get(fname)
+        meta.report.weight_files.append(WeightFile(name=fname, size=getattr(sib, "size", None), sha256=_lfs_sha(sib),
+                                                   sha256_source="hub-lfs" if _lfs_sha(sib) else None))
+
+
+def _download_bytes(meta: ModelMeta, siblings: dict[str, Any], rev: str | None) -> int:
+    """What a merge would download: ModelSource's patterns, minus what the HF cache already holds (and
+    marks each weight file cached or not)."""
+    from huggingface_hub import try_to_load_from_cache
+
     total = 0
     for fname, sib in siblings.items():
         if not any(fnmatch.fnmatch(fname, p) for p in FETCH_PATTERNS):
             continue
-        cached = _cached(try_to_load_from_cache, repo, fname, rev)
-        for wf in r.weight_files:
+        cached = _cached(try_to_load_from_cache, meta.ref.path, fname, rev)
+        for wf in meta.report.weight_files:
             if wf.name == fname:
                 wf.cached = cached
         if not cached:
             total += int(getattr(sib, "size", None) or 0)
-    r.download_bytes = total
+    return total
 
 
 def _cached(fn: Any, repo: str, fname: str, rev: str | None) -> bool:
@@ -235,7 +267,7 @@ def _cached(fn: Any, repo: str, fname: str, rev: str | None) -> bool:
         return False
 
 
-def _read_offline_cache(meta: _Meta, problems: list[Problem], hash_weights: bool) -> None:
+def _read_offline_cache(meta: ModelMeta, problems: list[Problem], hash_weights: bool) -> None:
     """HF_HUB_OFFLINE=1 and no api given: use the local HF cache snapshot if there is one."""
     from huggingface_hub import try_to_load_from_cache
 
@@ -252,9 +284,11 @@ def _read_offline_cache(meta: _Meta, problems: list[Problem], hash_weights: bool
     meta.report.source, meta.report.commit, meta.report.name = "hub-cache", root.name, repo
 
 
-def _inspect(role: str, ref: ModelRef, api: Any, problems: list[Problem], fetched: list[str], workdir: Path,
-             hash_weights: bool, want_tokenizer: bool) -> _Meta:
-    meta = _Meta(role, ref)
+def read_metadata(role: str, ref: ModelRef, api: Any, problems: list[Problem], fetched: list[str], workdir: Path,
+                  hash_weights: bool, want_tokenizer: bool) -> ModelMeta:
+    """One input's metadata, from a local folder, the Hub (`api`) or, offline, the local HF cache;
+    what cannot be read is a problem, never an exception."""
+    meta = ModelMeta(role, ref)
     if ref.trust_remote_code:
         problems.append(Problem(code="trust_remote_code", role=role,
                                 message="trust_remote_code is set; rainmerge plans and merges without remote code"))
@@ -276,6 +310,12 @@ def _inspect(role: str, ref: ModelRef, api: Any, problems: list[Problem], fetche
     else:
         problems.append(Problem(code="missing_model", role=role,
                                 message=f"'{ref.path}' is neither a model directory nor a Hub id (owner/name)"))
+    _summarise(meta)
+    return meta
+
+
+def _summarise(meta: ModelMeta) -> None:
+    """The report's summary of what was read: family, embeddings, declared origin, parameter counts."""
     c = meta.config or {}
     r = meta.report
     r.model_type = c.get("model_type")
@@ -296,8 +336,4 @@ def _inspect(role: str, ref: ModelRef, api: Any, problems: list[Problem], fetche
     head = meta.tensors.get("lm_head.weight")
     r.embed_shape = list(emb[0]) if emb else None
     r.lm_head_shape = list(head[0]) if head else None
-    return meta
 
-
-# ---------------------------------------------------------------------------------------------------
-# checks
