@@ -150,7 +150,7 @@ def bench_shape(run: Run, shape: str, a: argparse.Namespace) -> dict[str, torch.
     from rainmerge.merge import write_merged_model
     from rainmerge.methods import build_method
     from rainmerge.provenance import provenance
-    from rainmerge.safety import calibration_paths, preflight
+    from rainmerge.preflight.merge_start import calibration_paths, preflight
     from rainmerge.synthetic import write_calibration_of_length
 
     work = Path(a.work) / shape

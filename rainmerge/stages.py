@@ -31,7 +31,7 @@ from .methods import build_method, needs_stages
 from .methods.rain import Rain
 from .projection import Basis
 from .provenance import provenance
-from .safety import calibration_paths, preflight
+from .preflight.merge_start import calibration_paths, preflight
 from .memory import decide_stages_path
 from .sequential import run_sequential, stage1_layer_bases
 

@@ -164,7 +164,7 @@ def test_plan_and_merge_start_share_the_dtype_check(trio_factory, calib, tmp_pat
     from rainmerge.arch import arch_from_config
     from rainmerge.io.lazy import ModelSource
     from rainmerge.merge import merge_sites
-    from rainmerge.safety import preflight
+    from rainmerge.preflight.merge_start import preflight
 
     trio = trio_factory()
     itm = tmp_path / "itm"

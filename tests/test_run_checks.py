@@ -1,4 +1,4 @@
-"""Issue #13: the checks before any weight is merged (rainmerge.safety.preflight and the loaders):
+"""Issue #13: the checks before any weight is merged (rainmerge.preflight.merge_start.preflight and the loaders):
 truncated or corrupt shards, NaN/Inf in any role, dtype mismatch, output overlapping an input, a full disk;
 each named with its role, one line through the CLI."""
 
@@ -32,7 +32,7 @@ def _names(src):
 
 
 def test_preflight_passes_on_good_inputs(trio_factory, tmp_path):
-    from rainmerge.safety import preflight, scan_nonfinite
+    from rainmerge.preflight.merge_start import preflight, scan_nonfinite
 
     srcs = _sources(trio_factory())
     names = _names(srcs["reasoning"])
@@ -62,7 +62,7 @@ def test_corrupt_second_shard_of_a_sharded_model(trio_factory, tmp_path):
     from huggingface_hub import save_torch_state_dict
 
     from rainmerge.io.lazy import read_header
-    from rainmerge.safety import check_shards
+    from rainmerge.preflight.merge_start import check_shards
 
     trio = trio_factory()
     d = tmp_path / "lrm"
@@ -117,7 +117,7 @@ def test_config_json_not_json(trio_factory, calib, tmp_path, capsys):
 
 @pytest.mark.parametrize("role", ["base", "instruct", "reasoning"])
 def test_nan_or_inf_in_each_role(trio_factory, tmp_path, role):
-    from rainmerge.safety import preflight, scan_nonfinite
+    from rainmerge.preflight.merge_start import preflight, scan_nonfinite
 
     trio = trio_factory()
     d = copy_model(trio[role], tmp_path / role)
@@ -137,7 +137,7 @@ def test_nan_or_inf_in_each_role(trio_factory, tmp_path, role):
 
 
 def test_lrm_scan_covers_tensors_the_forward_pass_reads(trio_factory, tmp_path):
-    from rainmerge.safety import preflight
+    from rainmerge.preflight.merge_start import preflight
 
     trio = trio_factory()
     d = copy_model(trio["reasoning"], tmp_path / "lrm")
@@ -170,7 +170,7 @@ def test_nan_in_each_role_through_the_cli(trio_factory, calib, tmp_path, capsys,
 
 
 def test_dtype_mismatch_is_warned(trio_factory, tmp_path):
-    from rainmerge.safety import preflight
+    from rainmerge.preflight.merge_start import preflight
 
     trio = trio_factory()
     d = copy_model(trio["instruct"], tmp_path / "itm")
@@ -183,7 +183,7 @@ def test_dtype_mismatch_is_warned(trio_factory, tmp_path):
 
 
 def test_preflight_refuses_output_overlapping_inputs(trio_factory, tmp_path):
-    from rainmerge.safety import preflight
+    from rainmerge.preflight.merge_start import preflight
 
     trio = trio_factory()
     srcs = _sources(trio)
@@ -211,7 +211,7 @@ def tiny_disk(tmp_path):
 
 
 def test_preflight_full_disk(trio_factory, tiny_disk):
-    from rainmerge.safety import preflight
+    from rainmerge.preflight.merge_start import preflight
 
     trio = trio_factory()
     srcs = _sources(trio)
@@ -223,7 +223,7 @@ def test_preflight_full_disk(trio_factory, tiny_disk):
 
 def test_full_disk_is_refused_before_work_and_during_the_write(trio_factory, calib, tiny_disk, capsys,
                                                                 monkeypatch):
-    import rainmerge.safety
+    import rainmerge.preflight.merge_start as merge_start
 
     trio = trio_factory()
     out = tiny_disk / "o"
@@ -233,7 +233,7 @@ def test_full_disk_is_refused_before_work_and_during_the_write(trio_factory, cal
     rc, line = run_cli(capsys, merge_args(trio, calib, out))
     assert rc == 2 and "not enough disk space" in line  # the CLI's preflight, before any forward pass
     # and should the disk fill after the check (another writer), the write fails cleanly too
-    monkeypatch.setattr(rainmerge.safety, "check_disk_space", lambda *a, **k: 0)
+    monkeypatch.setattr(merge_start, "check_disk_space", lambda *a, **k: 0)
     rc, line = run_cli(capsys, merge_args(trio, calib, out))
     assert rc == 2 and "the disk became full while writing" in line
     assert not out.exists()

@@ -10,7 +10,7 @@ against each projected module's input width, resource estimates, lineage, and th
 make a merge fail. `run_plan(cfg)` prints it and returns 0, or 2 when a merge would fail.
 
 The package is the one home of a merge's checks. `checks` holds those the merge start runs again on
-the opened models (`rainmerge.safety.preflight`): shard headers, architecture, merged tensors' shapes
+the opened models (`rainmerge.preflight.merge_start.preflight`): shard headers, architecture, merged tensors' shapes
 and dtypes, the output's disk space, non-finite weights. The plan's own sections: `sources` (reading
 one input's metadata), `tokenizer` (think tokens, template), `calibration_rows` (calibration files,
 rows vs width), `lineage_check`, `resources` and `evaluation` (estimates); `report` is the PlanReport

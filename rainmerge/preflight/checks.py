@@ -2,7 +2,7 @@
 
 `rainmerge plan` (preflight/plan.py) runs them on the metadata it reads (config.json, shard headers from
 the files or from the Hub) and reports problems; the merge start runs the plan, then
-`rainmerge.safety.preflight` runs them again on the opened models and the real output filesystem, and
+`rainmerge.preflight.merge_start.preflight` runs them again on the opened models and the real output filesystem, and
 raises. A check takes plain data where it can, a tensor table {name: (shape, dtype)} per role, so both
 callers hand it what they have; failures name the role, the file and the fix. The architecture
 comparison itself is `rainmerge.arch.compare_arch`, which the merge start's `check_compatible` also uses.

@@ -10,7 +10,7 @@ from typing import Any, TextIO
 from ..arch import ArchSpec
 from ..config import RainConfig
 from ..errors import RainMergeError
-from ..methods import METHODS
+from ..method_catalog import needs_stages
 from .calibration_rows import calibration_checks
 from .checks import arch_checks, dtype_warnings, merged_layers, merged_names, shape_checks
 from .lineage_check import lineage
@@ -35,7 +35,7 @@ def build_plan(cfg: RainConfig, api: Any = None, *, hash_weights: bool | None = 
     notes: list[str] = []
     fetched: list[str] = []
     hash_weights = cfg.hash_inputs if hash_weights is None else hash_weights
-    reads_text = METHODS[cfg.method].needs_stages
+    reads_text = needs_stages(cfg.method)
     rep = PlanReport(ok=False, method=cfg.method, modules=list(cfg.modules))
     with tempfile.TemporaryDirectory(prefix="rainmerge-plan-") as tmp:
         metas = {role: read_metadata(role, getattr(cfg, role), api, problems, fetched, Path(tmp), hash_weights,

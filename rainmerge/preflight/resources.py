@@ -12,6 +12,7 @@ from ..dtypes import DTYPE_BYTES, FLOAT_BYTES
 from ..memory import (DEFAULT_GPU_BUDGET, GIB, GPU_USABLE, Pieces, act_bytes, choose_stages_path, chunk_bytes,
                       hidden_placement, k8s_sizes, layer_bases_bytes, memory_seen, merge_work_bytes,
                       sequential_path, solve_bytes, whole_path)
+from ..method_catalog import needs_stages
 from .calibration_rows import Workload
 from .report import PathReport, Resources
 from .sources import ModelMeta
@@ -58,7 +59,7 @@ def resources(cfg: RainConfig, arch: ArchSpec | None, metas: dict[str, ModelMeta
     on_cpu = cfg.device == "cpu"
     device = cfg.device if cfg.device != "auto" else "cuda (auto; cpu when none)"
     fdt, fb = _fwd_bytes(cfg, "cpu" if on_cpu else "cuda")
-    rain = cfg.method == "rain" and arch is not None
+    rain = needs_stages(cfg.method) and arch is not None
     by_role = {r: m.report.download_bytes for r, m in metas.items()}
     dl = sum(by_role.values())
     notes: list[str] = []

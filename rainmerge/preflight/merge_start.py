@@ -6,7 +6,7 @@ opened models and the real output filesystem.
 `open_models`, then, before any forward pass:
 
     warnings = preflight(ctx.sources(), list(ctx.sites), out_dir, protected=calibration_paths(cfg),
-                         scan_finite=METHODS[cfg.method].needs_stages)
+                         scan_finite=needs_stages(cfg.method))
 
 Every check raises a `RainMergeError` subclass whose message names the file, the role and the fix;
 `preflight` returns the warnings (dtype differences of merged tensors).
@@ -17,9 +17,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from .io.lazy import ModelSource
-from .io.writer import check_overlap
-from .preflight.checks import (calibration_paths, check_disk_space, check_shards, dtype_warnings, output_bytes,
+from ..io.lazy import ModelSource
+from ..io.writer import check_overlap
+from .checks import (calibration_paths, check_disk_space, check_shards, dtype_warnings, output_bytes,
                                scan_nonfinite, side_file_bytes, tensor_table)
 
 __all__ = ["calibration_paths", "check_disk_space", "check_shards", "preflight", "scan_nonfinite"]
