@@ -10,7 +10,7 @@ from typing import Any
 from zenml import pipeline
 
 from rainmerge.method_catalog import needs_stages
-from rainmerge.product.config import PipelineConfig
+from rainmerge.product.pipeline_config import PipelineConfig
 from rainmerge.product.dag import BY_NAME, DAG, SWEEP_REPLACES, Step, config_args
 from rainmerge.product.tracking import tracking_uri
 
@@ -52,15 +52,15 @@ def _sweep(cfg: PipelineConfig, done: dict[str, Any], extra: dict[str, Any]) -> 
     baselines are merged at the same strengths for the trade-off plot; select_candidate picks one."""
     merge, evaluate = BY_NAME["merge"], BY_NAME["evaluate_merged"]
     cands, cand_metrics, base_labels, base_metrics = [], [], [], []
-    for i, lam in enumerate(cfg.strengths()):
-        m = _call(merge, cfg, done, extra, config=cfg.merge_config(strength=lam), id=f"merge_{i}")
+    for i, strength in enumerate(cfg.strengths()):
+        m = _call(merge, cfg, done, extra, config=cfg.merge_config(strength=strength), id=f"merge_{i}")
         cands.append(m)
         cand_metrics.append(_call(evaluate, cfg, done, extra, merged=m, id=f"evaluate_merged_{i}"))
     for method in cfg.sweep.baselines:
-        for i, lam in enumerate(cfg.strengths()):
-            m = _call(merge, cfg, done, extra, config=cfg.merge_config(method=method, strength=lam),
+        for i, strength in enumerate(cfg.strengths()):
+            m = _call(merge, cfg, done, extra, config=cfg.merge_config(method=method, strength=strength),
                       calibration=None, projectors=None, coefficients=None, id=f"merge_{method}_{i}")
-            base_labels.append({"method": method, "strength": lam})
+            base_labels.append({"method": method, "strength": strength})
             base_metrics.append(_call(evaluate, cfg, done, extra, merged=m, id=f"evaluate_{method}_{i}"))
     merged, metrics, _ = _call(BY_NAME["select_candidate"], cfg, done, extra, merged=cands, metrics=cand_metrics,
                                strengths=cfg.strengths(), baseline_labels=base_labels,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 from typing import Any
 
-from rainmerge.product.config import PipelineConfig
+from rainmerge.product.pipeline_config import PipelineConfig
 from rainmerge.product.fingerprint import code_digest, fingerprint
 from rainmerge.product.tracking import PROJECT
 

@@ -81,7 +81,7 @@ def _overrides(a: argparse.Namespace) -> dict[str, Any]:
 # optional command sets (the pipeline extra), loaded by name: the library imports no product module, and
 # neither it nor the product layer imports pipelines/ (which starts pipelines, so it stands above both).
 # Each has add_parsers(sub) and dispatch(args, parse_sets); `rainmerge --help` lists them in this order.
-COMMAND_SETS = ("pipelines.cli", "rainmerge.product.cli")
+COMMAND_SETS = ("pipelines.commands", "rainmerge.product.commands")
 K8S_WRITER = "rainmerge.product.k8s"  # `plan --k8s --write-k8s`, by name for the same reason
 
 

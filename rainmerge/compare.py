@@ -23,7 +23,7 @@ def _default_methods() -> str:
 def compare(config: str, out: Path, methods: list[str], data: Path | None, limit: int | None, device: str,
             progress: bool, overrides: dict | None = None) -> list[dict]:
     from .config import load_config
-    from .eval import report
+    from .eval import comparison
     from .eval.suite import default_data_dir, evaluate_model, held_out_file
     from .stages import run_merge
 
@@ -45,8 +45,8 @@ def compare(config: str, out: Path, methods: list[str], data: Path | None, limit
         res.pop("examples", None)
         rows.append(res)
         print(f"{m}: " + json.dumps({k: round(v, 4) for k, v in res.items() if isinstance(v, float)}), flush=True)
-    paths = report.write(rows, out)
-    print(report.markdown_table(rows))
+    paths = comparison.write(rows, out)
+    print(comparison.markdown_table(rows))
     print(f"\nwritten: {', '.join(str(p) for p in paths.values())}")
     return rows
 

@@ -109,7 +109,7 @@ class CoefficientConfig(_Strict):
                     hi=self.hi, normalize=self.normalize, on_degenerate=self.on_degenerate)
 
 
-class RainConfig(_Strict):
+class MergeConfig(_Strict):
     """Everything one merge needs. Hub ids and revisions are resolved and recorded in provenance."""
 
     base: ModelRef
@@ -200,7 +200,7 @@ class RainConfig(_Strict):
             instruction_max_skip_fraction=s2.max_skip_fraction)
 
     @model_validator(mode="after")
-    def _calibration_for_rain(self) -> "RainConfig":
+    def _calibration_for_rain(self) -> "MergeConfig":
         if needs_stages(self.method) and self.reasoning_calibration is None:
             raise ValueError(f"method {self.method!r} needs reasoning_calibration (Stage 1)")
         if needs_stages(self.method) and self.stage2.enabled and self.instruction_calibration is None:
@@ -281,15 +281,19 @@ def _relative_to(tree: dict[str, Any], folder: Path) -> dict[str, Any]:
     return tree
 
 
-# Sections of a pipeline YAML that belong to the product layer (rainmerge.product.config); the merge
+# Sections of a pipeline YAML that belong to the product layer (rainmerge.product.pipeline_config); the merge
 # library reads the same file and leaves them to it, so one YAML drives `merge` and `run`.
 PIPELINE_SECTIONS = ("evaluation", "promotion", "hub", "tracking", "work_dir", "sweep", "diagnostics")
 
 
+# the name before MergeConfig (it configures every method, not only RAIN); kept so Python callers keep working
+RainConfig = MergeConfig
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
-                cls: type[RainConfig] | None = None) -> RainConfig:
+                cls: type[MergeConfig] | None = None) -> MergeConfig:
     """Read YAML (optional), apply dotted-key overrides (the CLI flags), validate once as `cls`
-    (default RainConfig, which ignores the pipeline sections)."""
+    (default MergeConfig, which ignores the pipeline sections)."""
     tree: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -321,7 +325,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         if isinstance(tree.get(role), str):
             tree[role] = {"path": tree[role]}
     if cls is None:
-        cls = RainConfig
+        cls = MergeConfig
         tree = {k: v for k, v in tree.items() if k not in PIPELINE_SECTIONS}
     try:
         return cls.model_validate(tree)

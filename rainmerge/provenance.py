@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from . import __version__
 
 if TYPE_CHECKING:
-    from .config import RainConfig
+    from .config import MergeConfig
     from .context import MergeContext
 
 
@@ -36,7 +36,7 @@ def git_commit() -> str | None:
         return None
 
 
-def provenance(c: RainConfig, ctx: MergeContext, inputs: dict[str, Any], calibration: dict[str, Any],
+def provenance(c: MergeConfig, ctx: MergeContext, inputs: dict[str, Any], calibration: dict[str, Any],
                timings: dict[str, float]) -> dict[str, Any]:
     """`inputs` are the models' descriptions (taken once per run, with their weight digests)."""
     return {

@@ -1,6 +1,6 @@
 """The paper's stages as functions of a MergeContext: each takes what it needs and returns what it
 made (no shared mutable state). `run_merge` chains them for the CLI; the pipeline steps
-(rainmerge.product.steps) call the same functions one per step."""
+(rainmerge.product.step_bodies) call the same functions one per step."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from .attention import alignment_leakage
 from .calibration import (EncodeReport, InstructionSample, ReasoningSample, Template, encode_instruction,
                           encode_reasoning, load_instruction, load_reasoning, resolve_calibration)
 from .coefficients import DegenerateStage2, module_coefficients, solve_stage2, uniform_coefficients
-from .config import CalibrationSpec, CoefficientConfig, ProjectionConfig, RainConfig
+from .config import CalibrationSpec, CoefficientConfig, ProjectionConfig, MergeConfig
 from .context import MergeContext, load_reasoning_model, load_tokenizer, open_models
 from .errors import CalibrationError, ConfigError
 from .features import collect_features
@@ -184,7 +184,7 @@ def uniform_detail(ctx: MergeContext) -> dict[str, Any]:
             "estimator": "uniform (stage 2 disabled)"}
 
 
-def check_plan(cfg: RainConfig) -> dict[str, Any]:
+def check_plan(cfg: MergeConfig) -> dict[str, Any]:
     """The `rainmerge plan` checks (metadata only: nothing is downloaded before they pass). Returns what
     the provenance keeps of them: the warnings and the LRM's declared lineage (caveat included)."""
     from .preflight import build_plan
@@ -207,7 +207,7 @@ def check_plan(cfg: RainConfig) -> dict[str, Any]:
     return {"warnings": rep.warnings, "lineage": lineage}
 
 
-def _stages12_whole(ctx: MergeContext, cfg: RainConfig, cal: CalibrationSets, timings: dict[str, float],
+def _stages12_whole(ctx: MergeContext, cfg: MergeConfig, cal: CalibrationSets, timings: dict[str, float],
                     progress: bool) -> tuple[Bases, Coefficients, dict[str, Any] | None]:
     """Stages 1-2 on the whole LRM (one forward per sample; several GPUs: its layers spread over them)."""
     model = load_reasoning_model(ctx)
@@ -223,7 +223,7 @@ def _stages12_whole(ctx: MergeContext, cfg: RainConfig, cal: CalibrationSets, ti
     return bases, coeffs, detail
 
 
-def _stages12_sequential(ctx: MergeContext, cfg: RainConfig, cal: CalibrationSets, timings: dict[str, float],
+def _stages12_sequential(ctx: MergeContext, cfg: MergeConfig, cal: CalibrationSets, timings: dict[str, float],
                          plan: dict[str, Any], progress: bool) -> tuple[Bases, Coefficients, dict[str, Any] | None]:
     """Stages 1-2 layer by layer (rainmerge/sequential.py): one decoder layer in memory at a time."""
     s2 = cfg.stage2 if cfg.stage2.enabled else None
@@ -245,7 +245,7 @@ def _stages12_sequential(ctx: MergeContext, cfg: RainConfig, cal: CalibrationSet
 LARGE_FEATURES_BYTES = 1 << 30
 
 
-def _warn_large_features(cfg: RainConfig, rep: Any) -> None:
+def _warn_large_features(cfg: MergeConfig, rep: Any) -> None:
     s = rep.resources
     if s is None or s.disk_temp_bytes <= max(LARGE_FEATURES_BYTES, 2 * s.disk_output_bytes):
         return
@@ -257,7 +257,7 @@ def _warn_large_features(cfg: RainConfig, rep: Any) -> None:
                 s.disk_temp_bytes / max(1, s.disk_output_bytes))
 
 
-def run_merge(cfg: RainConfig, progress: bool = True) -> Path:
+def run_merge(cfg: MergeConfig, progress: bool = True) -> Path:
     """Validate, run the stages the method needs, write the merged folder; returns its path.
     One writer per output: the lock is taken before any work and held until the rename."""
     if not progress and needs_stages(cfg.method):  # baselines never load transformers
@@ -270,7 +270,7 @@ def run_merge(cfg: RainConfig, progress: bool = True) -> Path:
         return _run_merge_locked(cfg, progress)
 
 
-def _run_merge_locked(cfg: RainConfig, progress: bool) -> Path:
+def _run_merge_locked(cfg: MergeConfig, progress: bool) -> Path:
     t_all = time.time()
     out_dir = Path(str(cfg.output)).expanduser().resolve()
     protected = calibration_paths(cfg)

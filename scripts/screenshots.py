@@ -61,7 +61,7 @@ def small(png: Path, limit: int = 300_000) -> None:
 
 def run_toy(name: str) -> None:
     from pipelines.run import run_pipeline
-    from rainmerge.product.config import load_pipeline_config
+    from rainmerge.product.pipeline_config import load_pipeline_config
 
     cfg = load_pipeline_config(str(ROOT / "configs" / "toy.yaml"), {
         "evaluation.limit": 40, "evaluation.device": "cpu", "device": "cpu",  # the shipped toy settings
@@ -97,7 +97,7 @@ def main() -> None:
         describe.set_version_description(args.model, version, dict(t), registry.tag_metrics(t),
                                          registry.tag_metrics(t, "lrm_metric."), None, uri, out=work)
     else:
-        from rainmerge.product.report import write_and_log_report
+        from rainmerge.product.html_report import write_and_log_report
 
         write_and_log_report(args.model, version, work, uri)
     report = next(work.glob("lineage_*.html"))

@@ -1,4 +1,4 @@
-"""ZenML steps: one per file, each a one-line wrapper over rainmerge.product.steps.STEPS."""
+"""ZenML steps: one per file, each a one-line wrapper over rainmerge.product.step_bodies.STEPS."""
 
 from .build_calibration_sets import build_calibration_sets
 from .collect_features import collect_features

@@ -4,7 +4,7 @@ from zenml import step
 
 from rainmerge.config import Runtime
 from rainmerge.product.artifacts import DirRef, LoadedModels
-from rainmerge.product.steps import STEPS
+from rainmerge.product.step_bodies import STEPS
 
 from ._common import payload_dir
 

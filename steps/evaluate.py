@@ -3,8 +3,8 @@ from typing import Annotated, Any, Optional
 from zenml import step
 
 from rainmerge.product.artifacts import DirRef, LoadedModels
-from rainmerge.product.config import EvaluationConfig
-from rainmerge.product.steps import STEPS
+from rainmerge.product.pipeline_config import EvaluationConfig
+from rainmerge.product.step_bodies import STEPS
 
 
 @step

@@ -4,8 +4,8 @@ from zenml import step
 
 from rainmerge.config import ModelsSpec
 from rainmerge.product.artifacts import LoadedModels
-from rainmerge.product.config import DiagnosticsConfig
-from rainmerge.product.steps import STEPS
+from rainmerge.product.pipeline_config import DiagnosticsConfig
+from rainmerge.product.step_bodies import STEPS
 
 from ._common import payload_dir
 

@@ -3,18 +3,18 @@ from typing import Annotated, Any, Optional
 from zenml import get_step_context, step
 from zenml.enums import ModelStages
 
-from rainmerge.config import RainConfig
+from rainmerge.config import MergeConfig
 from rainmerge.product import describe
 from rainmerge.product.artifacts import DirRef, LoadedModels
-from rainmerge.product.config import PromotionGates
-from rainmerge.product.steps import STEPS
+from rainmerge.product.pipeline_config import PromotionGates
+from rainmerge.product.step_bodies import STEPS
 
 from ._common import payload_dir
 
 
 @step(enable_cache=False)
 def promote(merged: DirRef, metrics: dict, lrm_metrics: dict, models: LoadedModels, calibration: Optional[DirRef],
-            config: RainConfig, gates: PromotionGates, registered_model: str, tracking_uri: str,
+            config: MergeConfig, gates: PromotionGates, registered_model: str, tracking_uri: str,
             code: str) -> Annotated[dict[str, Any], "decision"]:
     """Register the merged model (alias `challenger`), apply the gates, move `champion` if they pass;
     mirror the decision on the ZenML model version (stage production when promoted)."""

@@ -3,8 +3,8 @@ from typing import Annotated, Any
 from zenml import step
 
 from rainmerge.product.artifacts import DirRef
-from rainmerge.product.config import PromotionGates
-from rainmerge.product.steps import STEPS
+from rainmerge.product.pipeline_config import PromotionGates
+from rainmerge.product.step_bodies import STEPS
 
 from ._common import payload_dir
 

@@ -23,7 +23,7 @@ def evaluation(if_rate: float, reasoning: float, n: int = 200, truncated: float 
 
 def stored(merged: dict[str, Any], lrm: dict[str, Any], gates: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """What promote registers: metrics plus the intervals' ci.* values, without the per-prompt units."""
-    from rainmerge.product.config import PromotionGates
+    from rainmerge.product.pipeline_config import PromotionGates
     from rainmerge.product.gates import flat, intervals
 
     ci = flat(intervals(merged, lrm, gates or PromotionGates()))

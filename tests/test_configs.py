@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from rainmerge.config import RainConfig, load_config
+from rainmerge.config import MergeConfig, load_config
 from rainmerge.methods import METHOD_NAMES
-from rainmerge.product.config import load_pipeline_config
+from rainmerge.product.pipeline_config import load_pipeline_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -17,7 +17,7 @@ def test_config_validates(path):
     assert cfg.method in METHOD_NAMES
     # the merge library reads the same file and leaves the pipeline sections to the product layer
     merge_cfg = load_config(path)
-    assert type(merge_cfg) is RainConfig and merge_cfg == cfg.merge_config()
+    assert type(merge_cfg) is MergeConfig and merge_cfg == cfg.merge_config()
     if path.stem != "toy":
         for ref in (cfg.reasoning_calibration, cfg.instruction_calibration):
             assert ref.url.startswith("https://raw.githubusercontent.com/K1nght/RAIN-Merging/05003cc")

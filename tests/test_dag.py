@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from rainmerge.product import dag
-from rainmerge.product.steps import STEPS
+from rainmerge.product.step_bodies import STEPS
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "k8s" / "kubeflow" / "rainmerge_pipeline.yaml"
@@ -41,7 +41,7 @@ def test_zenml_pipeline_is_the_table(tmp_path, monkeypatch):
     from zenml.utils.source_utils import set_custom_source_root
 
     from pipelines.rain_merge import rain_merge_pipeline
-    from rainmerge.product.config import load_pipeline_config
+    from rainmerge.product.pipeline_config import load_pipeline_config
 
     set_custom_source_root(str(ROOT))
     cfg = load_pipeline_config(ROOT / "configs" / "toy.yaml", {})
@@ -105,7 +105,7 @@ def test_kubeflow_executors_run_on_a_cluster():
 
 
 def test_report_and_gpu_config_follow_the_table():
-    from rainmerge.product.report import EDGES
+    from rainmerge.product.html_report import EDGES
 
     assert set(dag.edges()) <= set(EDGES) and set(dag.edges(sweep=True)) <= set(EDGES)
     run_cfg = yaml.safe_load((ROOT / "configs" / "k8s" / "gpu-steps.zenml.yaml").read_text())

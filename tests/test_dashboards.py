@@ -108,7 +108,7 @@ def _screenshot(html: Path, png: Path, browser: str) -> None:
 def test_html_report_is_self_contained_and_renders_in_chromium(tmp_path):
     from mlflow import MlflowClient
 
-    from rainmerge.product import report
+    from rainmerge.product import html_report as report
 
     version, tags = _register("dash-html", tmp_path)
     path = report.write_and_log_report("dash-html", version, tmp_path / "out")

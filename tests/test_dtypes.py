@@ -6,7 +6,7 @@ import typing
 import torch
 from safetensors.torch import save_file
 
-from rainmerge.config import ProjectionConfig, RainConfig
+from rainmerge.config import ProjectionConfig, MergeConfig
 from rainmerge.dtypes import DTYPE_BYTES, FLOAT_BYTES, FLOATS, SAFETENSORS, compute_float
 
 
@@ -21,7 +21,7 @@ def test_names_and_sizes_are_what_safetensors_writes(tmp_path):
 
 
 def test_config_float_names_all_resolve():
-    fwd = set(typing.get_args(RainConfig.model_fields["forward_dtype"].annotation)) - {"auto"}
+    fwd = set(typing.get_args(MergeConfig.model_fields["forward_dtype"].annotation)) - {"auto"}
     solve = set(typing.get_args(ProjectionConfig.model_fields["solve_dtype"].annotation))
     assert fwd | solve <= set(FLOATS)
     assert FLOAT_BYTES == {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}

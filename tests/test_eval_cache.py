@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from rainmerge.product.artifacts import LoadedModels
-from rainmerge.product.config import EvaluationConfig
+from rainmerge.product.pipeline_config import EvaluationConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = ROOT / "assets" / "toy"
@@ -29,7 +29,7 @@ def test_lrm_evaluation_is_reused_by_content(tmp_path):
     import mlflow
     from mlflow import MlflowClient
 
-    from rainmerge.product.steps import evaluate
+    from rainmerge.product.step_bodies import evaluate
 
     ev = EvaluationConfig(limit=4, device="cpu", records_dir=str(tmp_path / "records"), max_new_tokens=64)
     data_dir = tmp_path / "data"  # the two embedded sets only (no L_think traces: keeps the test short)

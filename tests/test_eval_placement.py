@@ -164,7 +164,7 @@ def test_suite_fit_check_runs_before_generation(two_gpus, tmp_path):
 
 
 def test_named_dtype_enters_the_evaluation_cache_key():
-    from rainmerge.product.config import EvaluationConfig
+    from rainmerge.product.pipeline_config import EvaluationConfig
     from rainmerge.product.evaldata import settings
 
     auto = settings(EvaluationConfig())

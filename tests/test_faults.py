@@ -115,7 +115,7 @@ def test_a_non_finite_strength_is_refused_at_load(trio_factory, calib, tmp_path,
     out = tmp_path / "o"
     rc, line = run_cli(capsys, merge_args(trio_factory(), calib, out, f"--strength={value}"))
     assert rc == 2 and "strength" in line and "finite" in line and not out.exists()
-    from rainmerge.product.config import load_pipeline_config
+    from rainmerge.product.pipeline_config import load_pipeline_config
 
     with pytest.raises(ConfigError, match="finite"):
         load_pipeline_config(ROOT / "configs" / "toy.yaml", {"sweep.strengths": [0.5, float(value)]})

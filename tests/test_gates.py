@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rainmerge.eval.stats import paired_bootstrap, paired_se, ratio, simulate_if_units
-from rainmerge.product.config import PromotionGates
+from rainmerge.product.pipeline_config import PromotionGates
 from rainmerge.product.gates import GateError, decide, exceeds, flat, intervals, reaches
 from tests.paired import evaluation, stored
 

@@ -36,14 +36,14 @@ def test_parameters_are_the_merge_config_in_its_order():
     assert "tracking__zenml_model" not in params
     keys = [f.key for f in mod.FIELDS]
     sections = list(dict.fromkeys(k.split(".")[0] for k in keys))
-    from rainmerge.product.config import PipelineConfig
+    from rainmerge.product.pipeline_config import PipelineConfig
     assert sections == [k for k in PipelineConfig.model_fields if k in sections]  # the config's own order
 
 
 def test_every_config_field_reaches_the_form_and_back(tmp_path):
     """The run form is generated from the pydantic config: each field is a typed parameter with the
     config's default and a description, and the form's values come back as exactly that config."""
-    from rainmerge.product.config import PipelineConfig
+    from rainmerge.product.pipeline_config import PipelineConfig
     from rainmerge.product.form import KFP_SKIP
     from rainmerge.product.kfp import config_from_form
 

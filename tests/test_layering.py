@@ -8,7 +8,7 @@ To place a new module: put it in the lowest layer above everything it imports. W
 layer it belongs to by meaning, the import is the thing to look at.
 
 Named, not imported (so no arrow here): rainmerge.cli adds its optional command sets by name
-(COMMAND_SETS: pipelines.cli, rainmerge.product.cli; K8S_WRITER for `plan --write-k8s`), pipelines.rain_merge finds the ZenML step of a
+(COMMAND_SETS: pipelines.commands, rainmerge.product.commands; K8S_WRITER for `plan --write-k8s`), pipelines.rain_merge finds the ZenML step of a
 DAG row by name, and `python -m rainmerge.eval compare` hands its line to `python -m rainmerge`.
 """
 
@@ -90,7 +90,7 @@ def test_the_house_is_at_most_eleven_layers_tall():
     ({"rainmerge.errors": {"rainmerge.stages"}}, ["rainmerge.errors -> rainmerge.stages (layer 1 -> 8)"]),
     ({"rainmerge.arch": {"rainmerge.memory"}}, ["rainmerge.arch -> rainmerge.memory (layer 2 -> 2)"]),
     ({"rainmerge.io.spill": {"rainmerge.features"}}, ["rainmerge.io.spill -> rainmerge.features (layer 3 -> 5)"]),
-    ({"rainmerge.product.cli": {"pipelines.run"}}, ["rainmerge.product.cli -> pipelines.run (layer 9 -> 10)"]),
+    ({"rainmerge.product.commands": {"pipelines.run"}}, ["rainmerge.product.commands -> pipelines.run (layer 9 -> 10)"]),
     ({"rainmerge.io.spill": {"rainmerge.io.lazy"}, "rainmerge.stages": {"rainmerge.errors"}}, []),
 ])
 def test_the_check_sees_an_import_that_runs_the_wrong_way(graph, expected):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rainmerge.config import RainConfig
+from rainmerge.config import MergeConfig
 from rainmerge.method_catalog import CATALOG, METHOD_NAMES, needs_stages
 from rainmerge.methods import BUILDERS, METHODS, MergeMethod, Site
 from rainmerge.methods.dare import Dare
@@ -27,7 +27,7 @@ def _protocol_members() -> set[str]:
 
 def test_one_list_of_names_behind_config_cli_table_and_builders():
     assert tuple(METHODS) == tuple(BUILDERS) == METHOD_NAMES == tuple(CATALOG)
-    assert typing.get_args(RainConfig.model_fields["method"].annotation) == METHOD_NAMES
+    assert typing.get_args(MergeConfig.model_fields["method"].annotation) == METHOD_NAMES
     assert set(CLASSES) == set(METHOD_NAMES)  # this test covers every method
     for name, info in METHODS.items():
         assert info.name == name and info.needs_stages == CATALOG[name].needs_stages
@@ -38,8 +38,8 @@ def test_needs_stages_is_the_one_question():
     with pytest.raises(KeyError):
         needs_stages("nope")
     with pytest.raises(ValueError, match="method 'rain' needs reasoning_calibration"):
-        RainConfig(method="rain", **TRIO)
-    assert RainConfig(method="ties", **TRIO).method == "ties"
+        MergeConfig(method="rain", **TRIO)
+    assert MergeConfig(method="ties", **TRIO).method == "ties"
 
 
 def test_every_method_class_provides_what_the_protocol_declares():
@@ -54,7 +54,7 @@ def test_every_method_class_provides_what_the_protocol_declares():
 
 @pytest.mark.parametrize("method", ["task_arithmetic", "ties", "dare"])
 def test_baselines_built_from_the_table_answer_the_protocol(method):
-    cfg = RainConfig(method=method, **TRIO, strength=0.5, density=0.5)
+    cfg = MergeConfig(method=method, **TRIO, strength=0.5, density=0.5)
     m = METHODS[method].build(cfg)
     g = torch.Generator().manual_seed(0)
     r, b, i = (torch.randn(4, 6, generator=g) for _ in range(3))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rainmerge.product.config import load_pipeline_config as load_config
+from rainmerge.product.pipeline_config import load_pipeline_config as load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = ROOT / "assets" / "toy"

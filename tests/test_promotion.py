@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from rainmerge.config import RainConfig
+from rainmerge.config import MergeConfig
 from rainmerge.product import registry
-from rainmerge.product.config import HubConfig, PromotionGates
+from rainmerge.product.pipeline_config import HubConfig, PromotionGates
 from tests.paired import evaluation, stored
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,8 +68,8 @@ def _models(inputs: dict):
     return LoadedModels(inputs={r: {"role": r, **d} for r, d in inputs.items()}, arch={}, layers=[], modules=[])
 
 
-def _config(inputs: dict) -> RainConfig:
-    return RainConfig(base={"path": inputs["base"]["path"]}, instruct={"path": inputs["instruct"]["path"]},
+def _config(inputs: dict) -> MergeConfig:
+    return MergeConfig(base={"path": inputs["base"]["path"]}, instruct={"path": inputs["instruct"]["path"]},
                       reasoning={"path": inputs["reasoning"]["path"]}, method="rain",
                       reasoning_calibration={"path": str(Path(inputs["base"]["path"]).parent / "rc.json")},
                       instruction_calibration={"path": str(Path(inputs["base"]["path"]).parent / "ic.jsonl")})
@@ -104,7 +104,7 @@ def fake_hub(monkeypatch):
 
 def _push(tmp_path, name, version, decision_promote, dry_run=False):
     from rainmerge.product import artifacts as A
-    from rainmerge.product.steps import push_to_hub
+    from rainmerge.product.step_bodies import push_to_hub
 
     inputs = _inputs(tmp_path)
     folder = _model_folder(tmp_path, inputs, str(tmp_path / "data" / "reasoning_calibration.json"))

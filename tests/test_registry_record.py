@@ -15,7 +15,7 @@ from rainmerge.cli import main
 from rainmerge.errors import RainMergeError
 from rainmerge.product import artifacts as A
 from rainmerge.product import records, registry
-from rainmerge.product.config import HubConfig, PromotionGates
+from rainmerge.product.pipeline_config import HubConfig, PromotionGates
 from tests.paired import evaluation, stored
 from tests.test_promotion import LRM, TOY_CFG, _config, _inputs, _models
 
@@ -41,7 +41,7 @@ def _merged(tmp_path: Path, weights: bytes, meta: dict | None = None) -> A.DirRe
 
 
 def _toy_gates() -> PromotionGates:
-    from rainmerge.product.config import load_pipeline_config
+    from rainmerge.product.pipeline_config import load_pipeline_config
 
     return load_pipeline_config(TOY_CFG).promotion
 

@@ -11,7 +11,7 @@ import pytest
 from pydantic import TypeAdapter, ValidationError
 
 from rainmerge.product.artifacts import LoadedModels, ModelInput
-from rainmerge.product.steps import STEPS
+from rainmerge.product.step_bodies import STEPS
 
 ROOT = Path(__file__).resolve().parents[1]
 

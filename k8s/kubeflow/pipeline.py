@@ -3,7 +3,7 @@
 Upload the compiled `rainmerge_pipeline.yaml` once; every merge is then a run started from the UI form,
 whose parameters are the merge config. The components are generated from the one DAG table
 (rainmerge.product.dag): each runs the same step body as the ZenML step (`rainmerge.product.kfp.run`
--> `rainmerge.product.steps.STEPS`) inside the rainmerge image and logs to the same MLflow.
+-> `rainmerge.product.step_bodies.STEPS`) inside the rainmerge image and logs to the same MLflow.
 
 Caching is keyed on content: a component's inputs are its own config arguments (JSON, from `configure`),
 the code digest and its upstream artifacts, never the job id (the MLflow parent run id reaches the pod
@@ -19,7 +19,7 @@ from kfp import compiler, dsl, kubernetes
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from rainmerge.product.config import load_pipeline_config  # noqa: E402
+from rainmerge.product.pipeline_config import load_pipeline_config  # noqa: E402
 from rainmerge.product.dag import DAG  # noqa: E402
 from rainmerge.product.form import KFP_SKIP, form_fields  # noqa: E402
 
@@ -116,7 +116,7 @@ _names = ", ".join(f"{f.name}={f.name}" for f in FIELDS)
 _pipe = _generated("pipeline", f'''
 def rainmerge_pipeline({_form}):
     """RAIN-Merging of an instruction model into a reasoning model, with evaluation, MLflow lineage and
-    gated promotion. Every field is a key of the rainmerge config (rainmerge.product.config).
+    gated promotion. Every field is a key of the rainmerge config (rainmerge.product.pipeline_config).
 
     Args:
 {_args_doc}

@@ -83,7 +83,7 @@ def evaluate_benchmarks(model_dir: str | Path, benchmarks: list[Benchmark], reco
     """Generate every sample (resumable from `records_path`), score each, aggregate: (metrics, records).
     metrics carry `paired` (per-prompt units for the gates) and `datasets` (each set's pin and counts)."""
     from .engines.base import build_engine, run_requests
-    from .engines.config import EngineConfig, SamplingConfig
+    from .engines.engine_config import EngineConfig, SamplingConfig
 
     from ..loading import load_tokenizer
 
@@ -116,7 +116,7 @@ def evaluate_model(model_dir: str | Path, data_dir: str | Path, *, lrm_dir: str 
     `sets` keeps only the named ones (e.g. ["toy_if", "toy_math"], without the enlarged held-out set)."""
     import tempfile
 
-    from .engines.config import EngineConfig
+    from .engines.engine_config import EngineConfig
 
     specs = [s.model_copy(update={"limit": limit}) for s in embedded_specs(data_dir) if sets is None or s.name in sets]
     benchmarks = [load_benchmark(s, calibration) for s in specs]

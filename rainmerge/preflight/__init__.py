@@ -20,6 +20,6 @@ No zenml / mlflow / kfp imports; never trust_remote_code; nothing is unpickled.
 """
 
 from .plan import build_plan, run_plan
-from .report import PlanReport, format_plan
+from .plan_report import PlanReport, format_plan
 
 __all__ = ["PlanReport", "build_plan", "format_plan", "run_plan"]

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from ..arch import FEATURE_GROUP, ArchSpec
-from ..config import CalibrationRef, RainConfig
+from ..config import CalibrationRef, MergeConfig
 from ..errors import RainMergeError
 from ..projection import capacity
-from .report import CalibrationReport, Problem, RowsWidth
+from .plan_report import CalibrationReport, Problem, RowsWidth
 
 # the authors' calibration files (rain-method.md, configs/*.yaml): sha256 -> record count
 KNOWN_CALIBRATION = {
@@ -39,7 +39,7 @@ class Workload:
     instr_tokens: int = 0
 
 
-def calibration_checks(cfg: RainConfig, tpl: Any, arch: ArchSpec | None, problems: list[Problem],
+def calibration_checks(cfg: MergeConfig, tpl: Any, arch: ArchSpec | None, problems: list[Problem],
                        warnings: list[str]) -> tuple[list[CalibrationReport], list[RowsWidth], Workload]:
     """RAIN's calibration files (other methods read none) and the rows vs width table."""
     load = Workload(reason_len=cfg.stage1.max_seq_len, instr_len=cfg.stage2.max_seq_len)
@@ -69,7 +69,7 @@ def _all_tokens(c: CalibrationReport, which: str, longest: int) -> int:
     return (c.kept or c.records or 0) * min(MEAN_TOKENS[which], longest)
 
 
-def calibration_report(cfg: RainConfig, which: str, ref: CalibrationRef, tpl: Any, problems: list[Problem]
+def calibration_report(cfg: MergeConfig, which: str, ref: CalibrationRef, tpl: Any, problems: list[Problem]
                        ) -> CalibrationReport:
     """Resolve without downloading; encode exactly when the file is local and the template works."""
     role = f"{which}_calibration"
@@ -88,7 +88,7 @@ def calibration_report(cfg: RainConfig, which: str, ref: CalibrationRef, tpl: An
     return rep
 
 
-def _locate(cfg: RainConfig, ref: CalibrationRef, rep: CalibrationReport) -> Path | None:
+def _locate(cfg: MergeConfig, ref: CalibrationRef, rep: CalibrationReport) -> Path | None:
     """The local file (configured path, or the calibration cache of a pinned url); sets rep.source."""
     if ref.path and Path(ref.path).expanduser().is_file():
         rep.source = "local"
@@ -115,7 +115,7 @@ def _digest_matches(path: Path, ref: CalibrationRef, rep: CalibrationReport, pro
     return True
 
 
-def _estimate(cfg: RainConfig, which: str, ref: CalibrationRef, rep: CalibrationReport, fetched: bool) -> None:
+def _estimate(cfg: MergeConfig, which: str, ref: CalibrationRef, rep: CalibrationReport, fetched: bool) -> None:
     """Records (and Stage 1 rows) without encoding: the authors' count for a known file, else assumed."""
     known = KNOWN_CALIBRATION.get(rep.sha256 or "")
     default_n = AUTHORS_REASONING_COUNT if which == "reasoning" else AUTHORS_INSTRUCTION_COUNT
@@ -130,7 +130,7 @@ def _estimate(cfg: RainConfig, which: str, ref: CalibrationRef, rep: Calibration
         rep.rows = int(rep.kept * rep.positions_per_sample)
 
 
-def _encode(cfg: RainConfig, which: str, ref: CalibrationRef, path: Path, tpl: Any, rep: CalibrationReport,
+def _encode(cfg: MergeConfig, which: str, ref: CalibrationRef, path: Path, tpl: Any, rep: CalibrationReport,
             problems: list[Problem]) -> None:
     """Encode the file as Stages 1-2 will: exact records kept and skipped, rows, tokens."""
     from ..calibration import encode_instruction, encode_reasoning, load_instruction, load_reasoning
@@ -159,7 +159,7 @@ def _encode(cfg: RainConfig, which: str, ref: CalibrationRef, path: Path, tpl: A
         problems.append(Problem(code="calibration_too_few", role=rep.role, message=str(exc)))
 
 
-def rows_vs_width(arch: ArchSpec, modules: list[str], rows: int, exact: bool, cfg: RainConfig,
+def rows_vs_width(arch: ArchSpec, modules: list[str], rows: int, exact: bool, cfg: MergeConfig,
                   warnings: list[str]) -> list[RowsWidth]:
     """Per projected input: removing k of `width` directions from a random delta keeps ~sqrt(1 - k/width)."""
     s1 = cfg.stage1

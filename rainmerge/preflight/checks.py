@@ -19,7 +19,7 @@ from ..arch import ArchSpec, arch_from_config, compare_arch
 from ..errors import ConfigError, DiskSpaceError, RainMergeError
 from ..io.lazy import ModelSource, check_finite, read_header
 from ..io.lock import human_bytes
-from .report import ModuleShape, Problem
+from .plan_report import ModuleShape, Problem
 
 # {tensor name: (shape, safetensors dtype string)}: what a shard header says, local or on the Hub
 TensorTable = Mapping[str, tuple[tuple[int, ...], str]]

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..config import _set_dotted, parse_bytes
 from ..errors import ConfigError
-from ..eval.engines.config import EngineConfig
+from ..eval.engines.engine_config import EngineConfig
 from ..loading import GPU_USABLE
 
 ASSUMED_PROMPT_TOKENS = 1024  # the longest rendered prompt, for the KV estimate (IFEval/AIME prompts are shorter)

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..config import _set_dotted
 from ..errors import ConfigError
-from ..eval.engines.config import EngineConfig, SamplingConfig
+from ..eval.engines.engine_config import EngineConfig, SamplingConfig
 
 # Aggregate decode throughput (output tokens/s) of one 7.6B-parameter model in bf16 on one H100, or on a
 # many-core CPU host; scaled by 7.6e9 / params (decode is bound by reading the weights). inprocess and

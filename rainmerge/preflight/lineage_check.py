@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .report import Lineage
+from .plan_report import Lineage
 
 if TYPE_CHECKING:
     from .sources import ModelMeta

@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..arch import ArchSpec
-from ..config import RainConfig
+from ..config import MergeConfig
 from ..errors import RainMergeError
 from ..method_catalog import needs_stages
 from .calibration_rows import calibration_checks
 from .checks import arch_checks, dtype_warnings, merged_layers, merged_names, shape_checks
 from .lineage_check import lineage
-from .report import PlanReport, Problem, format_plan
+from .plan_report import PlanReport, Problem, format_plan
 from .resources import resources
 from .sources import ModelMeta, read_metadata
 from .tokenizer import tokenizer_checks
@@ -22,7 +22,7 @@ from .tokenizer import tokenizer_checks
 ROLES = ("base", "instruct", "reasoning")
 
 
-def build_plan(cfg: RainConfig, api: Any = None, *, hash_weights: bool | None = None,
+def build_plan(cfg: MergeConfig, api: Any = None, *, hash_weights: bool | None = None,
                check_output: bool = True) -> PlanReport:
     """Everything a merge would check, from metadata only (see the module doc). Pure data out.
 
@@ -57,7 +57,7 @@ def build_plan(cfg: RainConfig, api: Any = None, *, hash_weights: bool | None = 
     return rep
 
 
-def _architecture(cfg: RainConfig, metas: dict[str, ModelMeta], rep: PlanReport, problems: list[Problem],
+def _architecture(cfg: MergeConfig, metas: dict[str, ModelMeta], rep: PlanReport, problems: list[Problem],
                   warnings: list[str]) -> ArchSpec | None:
     """The LRM's architecture against the others', the merged layers, and every merged tensor's shape
     and dtype in each role (skipped when the families or dimensions already differ)."""
@@ -82,7 +82,7 @@ def _embedding_notes(metas: dict[str, ModelMeta]) -> list[str]:
             + " (allowed: embeddings and lm_head are copied from the LRM, never merged)"]
 
 
-def _output_problems(cfg: RainConfig) -> list[Problem]:
+def _output_problems(cfg: MergeConfig) -> list[Problem]:
     from ..io.writer import check_output_path
 
     try:
@@ -92,7 +92,7 @@ def _output_problems(cfg: RainConfig) -> list[Problem]:
     return []
 
 
-def run_plan(cfg: RainConfig, *, api: Any = None, out: TextIO | None = None) -> int:
+def run_plan(cfg: MergeConfig, *, api: Any = None, out: TextIO | None = None) -> int:
     """`rainmerge plan --config FILE`: print the plan to `out` (sys.stdout, looked up at call time);
     return 0 when a merge can proceed, 2 when it would fail (the reasons are printed under PROBLEMS)."""
     rep = build_plan(cfg, api)

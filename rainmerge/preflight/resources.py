@@ -7,26 +7,26 @@ import math
 from typing import Any
 
 from ..arch import FEATURE_GROUP, ArchSpec
-from ..config import RainConfig, parse_bytes
+from ..config import MergeConfig, parse_bytes
 from ..dtypes import DTYPE_BYTES, FLOAT_BYTES
 from ..memory import (DEFAULT_GPU_BUDGET, GIB, GPU_USABLE, Pieces, act_bytes, choose_stages_path, chunk_bytes,
                       hidden_placement, k8s_sizes, layer_bases_bytes, memory_seen, merge_work_bytes,
                       sequential_path, solve_bytes, whole_path)
 from ..method_catalog import needs_stages
 from .calibration_rows import Workload
-from .report import PathReport, Resources
+from .plan_report import PathReport, Resources
 from .sources import ModelMeta
 
 IN_FLIGHT_TENSORS = 5  # stage 3 host memory: tensors read ahead, being made, queued and being written
 
 
-def _fwd_bytes(cfg: RainConfig, device: str) -> tuple[str, int]:
+def _fwd_bytes(cfg: MergeConfig, device: str) -> tuple[str, int]:
     if cfg.forward_dtype != "auto":
         return cfg.forward_dtype, FLOAT_BYTES[cfg.forward_dtype]
     return ("bfloat16", 2) if device != "cpu" else ("float32", 4)
 
 
-def _budget(cfg: RainConfig) -> tuple[list[int] | None, int | None, str]:
+def _budget(cfg: MergeConfig) -> tuple[list[int] | None, int | None, str]:
     """GPU bytes per device and host bytes the choice is made for, and where they came from."""
     if cfg.gpu_memory:
         return [parse_bytes(x) for x in cfg.gpu_memory], None, "gpu_memory (config)"
@@ -51,7 +51,7 @@ def _layer_params(arch: ArchSpec, metas: dict[str, ModelMeta]) -> tuple[int, int
     return max(per.values()), embed or arch.vocab_size * arch.hidden
 
 
-def resources(cfg: RainConfig, arch: ArchSpec | None, metas: dict[str, ModelMeta], layers: list[int],
+def resources(cfg: MergeConfig, arch: ArchSpec | None, metas: dict[str, ModelMeta], layers: list[int],
               load: Workload) -> Resources:
     """Memory and disk of both Stages 1-2 paths (rainmerge/memory.py has the formulas), the path chosen
     for the budget, and what a pod needs to run it."""
@@ -86,7 +86,7 @@ def resources(cfg: RainConfig, arch: ArchSpec | None, metas: dict[str, ModelMeta
                      gpu_budget_source=source, hidden_state_bytes=p.hidden, k8s=k8s_sizes(est, n_gpu))
 
 
-def _pieces(cfg: RainConfig, arch: ArchSpec | None, metas: dict[str, ModelMeta], layers: list[int], load: Workload,
+def _pieces(cfg: MergeConfig, arch: ArchSpec | None, metas: dict[str, ModelMeta], layers: list[int], load: Workload,
             fb: int, rain: bool, download: int, notes: list[str]) -> Pieces:
     """The sizes the paths are made of, from the LRM's headers, the architecture and the calibration load."""
     reasoning = metas["reasoning"].report
@@ -108,7 +108,7 @@ def _pieces(cfg: RainConfig, arch: ArchSpec | None, metas: dict[str, ModelMeta],
                   on_cpu=cfg.device == "cpu", disk_base=reasoning.weight_bytes + feats + bases + download)
 
 
-def _stage1_host_bytes(cfg: RainConfig, arch: ArchSpec, layers: list[int], rows: int, sb: int,
+def _stage1_host_bytes(cfg: MergeConfig, arch: ArchSpec, layers: list[int], rows: int, sb: int,
                        notes: list[str]) -> tuple[int, int, int]:
     """Stage 1 features and every layer's projector bases (host; the pipeline persists both as
     artifacts), and one layer's bases (on the device in the probe merge and Stage 3)."""
@@ -125,7 +125,7 @@ def _stage1_host_bytes(cfg: RainConfig, arch: ArchSpec, layers: list[int], rows:
     return feats, bases, per_layer_bases
 
 
-def _forward_bytes(cfg: RainConfig, arch: ArchSpec | None, metas: dict[str, ModelMeta], load: Workload, fb: int,
+def _forward_bytes(cfg: MergeConfig, arch: ArchSpec | None, metas: dict[str, ModelMeta], load: Workload, fb: int,
                    rain: bool) -> dict[str, int]:
     """Device-side pieces of the forwards: activations, one layer, the embedding, Stage 1's solve,
     Stage 2's chunk, and the hidden states the layer-sequential path keeps at a layer boundary."""
@@ -144,7 +144,7 @@ def _forward_bytes(cfg: RainConfig, arch: ArchSpec | None, metas: dict[str, Mode
     return out
 
 
-def _paths(cfg: RainConfig, p: Pieces, rain: bool, gpus: list[int] | None, host_budget: int | None
+def _paths(cfg: MergeConfig, p: Pieces, rain: bool, gpus: list[int] | None, host_budget: int | None
            ) -> tuple[dict[str, Any], str, str]:
     """{path: estimate}, the chosen path and why: baselines run no forwards, so only `whole` exists."""
     on_cpu = cfg.device == "cpu"

@@ -17,7 +17,7 @@ from ..config import ModelRef
 from ..errors import CorruptInputError
 from ..io.lazy import DTYPE_BYTES
 from .checks import shard_tensors
-from .report import InputReport, Problem, WeightFile
+from .plan_report import InputReport, Problem, WeightFile
 
 # what ModelSource downloads for a Hub id (rainmerge.io.lazy._HUB_PATTERNS), i.e. what a merge fetches
 FETCH_PATTERNS = ("*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken")

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..config import RainConfig
-from .report import Problem, TemplateReport, ThinkToken
+from ..config import MergeConfig
+from .plan_report import Problem, TemplateReport, ThinkToken
 
 if TYPE_CHECKING:
     from .sources import ModelMeta
@@ -51,7 +51,7 @@ def think_tokens(tok: Any, tags: list[str], embed_rows: int | None) -> list[Thin
     return out
 
 
-def template_check(tok: Any, cfg: RainConfig) -> TemplateReport:
+def template_check(tok: Any, cfg: MergeConfig) -> TemplateReport:
     """Render a probe prompt: does the generation prompt end with `think_open` (the template pre-fills
     it, or append_think_prefix adds it), where does that token sit, and how is BOS handled."""
     if not getattr(tok, "chat_template", None):
@@ -82,7 +82,7 @@ def template_check(tok: Any, cfg: RainConfig) -> TemplateReport:
     return rep
 
 
-def tokenizer_checks(cfg: RainConfig, reasoning: ModelMeta, problems: list[Problem], notes: list[str]
+def tokenizer_checks(cfg: MergeConfig, reasoning: ModelMeta, problems: list[Problem], notes: list[str]
                      ) -> tuple[list[ThinkToken], TemplateReport | None, Any]:
     """The LRM tokenizer, for a method that reads text: (think tokens, template report, the calibration
     `Template` when both are usable else None). Problems: no tokenizer, tags that are not single tokens
@@ -126,7 +126,7 @@ def _tag_problems(tags: list[ThinkToken], rows_embed: int | None) -> list[Proble
     return out
 
 
-def _template_problems(template: TemplateReport, cfg: RainConfig) -> list[Problem]:
+def _template_problems(template: TemplateReport, cfg: MergeConfig) -> list[Problem]:
     if not template.has_template:
         return [Problem(code="no_chat_template", role="reasoning", message="the LRM tokenizer has no chat template")]
     if template.prefill == "missing":

@@ -3,7 +3,7 @@ writes, whether it needs a GPU or a secret. The ZenML pipeline (pipelines/rain_m
 pipeline (k8s/kubeflow/pipeline.py), the lineage report's step graph (report.EDGES) and the GPU lists
 (configs/k8s/gpu-steps.zenml.yaml) are built from it or checked against it (tests/test_dag.py).
 
-A new step: its body in rainmerge/product/steps.py (STEPS), its ZenML wrapper in steps/<name>.py, and one
+A new step: its body in rainmerge/product/step_bodies.py (STEPS), its ZenML wrapper in steps/<name>.py, and one
 `Step(...)` row here. The row's `inputs` maps each parameter of the step to the task whose output it
 takes; `config` maps each other parameter to an expression on PipelineConfig (an attribute path, `()`
 calls a method: "stage1", "runtime()", "tracking.registered_model"); `consts` are literal arguments.

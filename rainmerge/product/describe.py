@@ -137,7 +137,7 @@ def set_version_description(name: str, version: str, tags: dict[str, Any], metri
     md = version_description(all_tags, metrics, lrm_metrics, d, cfg)
     c.update_model_version(name, version, description=md)
     if out is not None:
-        from .report import write_and_log_report
+        from .html_report import write_and_log_report
         from .tracking import log_parent_summary
 
         try:

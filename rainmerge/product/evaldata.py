@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .artifacts import LoadedModels
-from .config import EvaluationConfig
+from .pipeline_config import EvaluationConfig
 
 log = logging.getLogger("rainmerge")
 CACHE_EXPERIMENT = "rainmerge-eval-cache"

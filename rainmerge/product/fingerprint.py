@@ -6,11 +6,11 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from ..config import RainConfig
+from ..config import MergeConfig
 from ..io.lazy import sha256_file
 
 
-def fingerprint(cfg: RainConfig) -> dict[str, str]:
+def fingerprint(cfg: MergeConfig) -> dict[str, str]:
     fp = {}
     for role in ("base", "instruct", "reasoning"):
         ref = getattr(cfg, role)

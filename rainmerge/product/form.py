@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
 from ..overrides import set_value
-from .config import PipelineConfig, load_pipeline_config
+from .pipeline_config import PipelineConfig, load_pipeline_config
 
 # CLI-only or meaningless in an orchestrated run (outputs go to the artifact store / PVC)
 SKIP = {"output", "overwrite"}

@@ -32,7 +32,7 @@ from ..eval.scoring import KNOWN_METRICS
 from ..eval.stats import Interval, paired_bootstrap
 
 if TYPE_CHECKING:
-    from .config import PromotionGates
+    from .pipeline_config import PromotionGates
 
 @dataclass
 class Decision:

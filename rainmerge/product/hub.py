@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from ..eval.report import markdown_table
+from ..eval.comparison import markdown_table
 from ..errors import ConfigError
 
 log = logging.getLogger("rainmerge")

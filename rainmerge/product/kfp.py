@@ -23,10 +23,10 @@ from pydantic_core import to_jsonable_python
 
 from ..method_catalog import needs_stages
 from .artifacts import DirRef
-from .config import PipelineConfig
+from .pipeline_config import PipelineConfig
 from .dag import BY_NAME, DAG, config_args
 from .fingerprint import code_digest
-from .steps import STEPS
+from .step_bodies import STEPS
 from .tracking import tracking_uri
 
 

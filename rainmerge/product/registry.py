@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import RainMergeError
 from . import records
-from .config import PromotionGates
+from .pipeline_config import PromotionGates
 from .gates import Decision, decide  # noqa: F401  (the one decision function and its record)
 from .records import CHALLENGER, CHAMPION, PROMOTED, REJECTED, _client  # noqa: F401 - the registry's names
 

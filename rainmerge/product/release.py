@@ -8,26 +8,26 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ..config import RainConfig
+from ..config import MergeConfig
 from ..merge import PROVENANCE_FILE
 from ..provenance import git_commit
 from . import artifacts as A
 from . import registry
-from .config import HubConfig, PromotionGates
+from .pipeline_config import HubConfig, PromotionGates
 from .describe import clean_tags
 from .tracking import flatten, run_ids, step_run
 
 log = logging.getLogger("rainmerge")
 
 
-def _config_of(merged: A.DirRef, fallback: RainConfig) -> RainConfig:
+def _config_of(merged: A.DirRef, fallback: MergeConfig) -> MergeConfig:
     """The config that produced these weights, from their provenance (a strength sweep picks one of
     several candidates, so the pipeline's own `strength` need not be the one promoted)."""
     from pydantic import ValidationError
 
     prov = merged.path / PROVENANCE_FILE
     try:
-        return RainConfig.model_validate(json.loads(prov.read_text())["config"])
+        return MergeConfig.model_validate(json.loads(prov.read_text())["config"])
     except (OSError, KeyError, ValueError, ValidationError):  # not ours, or an older record: the pipeline's
         return fallback
 
@@ -54,7 +54,7 @@ def _eval_set_tags(metrics: dict[str, Any], parent: str | None) -> dict[str, str
     return out
 
 
-def lineage_tags(config: RainConfig, models: A.LoadedModels, calibration: A.DirRef | None, merged: A.DirRef,
+def lineage_tags(config: MergeConfig, models: A.LoadedModels, calibration: A.DirRef | None, merged: A.DirRef,
                  metrics: dict[str, Any], lrm_metrics: dict[str, Any], gates: PromotionGates | None = None
                  ) -> dict[str, str]:
     """What an auditor needs on the registered version: inputs, digests (weights per file and overall,
@@ -92,7 +92,7 @@ def lineage_tags(config: RainConfig, models: A.LoadedModels, calibration: A.DirR
 
 
 def promote(merged: A.DirRef, metrics: dict[str, Any], lrm_metrics: dict[str, Any], models: A.LoadedModels,
-            calibration: A.DirRef | None, config: RainConfig, gates: PromotionGates, registered_model: str,
+            calibration: A.DirRef | None, config: MergeConfig, gates: PromotionGates, registered_model: str,
             out: Path, uri: str) -> registry.Decision:
     """Verify the merged folder against the digests the merge recorded, register it (alias `challenger`)
     or link to the version that already holds the same weights and decision inputs, apply the gates
@@ -102,7 +102,7 @@ def promote(merged: A.DirRef, metrics: dict[str, Any], lrm_metrics: dict[str, An
     moves the RAIN model's aliases; the gate and the alias move are one locked compare-and-set."""
     import mlflow
 
-    from ..eval.report import write as write_report
+    from ..eval.comparison import write as write_report
     from . import describe, records
     from .tracking import parent_run_id
 
@@ -167,7 +167,7 @@ def _published_decision(decision: dict[str, Any], uri: str) -> str | None:
 
 
 def push_to_hub(merged: A.DirRef, decision: dict[str, Any], metrics: dict[str, Any], lrm_metrics: dict[str, Any],
-                models: A.LoadedModels, config: RainConfig, hub_cfg: HubConfig, out: Path, uri: str) -> dict[str, Any]:
+                models: A.LoadedModels, config: MergeConfig, hub_cfg: HubConfig, out: Path, uri: str) -> dict[str, Any]:
     """Publish a promoted version only (forced or not), with a model card naming all three parents by Hub id
     or redacted local name; off by default, dry run writes the folder. A rejected version makes no Hub request.
     The weights are verified against the version's recorded digest first; every push, failed or not, is

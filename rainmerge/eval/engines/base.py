@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from tqdm.auto import tqdm
 
-from .config import EngineConfig, SamplingConfig
+from .engine_config import EngineConfig, SamplingConfig
 from .types import FINISH_REASONS, Completion, Request, SamplingParams, finish_reason
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from typing import Any
 
 import requests as http
 
-from .config import EngineConfig
+from .engine_config import EngineConfig
 from .types import Completion, Request
 
 log = logging.getLogger(__name__)

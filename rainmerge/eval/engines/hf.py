@@ -9,7 +9,7 @@ import torch
 from ...errors import ConfigError
 from ...loading import (Placement, check_fits, folder_tensors, gpu_max_memory, load_causal_lm, load_tokenizer,
                         resolve_dtype, weight_bytes)
-from .config import EngineConfig
+from .engine_config import EngineConfig
 
 
 def placement(cfg: EngineConfig, device: str) -> Placement:

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .config import EngineConfig
+from .engine_config import EngineConfig
 from .hf import eos_ids, group_by_params, kv_bytes_per_token, load
 from .types import Completion, Request, SamplingParams, finish_reason
 

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from ..generate import generate_detailed
-from .config import EngineConfig
+from .engine_config import EngineConfig
 from .hf import group_by_params, load
 from .types import Completion, Request
 

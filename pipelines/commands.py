@@ -30,7 +30,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(a: argparse.Namespace, sets: Callable[[list[str]], dict[str, Any]]) -> int:
-    from rainmerge.product.config import load_pipeline_config
+    from rainmerge.product.pipeline_config import load_pipeline_config
     from rainmerge.product.registry import format_lineage, lineage, registered_name
     from rainmerge.stages import check_plan
 
@@ -48,7 +48,7 @@ def _run(a: argparse.Namespace, sets: Callable[[list[str]], dict[str, Any]]) -> 
 
 
 def _snapshot(a: argparse.Namespace, sets: Callable[[list[str]], dict[str, Any]]) -> int:
-    from rainmerge.product.config import load_pipeline_config
+    from rainmerge.product.pipeline_config import load_pipeline_config
 
     from .run import create_snapshot
 

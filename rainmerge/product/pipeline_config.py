@@ -9,9 +9,9 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from ..config import RainConfig, _Strict, load_config
+from ..config import MergeConfig, _Strict, load_config
 from ..eval.benchmarks import BenchmarkSpec
-from ..eval.engines.config import EngineConfig, SamplingConfig
+from ..eval.engines.engine_config import EngineConfig, SamplingConfig
 
 
 class EvaluationConfig(_Strict):
@@ -156,7 +156,7 @@ class DiagnosticsConfig(_Strict):
                               "baseline by this factor")
 
 
-class PipelineConfig(RainConfig):
+class PipelineConfig(MergeConfig):
     work_dir: str | None = Field(default=None, description="Kubeflow: shared folder (PVC) for large step outputs")
 
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
@@ -176,9 +176,9 @@ class PipelineConfig(RainConfig):
 
         return held_out_file(self)
 
-    def merge_config(self, **update: Any) -> RainConfig:
+    def merge_config(self, **update: Any) -> MergeConfig:
         """The merge settings alone (what the merge step and its provenance record), e.g. strength=0.5."""
-        return RainConfig.model_validate(self.model_dump(include=set(RainConfig.model_fields)) | update)
+        return MergeConfig.model_validate(self.model_dump(include=set(MergeConfig.model_fields)) | update)
 
     def strengths(self) -> list[float]:
         return list(self.sweep.strengths) or [self.strength]

@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ..config import CalibrationSpec, CoefficientConfig, ModelsSpec, ProjectionConfig, RainConfig, Runtime
+from ..config import CalibrationSpec, CoefficientConfig, ModelsSpec, ProjectionConfig, MergeConfig, Runtime
 from ..context import MergeContext, open_models, resolve_device
 from ..merge import PROVENANCE_FILE, write_merged_model
 from ..methods import build_method, needs_stages
@@ -21,7 +21,7 @@ from .. import stages
 from . import artifacts as A
 from .artifacts import LoadedModels, ModelInput
 from . import registry
-from .config import DiagnosticsConfig, EvaluationConfig, PromotionGates
+from .pipeline_config import DiagnosticsConfig, EvaluationConfig, PromotionGates
 from .tracking import flatten, log_calibration_datasets, run_ids, step_run
 
 log = logging.getLogger("rainmerge")
@@ -166,7 +166,7 @@ def score_attention_heads(models: LoadedModels, calibration: A.DirRef, projector
     return A.make_ref("coefficients", out, {"estimator": detail["estimator"]})
 
 
-def merge(models: LoadedModels, config: RainConfig, calibration: A.DirRef | None, projectors: A.DirRef | None,
+def merge(models: LoadedModels, config: MergeConfig, calibration: A.DirRef | None, projectors: A.DirRef | None,
           coefficients: A.DirRef | None, out: Path, uri: str) -> A.DirRef:
     """Stage 3: stream the trio and write the merged folder atomically to out/model."""
     import mlflow

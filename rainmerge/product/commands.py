@@ -1,5 +1,5 @@
 """The registry's commands (`rainmerge promote | lineage | audit`), added to the CLI when the pipeline
-extra is installed; `rainmerge run | snapshot` start pipelines, so they live with them (pipelines/cli.py)."""
+extra is installed; `rainmerge run | snapshot` start pipelines, so they live with them (pipelines/commands.py)."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def _promote(a: argparse.Namespace, sets: Callable[[list[str]], dict[str, Any]])
     import sys
 
     from . import registry
-    from .config import load_pipeline_config
+    from .pipeline_config import load_pipeline_config
 
     if a.force and not (a.reason or "").strip():
         print("rainmerge: error: promote --force needs --reason TEXT (recorded on the version)", file=sys.stderr)
@@ -78,7 +78,7 @@ def _lineage(a: argparse.Namespace, sets: Callable[[list[str]], dict[str, Any]])
     if a.html:
         from pathlib import Path
 
-        from .report import fetch_plots, html_report
+        from .html_report import fetch_plots, html_report
 
         out = Path(a.html)
         print(html_report(info, out, fetch_plots(info, out.parent / f"{out.stem}-plots")))
