@@ -44,7 +44,7 @@ def build_plan(cfg: MergeConfig, api: Any = None, *, hash_weights: bool | None =
         arch = _architecture(cfg, metas, rep, problems, warnings)
         notes.extend(_embedding_notes(metas))
         tpl = None
-        # a baseline reads no text: its plan skips the tokenizer (2 s of transformers import per run)
+        # a baseline reads no text: its plan skips the tokenizer (and the transformers import it costs)
         if reads_text and metas["reasoning"].config is not None:
             rep.think_tokens, rep.template, tpl = tokenizer_checks(cfg, metas["reasoning"], problems, notes)
         rep.calibration, rep.rows_vs_width, load = calibration_checks(cfg, tpl, arch, problems, warnings)
