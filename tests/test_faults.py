@@ -290,8 +290,11 @@ def test_a_stopped_merge_prints_one_line_and_leaves_no_temporary_or_lock(trio_fa
     import sys
 
     out = tmp_path / "merged"
+    # a shell's background job starts with SIGINT ignored, and Python then never installs its Ctrl-C
+    # handler: give the child the default disposition a terminal gives it
     p = subprocess.Popen([sys.executable, "-c", KILLED_MID_WRITE, *merge_args(trio_factory(), calib, out)], cwd=ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert p.stdout.readline().strip() == "writing"
     assert list(tmp_path.glob(".merged.tmp-*")) and lock_path(out).exists()
     p.send_signal(getattr(signal, sig))
