@@ -121,6 +121,7 @@ def test_local_run_on_the_toy_trio(tmp_path, monkeypatch):
         evaluation__benchmarks="[]", evaluation__max_new_tokens=64, evaluation__sampling__temperature=0.0,
         evaluation__sampling__top_p=1.0, evaluation__sampling__samples=1, evaluation__engine__kv_cache_gib=0.5,
         evaluation__engine__page_size=32, evaluation__engine__max_batch_tokens=512, evaluation__engine__command=[],
+        evaluation__engine__gpu_memory=[],
         gpu_memory=[])
     info = registry.lineage("t-kfp", "1")
     assert "challenger" in info["aliases"] and info["tags"]["method"] == "rain"
