@@ -1,7 +1,10 @@
 """Issue 27: the toy's claim over whole builds (seeds), on held-out phrasings and topics, with paired intervals.
 
     python benchmarks/toy_seeds.py run --root /tmp/toy-study --seeds 0 1 2 3   # build + heldout + compare each
-    python benchmarks/toy_seeds.py table --root /tmp/toy-study                 # the README table from the summaries
+    python benchmarks/toy_seeds.py table --root /tmp/toy-study [--more ROOT ...]  # the README table
+
+On a shared 2-core machine the four builds ran as concurrent runs, one seed each (`run --root /tmp/toy-study-sN
+--seeds N --threads 1`), and `table --root ... --more ...` gathers them.
 
 Per seed: `python -m rainmerge.toy build --seed N` (timed), `python -m rainmerge.toy heldout` (600 more held-out
 prompts), then `python -m rainmerge.eval compare` on that trio with configs/toy.yaml (its strength, stage 1/2 and
@@ -40,7 +43,7 @@ def _gates(config: str):
     return PromotionGates(**yaml.safe_load(Path(config).read_text())["promotion"])
 
 
-def run_seed(root: Path, seed: int, config: str, n_extra: int) -> dict:
+def run_seed(root: Path, seed: int, config: str, n_extra: int, threads: int | None = None) -> dict:
     from rainmerge.eval.__main__ import compare
     from rainmerge.eval.stats import paired_bootstrap
     from rainmerge.product.gates import decide, intervals
@@ -49,8 +52,8 @@ def run_seed(root: Path, seed: int, config: str, n_extra: int) -> dict:
     py = sys.executable
     if not (trio / "manifest.json").is_file():
         t0 = time.time()
-        subprocess.run([py, "-m", "rainmerge.toy", "build", "--out", str(trio), "--seed", str(seed), "--quiet"],
-                       check=True)
+        subprocess.run([py, "-m", "rainmerge.toy", "build", "--out", str(trio), "--seed", str(seed), "--quiet",
+                        *(["--threads", str(threads)] if threads else [])], check=True)
         print(f"seed {seed}: built in {time.time() - t0:.0f} s", flush=True)
     if not (trio / "data" / "eval_instructions_extra.jsonl").is_file():
         subprocess.run([py, "-m", "rainmerge.toy", "heldout", "--toy", str(trio), "--n", str(n_extra)], check=True)
@@ -86,8 +89,9 @@ def _ms(xs: list[float]) -> str:
     return f"{statistics.mean(xs):+.1f} ± {statistics.stdev(xs):.1f}" if len(xs) > 1 else f"{xs[0]:+.1f}"
 
 
-def table(root: Path) -> str:
-    sums = [json.loads(p.read_text()) for p in sorted(root.glob("seed*/summary.json"))]
+def table(roots: list[Path]) -> str:
+    sums = sorted((json.loads(p.read_text()) for r in roots for p in r.glob("seed*/summary.json")),
+                  key=lambda s: s["seed"])
     lines = ["| build | LRM → RAIN IF inst strict | RAIN − LRM IF [95% CI] | TA − LRM IF [95% CI] | RAIN − TA IF "
              "[95% CI] | RAIN − LRM reasoning [95% CI] | well-formed LRM / RAIN / TA | RAIN verdict (toy gates) |",
              "|---|---|---|---|---|---|---|---|"]
@@ -130,16 +134,19 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("cmd", choices=["run", "table"])
     ap.add_argument("--root", default="/tmp/toy-study")
+    ap.add_argument("--more", nargs="*", default=[], help="table: more roots whose seed*/summary.json to include "
+                    "(builds run concurrently in separate roots)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     ap.add_argument("--config", default=str(REPO / "configs" / "toy.yaml"))
     ap.add_argument("--n-extra", type=int, default=600)
+    ap.add_argument("--threads", type=int, help="torch threads per build (default: the builder's)")
     a = ap.parse_args()
     root = Path(a.root)
     if a.cmd == "run":
         root.mkdir(parents=True, exist_ok=True)
         for seed in a.seeds:
-            run_seed(root, seed, a.config, a.n_extra)
-    print(table(root))
+            run_seed(root, seed, a.config, a.n_extra, a.threads)
+    print(table([root, *map(Path, a.more)]))
 
 
 if __name__ == "__main__":

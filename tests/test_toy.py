@@ -1,6 +1,6 @@
-"""The committed toy trio (recipe v2, LRM think-mode format share 2%, seed 2; docs/toy-v2.md) has the properties
-the paper's problem needs, a tokenizer that fits its embedding, and held-out sets disjoint from training and
-calibration."""
+"""The committed toy trio (recipe v2, LRM think-mode format share 2%, seed 0, held-out phrasings and topics;
+docs/toy-v3.md) has the properties the paper's problem needs, a tokenizer that fits its embedding, and held-out
+sets disjoint from training and calibration (their wording and topics too: tests/test_toy_split.py)."""
 
 import json
 from pathlib import Path

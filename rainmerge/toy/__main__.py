@@ -29,6 +29,8 @@ def parser() -> argparse.ArgumentParser:
                         "trio), the recipe's own with v1 (0); docs/toy-v2.md measures 0, 0.02, 0.05"
                         % SHIPPED["lrm_if_share"])
     b.add_argument("--quiet", action="store_true")
+    b.add_argument("--threads", type=int, default=max(1, min(os.cpu_count() or 1, 8)),
+                   help="torch CPU threads (default %(default)s); on a shared machine 1 per concurrent build")
     h = sub.add_parser("heldout", help="write N more held-out instruction prompts for a built trio "
                        "(data/eval_instructions_extra.jsonl; held-out phrasings and topics only, no prompt of its build)")
     h.add_argument("--toy", default="assets/toy", help="the built trio's folder (reads its manifest.json)")
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from .build import build
 
-    torch.set_num_threads(max(1, min(os.cpu_count() or 1, 8)))
+    torch.set_num_threads(max(1, a.threads))
     try:
         spec = spec_from_args(a)
     except ValueError as exc:
