@@ -98,7 +98,7 @@ def table(roots: list[Path]) -> str:
     cols: dict[str, list[float]] = {k: [] for k in ("gain", "ta", "rvt", "reas", "wf")}
     for s in sums:
         m, r, t = s["metrics"], s["rain"]["intervals"], s["task_arithmetic"]["intervals"]
-        fails = [x.split(":")[0][5:] for x in s["rain"]["reasons"] if x.startswith("FAIL")]
+        fails = [x[5:].split()[0] for x in s["rain"]["reasons"] if x.startswith("FAIL")]
         verdict = "promote" if s["rain"]["promote"] else "reject (" + ", ".join(fails) + ")"
         lines.append(
             f"| seed {s['seed']} | {100 * m['lrm']['if_inst_strict']:.1f} → {100 * m['rain']['if_inst_strict']:.1f} | "
