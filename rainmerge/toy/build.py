@@ -112,10 +112,10 @@ class _Split:
         self.rng = random.Random(seed)
         self.reserved: set[str] = set()
 
-    def _draw(self, make, n: int, tag: str, reserve: bool) -> list:
+    def _draw(self, make, n: int, tag: str, reserve: bool, part: str) -> list:
         out = []
         while len(out) < n:
-            item = make(self.rng, f"{tag}{len(out)}")
+            item = make(self.rng, f"{tag}{len(out)}", part=part)
             if item.prompt in self.reserved:
                 continue
             if reserve:
@@ -124,13 +124,13 @@ class _Split:
         return out
 
     def problems(self, n: int, tag: str, reserve: bool = True) -> list[T.Problem]:
-        return self._draw(T.make_problem, n, tag, reserve)
+        return self._draw(lambda rng, uid, part: T.make_problem(rng, uid), n, tag, reserve, "")
 
-    def instructions(self, n: int, tag: str, reserve: bool = True) -> list[T.InstructionTask]:
-        return self._draw(T.make_instruction_task, n, tag, reserve)
+    def instructions(self, n: int, tag: str, part: str, reserve: bool = True) -> list[T.InstructionTask]:
+        return self._draw(T.make_instruction_task, n, tag, reserve, part)
 
-    def notes(self, n: int, tag: str, reserve: bool = True) -> list[T.InstructionTask]:
-        return self._draw(T.make_plain_request, n, tag, reserve)
+    def notes(self, n: int, tag: str, part: str, reserve: bool = True) -> list[T.InstructionTask]:
+        return self._draw(T.make_plain_request, n, tag, reserve, part)
 
 
 def _base_corpus(rng: random.Random, problems: list[T.Problem], instr: list[T.InstructionTask],
@@ -152,21 +152,22 @@ def _base_corpus(rng: random.Random, problems: list[T.Problem], instr: list[T.In
 
 
 def draw_sets(spec: ToySpec) -> dict[str, list]:
-    """Every prompt set of a build, from spec.data_seed alone (no training): held-out and calibration sets
-    are drawn first and reserved, training sets never contain a reserved prompt."""
+    """Every prompt set of a build, from spec.data_seed alone (no training). Instruction and note prompts come
+    from their part of the generator (tasks.PARTS: phrasings, note forms and topics disjoint by construction);
+    problems are reserved by prompt: held-out and calibration drawn first, training never repeats one."""
     split = _Split(spec.data_seed)
     out = {
         "eval_problems": split.problems(spec.n_eval_problems, "ep"),
-        "eval_instructions": split.instructions(spec.n_eval_instructions, "ei"),
+        "eval_instructions": split.instructions(spec.n_eval_instructions, "ei", "eval"),
         "eval_reasoning_kl": split.problems(spec.n_eval_reasoning_kl, "ek"),
         "calib_problems": split.problems(spec.n_calib_reasoning, "cp"),
-        "calib_instructions": split.instructions(spec.n_calib_instruction, "ci"),
+        "calib_instructions": split.instructions(spec.n_calib_instruction, "ci", "calib"),
     }
     out["train_problems"] = split.problems(spec.n_train_problems, "tp", reserve=False)
-    out["train_instructions"] = split.instructions(spec.n_train_instructions, "ti", reserve=False)
-    out["calib_notes"] = split.notes(spec.n_calib_notes, "cn")
-    out["train_notes"] = split.notes(spec.n_lrm_notes + spec.n_base_paired_plain, "tn", reserve=False)
-    out["train_format_docs"] = split.instructions(spec.n_base_paired_format, "tf", reserve=False)
+    out["train_instructions"] = split.instructions(spec.n_train_instructions, "ti", "train", reserve=False)
+    out["calib_notes"] = split.notes(spec.n_calib_notes, "cn", "calib")
+    out["train_notes"] = split.notes(spec.n_lrm_notes + spec.n_base_paired_plain, "tn", "train", reserve=False)
+    out["train_format_docs"] = split.instructions(spec.n_base_paired_format, "tf", "train", reserve=False)
     return out
 
 
@@ -287,13 +288,13 @@ def _write_sets(data: Path, cal_p, cal_i, ev_p, ev_i, ev_kl, cal_n=()) -> None:
 
 def extra_held_out_instructions(spec: ToySpec, n: int, seed: int = 1) -> list[T.InstructionTask]:
     """More held-out instruction prompts for an already built trio: drawn from the same generator, never
-    a prompt of any set of the build (held-out, calibration or training; draw_sets(spec) rebuilds them
-    all from spec.data_seed), so the trio has not seen them. The v2 spec's prompt space holds about
-    8,000 instruction prompts, about 6,000 of them unused by its build."""
+    a prompt of any set of the build (draw_sets(spec) rebuilds them all from spec.data_seed), and only held-out
+    phrasings, note forms and topics (tasks.PARTS "eval"), so the trio has seen neither the prompts nor
+    their wording nor their subjects."""
     used = {x.prompt for items in draw_sets(spec).values() for x in items}
     rng, out, seen = random.Random(seed), [], set()
     for _ in range(200 * n):
-        t = T.make_instruction_task(rng, f"ex{len(out)}")
+        t = T.make_instruction_task(rng, f"ex{len(out)}", part="eval")
         if t.prompt not in used and t.prompt not in seen:
             seen.add(t.prompt)
             out.append(t)

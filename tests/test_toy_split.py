@@ -1,0 +1,115 @@
+"""Issue 27: the toy's held-out prompts use phrasings, note forms and topics that no training or calibration
+text contains, by construction (the generator's partitions) and in the committed files."""
+
+import json
+import random
+import re
+from pathlib import Path
+
+import pytest
+
+from rainmerge.toy import tasks as T
+
+TOY = Path(__file__).resolve().parents[1] / "assets" / "toy"
+DATA = TOY / "data"
+
+
+def _pattern(phrasing: str) -> re.Pattern:
+    """A phrasing as a regex over prompts (keyword slots match any word)."""
+    return re.compile(re.escape(phrasing).replace(re.escape("{k1}"), r"\w+").replace(re.escape("{k2}"), r"\w+"))
+
+
+def _owner(prompt: str) -> dict[str, set[str]]:
+    """Which parts' phrasings, note forms and topics occur in a prompt."""
+    found: dict[str, set[str]] = {"phrasing": set(), "form": set(), "topic": set()}
+    for part in T.PARTS:
+        for per_part in T.PHRASINGS.values():
+            if any(_pattern(p).search(prompt) for p in per_part[part]):
+                found["phrasing"].add(part)
+        for form in T.NOTE_FORMS[part]:
+            head = form.split("{t}")[0]
+            if prompt.startswith(head) and re.match(re.escape(form).replace(re.escape("{t}"), r"(\w+)"), prompt):
+                found["form"].add(part)
+        words = set(re.findall(r"[a-z]+", prompt.lower()))
+        found["topic"] |= {part for t in T.TOPIC_SPLIT[part] if t in words}
+    return found
+
+
+def test_partitions_are_disjoint_and_cover_every_type():
+    for part_a in T.PARTS:
+        for part_b in T.PARTS:
+            if part_a < part_b:
+                assert not set(T.TOPIC_SPLIT[part_a]) & set(T.TOPIC_SPLIT[part_b])
+                assert not set(T.NOTE_FORMS[part_a]) & set(T.NOTE_FORMS[part_b])
+                for iid, per in T.PHRASINGS.items():
+                    assert not set(per[part_a]) & set(per[part_b]), iid
+    for iid, per in T.PHRASINGS.items():
+        assert len(per["train"]) >= 4 and per["calib"] and len(per["eval"]) >= 2, iid
+    # a phrasing of one part is never a substring of another part's (else "held out" would be in name only)
+    every = [(part, p) for per in T.PHRASINGS.values() for part in T.PARTS for p in per[part]]
+    for pa, a in every:
+        for pb, b in every:
+            assert pa == pb or a not in b, (a, b)
+    # topic words are whole words that no other topic contains
+    for a in T.TOPICS:
+        assert sum(a in re.findall(r"[a-z]+", b) for b in T.TOPICS) == 1, a
+
+
+@pytest.mark.parametrize("part", T.PARTS)
+def test_generator_draws_stay_in_their_part(part):
+    rng = random.Random(7)
+    for i in range(300):
+        t = T.make_instruction_task(rng, f"x{i}", part=part)
+        owner = _owner(t.prompt)
+        assert owner["phrasing"] == {part} and owner["form"] == {part} and owner["topic"] == {part}, t.prompt
+        assert t.topic in T.TOPIC_SPLIT[part]
+        n = T.make_plain_request(rng, f"n{i}", part=part)
+        assert _owner(n.prompt)["topic"] == {part} and _owner(n.prompt)["form"] == {part}, n.prompt
+    with pytest.raises(ValueError, match="part must be one of"):
+        T.make_instruction_task(rng, "bad", part="test")
+
+
+def test_held_out_space_has_room_for_fresh_draws_of_every_type():
+    """The held-out part is far larger than the sets drawn from it, for every instruction type."""
+    rng = random.Random(0)
+    seen: dict[str, set[str]] = {iid: set() for iid in T.INSTRUCTIONS}
+    for i in range(20000):
+        t = T.make_instruction_task(rng, f"x{i}", part="eval")
+        for iid in t.instruction_id_list:
+            seen[iid].add(t.prompt)
+    for iid, prompts in seen.items():
+        # the committed held-out sets (200 + 600 extra) use 90-190 prompts of a type; capitals, whose
+        # conflicts leave the fewest combinations, have ~380
+        assert len(prompts) >= 300, (iid, len(prompts))
+
+
+def _jsonl(name: str) -> list[dict]:
+    return [json.loads(l) for l in (DATA / name).read_text().splitlines() if l.strip()]
+
+
+@pytest.mark.skipif(not (DATA / "eval_instructions.jsonl").is_file(), reason="toy trio not built")
+def test_committed_sets_hold_out_phrasings_and_topics():
+    evals = [r["prompt"] for r in _jsonl("eval_instructions.jsonl")]
+    if (DATA / "eval_instructions_extra.jsonl").is_file():
+        evals += [r["prompt"] for r in _jsonl("eval_instructions_extra.jsonl")]
+    calib = [r["prompt"] for r in _jsonl("instruction_calibration.jsonl")]
+    calib_notes = [r["prompt"] for r in json.loads((DATA / "reasoning_calibration.json").read_text())
+                   if r["source"] != "toy/keyed-sum"]
+    assert evals and calib and calib_notes
+    for prompts, part in ((evals, "eval"), (calib, "calib"), (calib_notes, "calib")):
+        for p in prompts:
+            owner = _owner(p)
+            assert owner["topic"] == {part} and owner["form"] == {part}, p
+            if part != "calib" or p in calib:
+                assert owner["phrasing"] == {part}, p
+    # the training sets the manifest's spec draws (base corpus, LRM, ITM) hold no held-out or calibration wording
+    from rainmerge.toy.build import ToySpec, draw_sets
+
+    spec = json.loads((TOY / "manifest.json").read_text())["spec"]
+    sets = draw_sets(ToySpec(**{k: v for k, v in spec.items() if k in ToySpec.__dataclass_fields__}))
+    train = {x.prompt for k, v in sets.items() if k.startswith("train") and k != "train_problems" for x in v}
+    assert train
+    for p in train:
+        owner = _owner(p)
+        assert owner["topic"] == {"train"} and owner["form"] == {"train"} and owner["phrasing"] <= {"train"}, p
+    assert not set(evals) & train and not set(calib) & train and not set(evals) & set(calib)
