@@ -38,13 +38,13 @@ def _overrides(trio: Path) -> dict[str, str]:
 def _gates(config: str):
     import yaml
 
-    from rainmerge.product.config import PromotionGates
+    from rainmerge.product.pipeline_config import PromotionGates
 
     return PromotionGates(**yaml.safe_load(Path(config).read_text())["promotion"])
 
 
 def run_seed(root: Path, seed: int, config: str, n_extra: int, threads: int | None = None) -> dict:
-    from rainmerge.eval.__main__ import compare
+    from rainmerge.compare import compare
     from rainmerge.eval.stats import paired_bootstrap
     from rainmerge.product.gates import decide, intervals
 

@@ -47,8 +47,33 @@ def compare(config: str, out: Path, methods: list[str], data: Path | None, limit
         print(f"{m}: " + json.dumps({k: round(v, 4) for k, v in res.items() if isinstance(v, float)}), flush=True)
     paths = comparison.write(rows, out)
     print(comparison.markdown_table(rows))
+    ivs = paired_vs_lrm(rows)
+    if ivs:
+        print("\npaired 95% intervals vs the LRM (model - LRM, prompts resampled in pairs, as the promotion gates):")
+        for model, by_metric in ivs.items():
+            print(f"  {model}: " + "; ".join(f"{k} {iv.text()}" for k, iv in by_metric.items()))
+        ivs_path = out / "intervals_vs_lrm.json"
+        ivs_path.write_text(json.dumps({m: {k: iv.as_dict() for k, iv in d.items()} for m, d in ivs.items()},
+                                       indent=1))
+        paths["intervals"] = ivs_path
     print(f"\nwritten: {', '.join(str(p) for p in paths.values())}")
     return rows
+
+
+INTERVAL_METRICS = ("if_inst_strict", "reasoning_acc", "malformed_rate", "truncation_rate")
+
+
+def paired_vs_lrm(rows: list[dict]) -> dict[str, dict]:
+    """Each model's paired bootstrap interval of (model - LRM) on the metrics the gates compare; empty without
+    an LRM row. The gates' defaults: 95 %, 2,000 resamples, seed 0."""
+    from .eval.stats import paired_bootstrap
+
+    lrm = next((r for r in rows if r.get("model") == "lrm"), None)
+    if lrm is None or "paired" not in lrm:
+        return {}
+    return {r["model"]: {m: paired_bootstrap(r["paired"][m], lrm["paired"][m])
+                         for m in INTERVAL_METRICS if m in r.get("paired", {}) and m in lrm["paired"]}
+            for r in rows if r is not lrm and "paired" in r}
 
 
 def parser() -> argparse.ArgumentParser:
