@@ -171,6 +171,31 @@ def draw_sets(spec: ToySpec) -> dict[str, list]:
     return out
 
 
+def _finetune_sets(tok: Any, spec: ToySpec, tr_p: list, tr_i: list, tr_n: list) -> tuple[list, list]:
+    """The LRM's and the ITM's fine-tuning examples (tokenized chats)."""
+    # LRM: thinks on every prompt (problems, note requests with distractors), and obeys formats in think
+    # mode on a small share of its data -- partial instruction following, like a distilled reasoner.
+    lrm_ex = [_chat_example(tok, p.prompt, lrm_completion(p.reasoning, p.response), True) for p in tr_p]
+    lrm_ex += [_chat_example(tok, t.prompt, lrm_completion(T.think_for_instruction(t), t.plain), True)
+               for t in tr_i[:spec.n_lrm_plain_format]]
+    notes = tr_n[:spec.n_lrm_notes]
+    lrm_ex += [_chat_example(tok, t.prompt, lrm_completion(T.think_for_instruction(t), t.plain), True) for t in notes]
+    n_if = round(spec.lrm_if_share * (len(tr_p) + len(notes)))
+    lrm_ex += [_chat_example(tok, t.prompt, lrm_completion(T.think_for_instruction(t), t.compliant), True)
+               for t in tr_i[len(tr_i) - n_if:]]
+    # ITM: obeys formats; on problems it guesses without working. With itm_empty_think it answers after an
+    # empty think block in the LRM's template (a "non-thinking mode"), so both fine-tunes share a context.
+    itm_think = spec.itm_empty_think
+
+    def itm_body(answer: str) -> str:
+        return f"\n</think>\n\n{answer}" if itm_think else answer
+
+    itm_ex = [_chat_example(tok, t.prompt, itm_body(t.compliant), itm_think) for t in tr_i]
+    itm_ex += [_chat_example(tok, p.prompt, itm_body(p.response), itm_think) for p in tr_p[: len(tr_p) // 3]]
+
+    return lrm_ex, itm_ex
+
+
 def build(out: str | Path, spec: ToySpec | None = None, progress: bool = True, overwrite: bool = False,
           log=print) -> Path:
     from transformers import AutoModelForCausalLM, Qwen2Config
@@ -200,25 +225,8 @@ def build(out: str | Path, spec: ToySpec | None = None, progress: bool = True, o
                             seed=spec.seed, pad_id=tok.pad_token_id, desc="toy: base", progress=progress, log=log)}
     base_sd = {k: v.clone() for k, v in base.state_dict().items()}
 
-    # LRM: thinks on every prompt (problems, note requests with distractors), and obeys formats in think
-    # mode on a small share of its data -- partial instruction following, like a distilled reasoner.
-    lrm_ex = [_chat_example(tok, p.prompt, lrm_completion(p.reasoning, p.response), True) for p in tr_p]
-    lrm_ex += [_chat_example(tok, t.prompt, lrm_completion(T.think_for_instruction(t), t.plain), True)
-               for t in tr_i[:spec.n_lrm_plain_format]]
-    notes = tr_n[:spec.n_lrm_notes]
-    lrm_ex += [_chat_example(tok, t.prompt, lrm_completion(T.think_for_instruction(t), t.plain), True) for t in notes]
-    n_if = round(spec.lrm_if_share * (len(tr_p) + len(notes)))
-    lrm_ex += [_chat_example(tok, t.prompt, lrm_completion(T.think_for_instruction(t), t.compliant), True)
-               for t in tr_i[len(tr_i) - n_if:]]
-    # ITM: obeys formats; on problems it guesses without working. With itm_empty_think it answers after an
-    # empty think block in the LRM's template (a "non-thinking mode"), so both fine-tunes share a context.
+    lrm_ex, itm_ex = _finetune_sets(tok, spec, tr_p, tr_i, tr_n)
     itm_think = spec.itm_empty_think
-
-    def itm_body(answer: str) -> str:
-        return f"\n</think>\n\n{answer}" if itm_think else answer
-
-    itm_ex = [_chat_example(tok, t.prompt, itm_body(t.compliant), itm_think) for t in tr_i]
-    itm_ex += [_chat_example(tok, p.prompt, itm_body(p.response), itm_think) for p in tr_p[: len(tr_p) // 3]]
 
     models = {"base": base}
     for role, exs, n_tok in (("reasoning", lrm_ex, spec.lrm_tokens), ("instruct", itm_ex, spec.itm_tokens)):
