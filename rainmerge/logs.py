@@ -13,7 +13,8 @@ _QUIET_WARNINGS = (
     r".*TRANSFORMERS_CACHE.*",
 )
 # loggers whose INFO chatter buries ours; their warnings still show
-_QUIET_LOGGERS = ("mlflow", "alembic", "httpx", "urllib3", "huggingface_hub", "filelock")
+_QUIET_LOGGERS = ("mlflow", "alembic", "httpx", "urllib3", "huggingface_hub", "filelock",
+                  "ContinuousBatchingLogger")  # transformers: its own handler, INFO per generate_batch
 # lines of the orchestrator's console that advertise rather than inform (ZenML Pro upsell)
 _UPSELL = ("ZenML Pro", "zenml.io/pro", "In order to try it locally, please run")
 
