@@ -8,13 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
-from ..config import _set_dotted, parse_bytes
-from ..errors import ConfigError
 from ..eval.engines.engine_config import EngineConfig
+from ..eval.engines.hf import kv_bytes, kv_token_bytes
 from ..loading import GPU_USABLE
+from ..memory import parse_bytes
+from .evaluation import evaluation_section, validated
 
 ASSUMED_PROMPT_TOKENS = 1024  # the longest rendered prompt, for the KV estimate (IFEval/AIME prompts are shorter)
 DEFAULT_GPU = 80 * 10**9  # the per-GPU budget assumed when neither the engine nor the merge names one
@@ -34,21 +34,6 @@ class EvalPlacement(BaseModel):
     notes: list[str] = []
 
 
-def _engine(path: str | Path, overrides: dict[str, Any] | None) -> tuple[EngineConfig, dict[str, Any], dict] | None:
-    tree = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    for key, value in (overrides or {}).items():
-        if key.startswith("evaluation.") and value is not None:
-            _set_dotted(tree, key, value)
-    ev = tree.get("evaluation")
-    if not isinstance(ev, dict):
-        return None
-    try:
-        return EngineConfig.model_validate(ev.get("engine") or {}), ev, tree
-    except ValidationError as exc:
-        e = exc.errors()[0]
-        raise ConfigError(f"{path}: evaluation.engine: {e['msg']} at {'.'.join(map(str, e['loc'])) or 'top level'}") from None
-
-
 def _budget(eng: EngineConfig, tree: dict) -> int:
     sizes = eng.gpu_memory or tree.get("gpu_memory") or []
     return min(parse_bytes(s) for s in sizes) if sizes else DEFAULT_GPU
@@ -62,15 +47,18 @@ def _longest_budget(ev: dict) -> int:
 def placement_from_config(path: str | Path, overrides: dict[str, Any] | None, arch: dict[str, Any] | None,
                           params: int) -> EvalPlacement | None:
     """The placement of a YAML config's `evaluation:` (None for a merge-only config or unknown shapes)."""
-    got = _engine(path, overrides)
-    if got is None or not arch or not params:
+    got = evaluation_section(path, overrides)
+    if got is None:
         return None
-    eng, ev, tree = got
+    tree, ev = got
+    eng = validated(path, "evaluation.engine", EngineConfig, ev.get("engine"))
+    if not arch or not params:
+        return None
     device = str(ev.get("device", "auto"))
     dtype = eng.dtype if eng.dtype != "auto" else ("float32" if device == "cpu" else "bfloat16")
     width = 4 if dtype == "float32" else 2
     weights = params * width
-    kv_token = 2 * arch["num_layers"] * arch["num_kv_heads"] * arch["head_dim"] * width
+    kv_token = kv_token_bytes(arch["num_layers"], arch["num_kv_heads"], arch["head_dim"], width)
     seq = ASSUMED_PROMPT_TOKENS + _longest_budget(ev)
     budget, gpus, problems, notes = _budget(eng, tree), eng.gpus, [], []
     if device == "cpu":
@@ -90,7 +78,7 @@ def placement_from_config(path: str | Path, overrides: dict[str, Any] | None, ar
                      "--gpu-memory-utilization); the evaluation pods request tensor_parallel_size GPUs")
     else:
         full = eng.max_concurrency * seq * kv_token
-        kv = min(full, int(eng.kv_cache_gib * 2**30)) if eng.kv_cache_gib and eng.kind == "inprocess" else full
+        kv = kv_bytes(eng, kv_token, seq)
         where = (f"device map over {gpus} GPU(s) (accelerate, loaded straight onto them)" if eng.spread
                  else "one GPU")
         per_gpu = (weights + kv) // gpus

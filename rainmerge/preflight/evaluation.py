@@ -125,21 +125,34 @@ def estimate_evaluation(workloads: list[EvalWorkload], *, params: int, engine: E
                               engines=rows, notes=notes)
 
 
-def estimate_from_config(path: str | Path, overrides: dict[str, Any] | None, params: int) -> EvaluationEstimate | None:
-    """The estimate for a YAML config's `evaluation:` section (None for a merge-only config)."""
+def evaluation_section(path: str | Path, overrides: dict[str, Any] | None) -> tuple[dict, dict] | None:
+    """(the YAML tree, its `evaluation:` section) with the `evaluation.*` --set overrides applied; None for a
+    merge-only config. `rainmerge plan`'s estimate and placement both read the section through it."""
     tree = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     for key, value in (overrides or {}).items():
         if key.startswith("evaluation.") and value is not None:
             _set_dotted(tree, key, value)
     ev = tree.get("evaluation")
-    if not isinstance(ev, dict) or not params:
-        return None
+    return (tree, ev) if isinstance(ev, dict) else None
+
+
+def validated(path: str | Path, what: str, model: type[BaseModel], section: dict | None) -> Any:
+    """`model` from a section of the config, or a one-line ConfigError naming the file and the key."""
     try:
-        engine = EngineConfig.model_validate(ev.get("engine") or {})
-        sampling = SamplingConfig.model_validate(ev.get("sampling") or {})
+        return model.model_validate(section or {})
     except ValidationError as exc:
-        raise ConfigError(f"{path}: evaluation.engine/sampling: {exc.errors()[0]['msg']} "
-                          f"at {'.'.join(map(str, exc.errors()[0]['loc'])) or 'top level'}") from None
+        e = exc.errors()[0]
+        raise ConfigError(f"{path}: {what}: {e['msg']} at {'.'.join(map(str, e['loc'])) or 'top level'}") from None
+
+
+def estimate_from_config(path: str | Path, overrides: dict[str, Any] | None, params: int) -> EvaluationEstimate | None:
+    """The estimate for a YAML config's `evaluation:` section (None for a merge-only config)."""
+    got = evaluation_section(path, overrides)
+    if got is None or not params:
+        return None
+    tree, ev = got
+    engine = validated(path, "evaluation.engine", EngineConfig, ev.get("engine"))
+    sampling = validated(path, "evaluation.sampling", SamplingConfig, ev.get("sampling"))
     cal = (tree.get("reasoning_calibration") or {}).get("path") if isinstance(tree.get("reasoning_calibration"),
                                                                               dict) else None
     workloads, notes = workloads_from_section(ev, Path(path).parent, Path(cal).parent if cal else None)

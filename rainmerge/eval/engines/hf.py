@@ -34,23 +34,28 @@ def fit_check(cfg: EngineConfig, model_dir: str, place: Placement, dtype: torch.
     need = {"weights": weight_bytes(folder_tensors(model_dir), dtype)}
     if kv_tokens:
         mc = AutoConfig.from_pretrained(model_dir, trust_remote_code=cfg.trust_remote_code)
-        need["KV cache"] = kv_bytes(cfg, mc, torch.finfo(dtype).bits // 8, kv_tokens)
+        need["KV cache"] = kv_bytes(cfg, kv_bytes_per_token(mc, torch.finfo(dtype).bits // 8), kv_tokens)
     mem = place.max_memory or {0: int(torch.cuda.mem_get_info(torch.device(place.device).index or 0)[0])}
     check_fits(need, mem, f"evaluating {model_dir} in process ({cfg.kind})")
 
 
-def kv_bytes_per_token(config: Any, dtype_bytes: int) -> int:
+def kv_token_bytes(layers: int, kv_heads: int, head_dim: int, dtype_bytes: int) -> int:
     """K and V of one token across every layer (GQA: key/value heads, not query heads)."""
+    return 2 * layers * kv_heads * head_dim * dtype_bytes
+
+
+def kv_bytes_per_token(config: Any, dtype_bytes: int) -> int:
+    """kv_token_bytes of a transformers model config."""
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     heads = text.num_attention_heads
     kv = getattr(text, "num_key_value_heads", None) or heads
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
-    return 2 * text.num_hidden_layers * kv * head_dim * dtype_bytes
+    return kv_token_bytes(text.num_hidden_layers, kv, head_dim, dtype_bytes)
 
 
-def kv_bytes(cfg: EngineConfig, model_config: Any, dtype_bytes: int, seq_tokens: int) -> int:
+def kv_bytes(cfg: EngineConfig, token_bytes: int, seq_tokens: int) -> int:
     """KV cache of `max_concurrency` sequences of `seq_tokens` (capped by kv_cache_gib: the engine queues)."""
-    full = cfg.max_concurrency * seq_tokens * kv_bytes_per_token(model_config, dtype_bytes)
+    full = cfg.max_concurrency * seq_tokens * token_bytes
     return min(full, int(cfg.kv_cache_gib * 2**30)) if cfg.kv_cache_gib and cfg.kind == "inprocess" else full
 
 
