@@ -109,15 +109,15 @@ def _plan(a: argparse.Namespace) -> int:
     from .preflight import build_plan, format_plan
     from .preflight.eval_placement import format_placement, placement_from_config
 
-    cfg = load_config(a.config, parse_sets(a.set))
-    rep = build_plan(cfg)
+    sets = parse_sets(a.set)
+    rep = build_plan(load_config(a.config, sets))
     params = (rep.inputs.get("reasoning") and rep.inputs["reasoning"].params) or 0
-    place = placement_from_config(a.config, parse_sets(a.set), rep.arch, params)
+    place = placement_from_config(a.config, sets, rep.arch, params)
     if a.k8s:
         return _plan_k8s(a, rep, place)
     from .preflight.evaluation import estimate_from_config, format_evaluation
 
-    ev = estimate_from_config(a.config, parse_sets(a.set), params)
+    ev = estimate_from_config(a.config, sets, params)
     if a.json:
         print(json.dumps(json.loads(rep.to_json()) | {"evaluation": ev and ev.model_dump(),
                                                        "evaluation_placement": place and place.model_dump()},
