@@ -222,11 +222,13 @@ def memory_seen(device: str) -> tuple[list[int] | None, int]:
     return gpus, host_available_bytes()
 
 
+def gi(n: float) -> str:
+    """A Kubernetes quantity: bytes rounded up to whole GiB, at least 1Gi."""
+    return f"{max(1, -(-int(n) // GIB))}Gi"
+
+
 def k8s_sizes(path: PathEstimate, gpus: int) -> dict[str, str | int]:
     """What a pod running this merge needs: its volume, memory request/limit and GPU count."""
-    def gi(n: float) -> str:
-        return f"{max(1, -(-int(n) // GIB))}Gi"
-
     return {"volume_size": gi(path.disk * K8S_VOLUME_HEADROOM), "memory_request": gi(path.host),
             "memory_limit": gi(path.host * K8S_MEMORY_HEADROOM), "gpus": gpus,
             "gpu_memory_per_device": gi(path.gpu_peak / max(gpus, 1)) if gpus else "0Gi"}

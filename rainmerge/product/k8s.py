@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from ..memory import gi
 from .dag import GPU_STEPS
 
 TEMPLATE = Path("configs/k8s/gpu-steps.zenml.yaml")
@@ -27,16 +28,12 @@ def pod_sizes(k8s: dict[str, Any], stages_path: str, placement: Any | None) -> d
     """One sizes.yaml entry from the plan's k8s figures (rainmerge.memory.k8s_sizes) and the evaluation
     placement (rainmerge.preflight.eval_placement): evaluation pods request its GPUs."""
     ev = {"engine": placement.engine, "gpus": placement.gpus,
-          "gpu_memory_per_device": _gi(placement.per_gpu_bytes)} if placement is not None else {"gpus": 1}
+          "gpu_memory_per_device": gi(placement.per_gpu_bytes)} if placement is not None else {"gpus": 1}
     return {"volume_size": k8s["volume_size"],
             "stages": {"path": stages_path, "memory_request": k8s["memory_request"],
                        "memory_limit": k8s["memory_limit"], "gpus": k8s["gpus"],
                        "gpu_memory_per_device": k8s["gpu_memory_per_device"]},
             "evaluation": ev}
-
-
-def _gi(n: int) -> str:
-    return f"{max(1, -(-int(n) // 2**30))}Gi"
 
 
 def _max_gi(a: str, b: str) -> str:
