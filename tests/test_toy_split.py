@@ -113,3 +113,25 @@ def test_committed_sets_hold_out_phrasings_and_topics():
         owner = _owner(p)
         assert owner["topic"] == {"train"} and owner["form"] == {"train"} and owner["phrasing"] <= {"train"}, p
     assert not set(evals) & train and not set(calib) & train and not set(evals) & set(calib)
+
+
+@pytest.mark.skipif(not (TOY / "manifest.json").is_file(), reason="toy trio not built")
+def test_dev_set_uses_calibration_wording_and_no_prompt_of_the_build(tmp_path):
+    """The set merge settings are chosen on (`python -m rainmerge.toy devset`) never touches held-out wording or
+    topics, and repeats no prompt of any set of the build."""
+    from rainmerge.toy.__main__ import main
+    from rainmerge.toy.build import ToySpec, draw_sets
+
+    main(["devset", "--toy", str(TOY), "--out", str(tmp_path), "--n", "120", "--problems", "40"])
+    rows = [json.loads(l) for l in (tmp_path / "eval_instructions.jsonl").read_text().splitlines()]
+    probs = [json.loads(l) for l in (tmp_path / "eval_problems.jsonl").read_text().splitlines()]
+    assert len(rows) == 120 and len(probs) == 40
+    for r in rows:
+        owner = _owner(r["prompt"])
+        assert owner == {"phrasing": {"calib"}, "form": {"calib"}, "topic": {"calib"}}, r["prompt"]
+    spec = json.loads((TOY / "manifest.json").read_text())["spec"]
+    used = {x.prompt for v in draw_sets(ToySpec(**spec)).values() for x in v}
+    if (DATA / "eval_instructions_extra.jsonl").is_file():
+        used |= {r["prompt"] for r in _jsonl("eval_instructions_extra.jsonl")}
+    dev = [r["prompt"] for r in rows + probs]
+    assert len(set(dev)) == len(dev) and not set(dev) & used

@@ -22,8 +22,9 @@ def parser() -> argparse.ArgumentParser:
                    help="training seed (initialisation, data order); default %(default)s, the shipped trio's")
     b.add_argument("--data-seed", type=int, default=SHIPPED["data_seed"],
                    help="prompt sets (held-out, calibration, training); default %(default)s")
-    b.add_argument("--recipe", choices=["v1", "v2"], default=SHIPPED["recipe"],
-                   help="v2 (default): the recipe of the shipped trio (docs/toy-v2.md); v1: the first recipe")
+    b.add_argument("--recipe", choices=["v1", "v2", "v3"], default=SHIPPED["recipe"],
+                   help="the recipe: v1 (the first), v2 (docs/toy-v2.md), v3 (v2 + a longer base and gentler "
+                        "fine-tunes, docs/toy-v3.md); default %(default)s, the shipped trio's")
     b.add_argument("--lrm-if-share", type=float, default=None,
                    help="share of think-mode LRM examples that obey formats; default: %s with v2 (the shipped "
                         "trio), the recipe's own with v1 (0); docs/toy-v2.md measures 0, 0.02, 0.05"
@@ -36,6 +37,13 @@ def parser() -> argparse.ArgumentParser:
     h.add_argument("--toy", default="assets/toy", help="the built trio's folder (reads its manifest.json)")
     h.add_argument("--n", type=int, default=600)
     h.add_argument("--seed", type=int, default=1)
+    d = sub.add_parser("devset", help="write a development set for choosing merge settings (strength, stage 1/2) "
+                       "without touching the held-out sets: calibration-part phrasings and topics, no prompt of the build")
+    d.add_argument("--toy", default="assets/toy", help="the built trio's folder (reads its manifest.json)")
+    d.add_argument("--out", required=True, help="folder for eval_instructions.jsonl and eval_problems.jsonl "
+                   "(pass it to `rainmerge compare --data`)")
+    d.add_argument("--n", type=int, default=300, help="instruction prompts")
+    d.add_argument("--problems", type=int, default=100)
     return ap
 
 
@@ -48,7 +56,8 @@ def spec_from_args(a: argparse.Namespace):
     over = {} if share is None else {"lrm_if_share": share}
     if over and not 0.0 <= share <= 1.0:
         raise ValueError(f"--lrm-if-share must be in [0, 1], got {share}")
-    return (ToySpec.v2 if a.recipe == "v2" else ToySpec)(seed=a.seed, data_seed=a.data_seed, **over)
+    make = {"v1": ToySpec, "v2": ToySpec.v2, "v3": ToySpec.v3}[a.recipe]
+    return make(seed=a.seed, data_seed=a.data_seed, **over)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -58,6 +67,11 @@ def main(argv: list[str] | None = None) -> None:
         from .build import write_extra_held_out
 
         print(write_extra_held_out(a.toy, a.n, a.seed))
+        return
+    if a.cmd == "devset":
+        from .build import write_dev_set
+
+        print(write_dev_set(a.toy, a.out, a.n, a.problems))
         return
     import torch
 

@@ -71,6 +71,13 @@ class ToySpec:
                   itm_empty_think=True, n_calib_notes=32, calib_instruction_traces=False)
         return cls(**{**v2, **kw})
 
+    @classmethod
+    def v3(cls, **kw: Any) -> "ToySpec":
+        """Issue-27 recipe: v2 with a 2% think-mode share, a base pre-trained 1.5x longer (3M tokens) and both
+        fine-tunes at half the learning rate (5e-4): smaller task vectors on a stronger base, which is what let
+        RAIN add instruction following without costing reasoning on the dev set (docs/toy-v3.md)."""
+        return cls.v2(**{"lrm_if_share": 0.02, "base_tokens": 3_000_000, "finetune_lr": 5e-4, **kw})
+
 
 def _tokenizer(corpus: list[str], spec: ToySpec):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -309,6 +316,43 @@ def extra_held_out_instructions(spec: ToySpec, n: int, seed: int = 1) -> list[T.
             if len(out) == n:
                 return out
     raise ValueError(f"only {len(out)} unused instruction prompts found; ask for fewer than {n}")
+
+
+def dev_sets(spec: ToySpec, n_instructions: int, n_problems: int, seed: int = 2) -> tuple[list, list]:
+    """A development set for choosing merge settings without touching the held-out sets: instruction prompts in
+    the calibration part's phrasing, note form and topics (text the merge already reads, never training text),
+    and problems; none is a prompt of any set of the build."""
+    used = {x.prompt for items in draw_sets(spec).values() for x in items}
+    rng = random.Random(seed)
+
+    def draw(make, n: int, what: str) -> list:
+        out: list = []
+        for _ in range(200 * n):
+            item = make(f"dev{what[0]}{len(out)}")
+            if item.prompt not in used:
+                used.add(item.prompt)
+                out.append(item)
+                if len(out) == n:
+                    return out
+        raise ValueError(f"only {len(out)} unused {what} prompts found; ask for fewer than {n}")
+
+    return (draw(lambda uid: T.make_instruction_task(rng, uid, part="calib"), n_instructions, "instruction"),
+            draw(lambda uid: T.make_problem(rng, uid), n_problems, "problem"))
+
+
+def write_dev_set(toy_dir: str | Path, out: str | Path, n_instructions: int = 300, n_problems: int = 100) -> Path:
+    """eval_instructions.jsonl and eval_problems.jsonl of dev_sets in `out` (a data folder the evaluation reads)."""
+    toy = Path(toy_dir)
+    spec = ToySpec(**json.loads((toy / "manifest.json").read_text())["spec"])
+    instr, probs = dev_sets(spec, n_instructions, n_problems)
+    dest = Path(out)
+    dest.mkdir(parents=True, exist_ok=True)
+    rows = [{"key": t.uid, "prompt": t.prompt, "instruction_id_list": t.instruction_id_list, "kwargs": t.kwargs}
+            for t in instr]
+    (dest / "eval_instructions.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    (dest / "eval_problems.jsonl").write_text("".join(
+        json.dumps({"key": p.uid, "prompt": p.prompt, "answer": p.answer}, sort_keys=True) + "\n" for p in probs))
+    return dest
 
 
 def write_extra_held_out(toy_dir: str | Path, n: int, seed: int = 1) -> Path:
