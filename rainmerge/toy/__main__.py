@@ -22,9 +22,10 @@ def parser() -> argparse.ArgumentParser:
                    help="training seed (initialisation, data order); default %(default)s, the shipped trio's")
     b.add_argument("--data-seed", type=int, default=SHIPPED["data_seed"],
                    help="prompt sets (held-out, calibration, training); default %(default)s")
-    b.add_argument("--recipe", choices=["v1", "v2", "v3"], default=SHIPPED["recipe"],
-                   help="the recipe: v1 (the first), v2 (docs/toy-v2.md), v3 (v2 + a longer base and gentler "
-                        "fine-tunes, docs/toy-v3.md); default %(default)s, the shipped trio's")
+    b.add_argument("--recipe", choices=["v1", "v2", "gentle"], default=SHIPPED["recipe"],
+                   help="the recipe: v1 (the first), v2 (docs/toy-v2.md), gentle (v2 with a longer base and "
+                        "fine-tunes at half the learning rate; tried, not shipped: docs/toy-v3.md); default "
+                        "%(default)s, the shipped trio's")
     b.add_argument("--lrm-if-share", type=float, default=None,
                    help="share of think-mode LRM examples that obey formats; default: %s with v2 (the shipped "
                         "trio), the recipe's own with v1 (0); docs/toy-v2.md measures 0, 0.02, 0.05"
@@ -56,7 +57,7 @@ def spec_from_args(a: argparse.Namespace):
     over = {} if share is None else {"lrm_if_share": share}
     if over and not 0.0 <= share <= 1.0:
         raise ValueError(f"--lrm-if-share must be in [0, 1], got {share}")
-    make = {"v1": ToySpec, "v2": ToySpec.v2, "v3": ToySpec.v3}[a.recipe]
+    make = {"v1": ToySpec, "v2": ToySpec.v2, "gentle": ToySpec.gentle}[a.recipe]
     return make(seed=a.seed, data_seed=a.data_seed, **over)
 
 
