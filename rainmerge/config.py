@@ -12,6 +12,7 @@ from .linears import ALL_MODULES, Module
 from .errors import ConfigError
 from .memory import parse_bytes
 from .method_catalog import MethodName, needs_stages
+from .overrides import set_dotted
 from .refs import CalibrationRef, ModelRef, Strict as _Strict  # noqa: F401  (ModelRef: re-exported)
 
 Method = MethodName  # one list: rainmerge.method_catalog.CATALOG
@@ -250,16 +251,6 @@ class CalibrationSpec(_Strict):
     instruction_max_skip_fraction: float
 
 
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    node = tree
-    for key in keys[:-1]:
-        node = node.setdefault(key, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"cannot set '{dotted}': '{key}' is not a section")
-    node[keys[-1]] = value
-
-
 def _relative_to(tree: dict[str, Any], folder: Path) -> dict[str, Any]:
     """Model and calibration paths in a YAML file are relative to that file when they exist there
     (anything else, e.g. a Hub id like Qwen/Qwen2.5-7B, is left as written)."""
@@ -317,7 +308,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         tree = _relative_to(loaded, p.parent)
     for key, value in (overrides or {}).items():
         if value is not None:
-            _set_dotted(tree, key, value)
+            set_dotted(tree, key, value)
     for role in ("base", "instruct", "reasoning"):
         if isinstance(tree.get(role), str):
             tree[role] = {"path": tree[role]}

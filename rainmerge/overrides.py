@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .errors import RainMergeError
+from .errors import ConfigError, RainMergeError
 
 _FLOAT_TEXT = r"[-+]?(0|[1-9][0-9]*)?\.[0-9]*([eE][-+]?[0-9]+)?|[-+]?\.(inf|Inf|INF)|\.(nan|NaN|NAN)"
 
@@ -41,3 +41,14 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
         k, v = item.split("=", 1)
         out[k.strip()] = set_value(v)
     return out
+
+
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set `a.b.c` in a config tree, creating sections; a key through a non-section is a ConfigError."""
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"cannot set '{dotted}': '{key}' is not a section")
+    node[keys[-1]] = value

@@ -29,3 +29,13 @@ def test_config_validates(path):
 def test_overrides_win_over_yaml():
     cfg = load_config(CONFIGS[0], {"strength": 0.3, "stage2.rho": 0.1})
     assert cfg.strength == 0.3 and cfg.stage2.rho == 0.1
+
+
+def test_a_dotted_override_through_a_value_is_one_config_error():
+    from rainmerge.config import load_config
+    from rainmerge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot set 'strength.x': 'strength' is not a section"):
+        load_config(str(CONFIGS[0].parent / "toy.yaml"), {"strength.x": 1})
+    cfg = load_config(str(CONFIGS[0].parent / "toy.yaml"), {"stage1.radius": 2})  # a leaf inside a section is set
+    assert cfg.stage1.radius == 2

@@ -11,8 +11,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from ..config import _set_dotted
 from ..errors import ConfigError
+from ..overrides import set_dotted
 from ..eval.engines.engine_config import EngineConfig, SamplingConfig
 
 # Aggregate decode throughput (output tokens/s) of one 7.6B-parameter model in bf16 on one H100, or on a
@@ -131,7 +131,7 @@ def evaluation_section(path: str | Path, overrides: dict[str, Any] | None) -> tu
     tree = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     for key, value in (overrides or {}).items():
         if key.startswith("evaluation.") and value is not None:
-            _set_dotted(tree, key, value)
+            set_dotted(tree, key, value)
     ev = tree.get("evaluation")
     return (tree, ev) if isinstance(ev, dict) else None
 
