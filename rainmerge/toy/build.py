@@ -307,15 +307,22 @@ def extra_held_out_instructions(spec: ToySpec, n: int, seed: int = 1) -> list[T.
     phrasings, note forms and topics (tasks.PARTS "eval"), so the trio has seen neither the prompts nor
     their wording nor their subjects."""
     used = {x.prompt for items in draw_sets(spec).values() for x in items}
-    rng, out, seen = random.Random(seed), [], set()
+    rng = random.Random(seed)
+    return _draw_unused(lambda i: T.make_instruction_task(rng, f"ex{i}", part="eval"), n, used, "instruction")
+
+
+def _draw_unused(make, n: int, used: set[str], what: str) -> list:
+    """n items make(i) (i: how many are kept so far) whose prompts are not in `used`, which they join; a generator
+    that runs out (200 n draws) is a ValueError saying how many it found."""
+    out: list = []
     for _ in range(200 * n):
-        t = T.make_instruction_task(rng, f"ex{len(out)}", part="eval")
-        if t.prompt not in used and t.prompt not in seen:
-            seen.add(t.prompt)
-            out.append(t)
+        item = make(len(out))
+        if item.prompt not in used:
+            used.add(item.prompt)
+            out.append(item)
             if len(out) == n:
                 return out
-    raise ValueError(f"only {len(out)} unused instruction prompts found; ask for fewer than {n}")
+    raise ValueError(f"only {len(out)} unused {what} prompts found; ask for fewer than {n}")
 
 
 def dev_sets(spec: ToySpec, n_instructions: int, n_problems: int, seed: int = 2) -> tuple[list, list]:
@@ -324,20 +331,9 @@ def dev_sets(spec: ToySpec, n_instructions: int, n_problems: int, seed: int = 2)
     and problems; none is a prompt of any set of the build."""
     used = {x.prompt for items in draw_sets(spec).values() for x in items}
     rng = random.Random(seed)
-
-    def draw(make, n: int, what: str) -> list:
-        out: list = []
-        for _ in range(200 * n):
-            item = make(f"dev{what[0]}{len(out)}")
-            if item.prompt not in used:
-                used.add(item.prompt)
-                out.append(item)
-                if len(out) == n:
-                    return out
-        raise ValueError(f"only {len(out)} unused {what} prompts found; ask for fewer than {n}")
-
-    return (draw(lambda uid: T.make_instruction_task(rng, uid, part="calib"), n_instructions, "instruction"),
-            draw(lambda uid: T.make_problem(rng, uid), n_problems, "problem"))
+    return (_draw_unused(lambda i: T.make_instruction_task(rng, f"devi{i}", part="calib"), n_instructions, used,
+                         "instruction"),
+            _draw_unused(lambda i: T.make_problem(rng, f"devp{i}"), n_problems, used, "problem"))
 
 
 def write_dev_set(toy_dir: str | Path, out: str | Path, n_instructions: int = 300, n_problems: int = 100) -> Path:
