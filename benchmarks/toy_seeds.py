@@ -60,19 +60,16 @@ class Evaluator:
         self.res = json.loads(cache.read_text()) if cache.is_file() else {}
 
     def model(self, name: str, method: str, strength: float | None = None) -> dict:
+        from rainmerge.compare import model_folder
         from rainmerge.config import load_config
         from rainmerge.eval.suite import evaluate_model
-        from rainmerge.stages import run_merge
 
         if name in self.res:
             return self.res[name]
-        folder, tmp = (self.trio / ("reasoning" if method == "lrm" else "instruct")), None
-        if method not in ("lrm", "itm"):
-            folder = tmp = self.cache.parent / "models" / name
-            cfg = load_config(self.config, {**_overrides(self.trio), "method": method, "strength": strength,
-                                            "output": str(folder), "overwrite": True})
-            run_merge(cfg, progress=False)
-        r = evaluate_model(str(folder), self.data, lrm_dir=str(self.trio / "reasoning"), device="cpu",
+        base = load_config(self.config, {**_overrides(self.trio), **({"strength": strength} if strength is not None else {})})
+        tmp = None if method in ("lrm", "itm") else self.cache.parent / "models" / name
+        folder = model_folder(base, method, tmp)
+        r = evaluate_model(folder, self.data, lrm_dir=str(self.trio / "reasoning"), device="cpu",
                            batch_size=50, progress=False, name=name,
                            calibration=str(self.trio / "data" / "instruction_calibration.jsonl"))
         r.pop("examples", None)

@@ -25,7 +25,6 @@ def compare(config: str, out: Path, methods: list[str], data: Path | None, limit
     from .config import load_config
     from .eval import comparison
     from .eval.suite import default_data_dir, evaluate_model, held_out_file
-    from .stages import run_merge
 
     base_cfg = load_config(config, overrides)
     data = Path(data or default_data_dir(base_cfg))
@@ -34,12 +33,7 @@ def compare(config: str, out: Path, methods: list[str], data: Path | None, limit
     cal = held_out_file(base_cfg)
     rows = []
     for m in methods:
-        if m in ("lrm", "itm"):
-            folder = base_cfg.reasoning.path if m == "lrm" else base_cfg.instruct.path
-        else:
-            folder = str(out / "models" / m)
-            cfg = base_cfg.model_copy(update={"method": m, "output": folder, "overwrite": True})
-            run_merge(load_config(None, cfg.model_dump(mode="json")), progress=progress)
+        folder = model_folder(base_cfg, m, out / "models" / m, progress)
         res = evaluate_model(folder, data, lrm_dir=base_cfg.reasoning.path, calibration=cal, device=device,
                              limit=limit, progress=progress, name=m)
         res.pop("examples", None)
@@ -58,6 +52,18 @@ def compare(config: str, out: Path, methods: list[str], data: Path | None, limit
         paths["intervals"] = ivs_path
     print(f"\nwritten: {', '.join(str(p) for p in paths.values())}")
     return rows
+
+
+def model_folder(base_cfg, method: str, folder: Path, progress: bool = False) -> str:
+    """The folder evaluated for `method`: the LRM's or the ITM's own, else `base_cfg` merged with it into `folder`."""
+    from .config import load_config
+    from .stages import run_merge
+
+    if method in ("lrm", "itm"):
+        return base_cfg.reasoning.path if method == "lrm" else base_cfg.instruct.path
+    cfg = base_cfg.model_copy(update={"method": method, "output": str(folder), "overwrite": True})
+    run_merge(load_config(None, cfg.model_dump(mode="json")), progress=progress)
+    return str(folder)
 
 
 INTERVAL_METRICS = ("if_inst_strict", "reasoning_acc", "malformed_rate", "truncation_rate")
