@@ -5,14 +5,14 @@
 
 Per seed (ROOT/seedN):
 1. `python -m rainmerge.toy build --seed N` (timed; the shipped recipe unless --recipe), `heldout` (600 more
-   held-out prompts) and `devset` (300 prompts in the calibration part's wording and topics + 100 sums).
+   held-out prompts; with --n-extra-problems, that many more sums) and `devset` (300 prompts in the calibration part's wording and topics + 100 sums).
 2. Strength, per method, on the dev set only (the rule below, fixed before the v3.1 builds ran): RAIN and task
    arithmetic are each merged at every strength of GRID and evaluated on the dev set; a strength is eligible
    when its dev evaluation passes the toy gates other than the IF margin (reasoning, truncation, malformed,
    paired against the LRM) and keeps >= 99 % of think blocks well-formed; each method takes its eligible
    strength with the highest dev IF (ties: the smaller); with none eligible, the smallest strength.
 3. Held-out: the LRM, the ITM, RAIN and task arithmetic at their chosen strengths, and task arithmetic at
-   RAIN's strength, on the build's held-out sets (800 format prompts in held-out phrasings/topics, 200 sums),
+   RAIN's strength, on the build's held-out sets (800 format prompts in held-out phrasings/topics, 200 sums + --n-extra-problems),
    with the paired intervals the promotion gates use (rainmerge/product/gates.py).
 The claim the issue asks about holds on a build when RAIN is >= 99 % well-formed, its reasoning interval's lower
 bound is >= -2 points, and the lower bounds of its IF gain over the LRM and over task arithmetic (each at its
@@ -98,7 +98,18 @@ def choose_strength(dev: Evaluator, method: str, gates) -> dict:
     return {"strength": best["strength"] if best else GRID[0], "none_eligible": best is None, "grid": rows}
 
 
-def run_seed(root: Path, seed: int, config: str, n_extra: int, threads: int | None, recipe: str | None) -> dict:
+def _check_disjoint(trio: Path) -> None:
+    """The dev set (strength is chosen on it) shares no prompt with the held-out sets it must not leak into."""
+    def prompts(folder: Path) -> set[str]:
+        return {json.loads(line)["prompt"] for f in folder.glob("eval_*.jsonl") for line in f.read_text().splitlines()}
+
+    shared = prompts(trio / "dev") & prompts(trio / "data")
+    if shared:
+        raise SystemExit(f"{trio}: {len(shared)} dev prompts are also held-out prompts, e.g. {sorted(shared)[0]!r}")
+
+
+def run_seed(root: Path, seed: int, config: str, n_extra: int, threads: int | None, recipe: str | None,
+             n_problems: int = 0) -> dict:
     from rainmerge.eval.stats import paired_bootstrap
     from rainmerge.product.gates import decide, intervals
 
@@ -110,11 +121,14 @@ def run_seed(root: Path, seed: int, config: str, n_extra: int, threads: int | No
                         *(["--threads", str(threads)] if threads else []),
                         *(["--recipe", recipe] if recipe else [])], check=True)
         print(f"seed {seed}: built in {time.time() - t0:.0f} s", flush=True)
-    if not (trio / "data" / "eval_instructions_extra.jsonl").is_file():
-        subprocess.run([py, "-m", "rainmerge.toy", "heldout", "--toy", str(trio), "--n", str(n_extra)], check=True)
+    if not (trio / "data" / "eval_instructions_extra.jsonl").is_file() or (
+            n_problems and not (trio / "data" / "eval_problems_extra.jsonl").is_file()):
+        subprocess.run([py, "-m", "rainmerge.toy", "heldout", "--toy", str(trio), "--n", str(n_extra),
+                        "--problems", str(n_problems)], check=True)
     if not (trio / "dev" / "eval_instructions.jsonl").is_file():
         subprocess.run([py, "-m", "rainmerge.toy", "devset", "--toy", str(trio), "--out", str(trio / "dev")],
                        check=True)
+    _check_disjoint(trio)
     gates = _gates(config)
     t0 = time.time()
     dev = Evaluator(trio, config, trio / "dev", trio / "study" / "dev.json")
@@ -132,7 +146,7 @@ def run_seed(root: Path, seed: int, config: str, n_extra: int, threads: int | No
                  "build_seconds": json.loads((trio / "manifest.json").read_text())["build_seconds"],
                  "trio_mb": round(sum(f.stat().st_size for f in trio.rglob("*") if f.is_file()
                                       and not {"study", "compare", "dev"} & set(f.parts)) / 2**20, 1),
-                 "chosen": chosen,
+                 "chosen": chosen, "lrm_dev": {k: dev.model("lrm", "lrm")[k] for k in ("reasoning_acc", "think_well_formed")},
                  "metrics": {m: {k: v for k, v in r.items() if isinstance(v, float)} for m, r in by.items()}}
     for m in ("rain", "task_arithmetic", "ta_same"):
         d = decide(by[m], by["lrm"], None, gates)
@@ -161,6 +175,11 @@ def _ms(xs: list[float]) -> str:
     return f"{statistics.mean(xs):+.1f} ± {statistics.stdev(xs):.1f}" if len(xs) > 1 else f"{xs[0]:+.1f}"
 
 
+def _lrm_dev(s: dict) -> str:
+    d = s.get("lrm_dev")  # absent in summaries written before v3.2
+    return f"{100 * d['reasoning_acc']:.0f} / {100 * d['think_well_formed']:.1f}" if d else "n/a"
+
+
 CLAIM_NAMES = {"well_formed": "well-formed", "reasoning": "reasoning", "if_above_lrm": "IF > LRM",
                "if_above_ta": "IF > TA"}
 
@@ -170,7 +189,7 @@ def table(roots: list[Path]) -> str:
                   key=lambda s: s["seed"])
     lines = ["| build | λ RAIN / TA (dev) | LRM → RAIN IF | RAIN − LRM IF [95% CI] | TA − LRM IF [95% CI] | "
              "RAIN − TA IF [95% CI] | RAIN − LRM reasoning [95% CI] | well-formed LRM / RAIN / TA | claim | "
-             "toy gates (5-pt margin) |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "toy gates (5-pt margin) | LRM on dev: reasoning / well-formed |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     cols: dict[str, list[float]] = {k: [] for k in ("gain", "ta", "rvt", "reas", "wf")}
     for s in sums:
         m, r, t = s["metrics"], s["rain"]["intervals"], s["task_arithmetic"]["intervals"]
@@ -183,7 +202,7 @@ def table(roots: list[Path]) -> str:
             f"{_ci(r['reasoning_acc'])} | {100 * m['lrm']['think_well_formed']:.1f} / "
             f"{100 * m['rain']['think_well_formed']:.1f} / {100 * m['task_arithmetic']['think_well_formed']:.1f} | "
             f"{'holds' if s['claim']['holds'] else 'fails (' + ', '.join(missed) + ')'} | "
-            f"{'promote' if s['rain']['promote'] else 'reject (' + ', '.join(fails) + ')'} |")
+            f"{'promote' if s['rain']['promote'] else 'reject (' + ', '.join(fails) + ')'} | {_lrm_dev(s)} |")
         cols["gain"].append(100 * r["if_inst_strict"]["delta"])
         cols["ta"].append(100 * t["if_inst_strict"]["delta"])
         cols["rvt"].append(100 * s["rain_vs_task_arithmetic"]["delta"])
@@ -193,7 +212,7 @@ def table(roots: list[Path]) -> str:
         lines.append(f"| mean ± s.d. ({len(sums)} builds) | | | {_ms(cols['gain'])} | {_ms(cols['ta'])} | "
                      f"{_ms(cols['rvt'])} | {_ms(cols['reas'])} | RAIN {statistics.mean(cols['wf']):.1f} | "
                      f"holds on {sum(s['claim']['holds'] for s in sums)} of {len(sums)} | "
-                     f"{sum(s['rain']['promote'] for s in sums)} of {len(sums)} promoted |")
+                     f"{sum(s['rain']['promote'] for s in sums)} of {len(sums)} promoted | |")
     same = ["| build | λ | TA − LRM IF [95% CI] | RAIN − TA IF [95% CI] | TA − LRM reasoning [95% CI] | TA well-formed |",
             "|---|---|---|---|---|---|"]
     for s in sums:
@@ -226,6 +245,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     ap.add_argument("--config", default=str(REPO / "configs" / "toy.yaml"))
     ap.add_argument("--n-extra", type=int, default=600)
+    ap.add_argument("--n-extra-problems", type=int, default=0,
+                    help="more held-out sums beside the build's 200 (v3.2: 400, so 600 in all)")
     ap.add_argument("--threads", type=int, help="torch threads per build (default: the builder's)")
     ap.add_argument("--recipe", help="toy recipe (default: the shipped one)")
     a = ap.parse_args()
@@ -233,7 +254,7 @@ def main() -> None:
     if a.cmd == "run":
         root.mkdir(parents=True, exist_ok=True)
         for seed in a.seeds:
-            run_seed(root, seed, a.config, a.n_extra, a.threads, a.recipe)
+            run_seed(root, seed, a.config, a.n_extra, a.threads, a.recipe, a.n_extra_problems)
     print(table([root, *map(Path, a.more)]))
 
 

@@ -135,3 +135,39 @@ def test_dev_set_uses_calibration_wording_and_no_prompt_of_the_build(tmp_path):
         used |= {r["prompt"] for r in _jsonl("eval_instructions_extra.jsonl")}
     dev = [r["prompt"] for r in rows + probs]
     assert len(set(dev)) == len(dev) and not set(dev) & used
+
+
+def test_extra_held_out_sums_are_new_to_the_build_and_its_dev_set_and_count_as_reasoning(tmp_path):
+    """`heldout --problems N` (the study's larger reasoning set) repeats no prompt of the build nor of the default
+    dev set, and the evaluation reads it as a second reasoning benchmark."""
+    import shutil
+
+    from rainmerge.eval.benchmarks import embedded_specs
+    from rainmerge.toy.__main__ import main
+    from rainmerge.toy.build import DEV_SIZES, ToySpec, dev_sets, draw_sets
+
+    (tmp_path / "data").mkdir()
+    shutil.copy(TOY / "manifest.json", tmp_path / "manifest.json")
+    main(["heldout", "--toy", str(tmp_path), "--n", "10", "--problems", "150"])
+    probs = [json.loads(l) for l in (tmp_path / "data" / "eval_problems_extra.jsonl").read_text().splitlines()]
+    assert len(probs) == len({p["prompt"] for p in probs}) == 150
+    spec = ToySpec(**json.loads((TOY / "manifest.json").read_text())["spec"])
+    used = {x.prompt for v in draw_sets(spec).values() for x in v}
+    dev = {x.prompt for v in dev_sets(spec, *DEV_SIZES) for x in v}
+    assert not {p["prompt"] for p in probs} & (used | dev)
+    kinds = {s.name: s.kind for s in embedded_specs(tmp_path / "data")}
+    assert kinds == {"toy_if_extra": "if", "toy_math_extra": "reasoning"}
+
+
+@pytest.mark.parametrize("recipe, changed", [("v2", set()), ("gentle", {"base_tokens", "finetune_lr"}),
+                                             ("long-lrm", {"lrm_tokens"})])
+def test_the_builder_recipes_differ_from_the_shipped_one_where_documented(recipe, changed):
+    """docs/toy-v3.md compares the recipes to the shipped one by the knobs they turn; a recipe that moved
+    another knob would make those comparisons wrong."""
+    from dataclasses import asdict
+
+    from rainmerge.toy.__main__ import parser, spec_from_args
+
+    shipped = json.loads((TOY / "manifest.json").read_text())["spec"]
+    spec = asdict(spec_from_args(parser().parse_args(["build", "--out", "x", "--recipe", recipe])))
+    assert {k for k, v in spec.items() if shipped.get(k, v) != v} == changed

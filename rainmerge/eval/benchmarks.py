@@ -163,7 +163,8 @@ def load_benchmark(spec: BenchmarkSpec, calibration: str | Path | None = None) -
 
 def embedded_specs(data_dir: str | Path) -> list[BenchmarkSpec]:
     """The toy's embedded sets (eval_instructions.jsonl, eval_problems.jsonl, and the enlarged held-out
-    eval_instructions_extra.jsonl when present: `python -m rainmerge.toy heldout`) as local benchmarks."""
+    eval_instructions_extra.jsonl and eval_problems_extra.jsonl when present: `python -m rainmerge.toy heldout`) as
+    local benchmarks."""
     d = Path(data_dir)
     out = []
     if (d / "eval_instructions.jsonl").is_file():
@@ -172,6 +173,8 @@ def embedded_specs(data_dir: str | Path) -> list[BenchmarkSpec]:
         out.append(BenchmarkSpec(name="toy_if_extra", kind="if", path=str(d / "eval_instructions_extra.jsonl")))
     if (d / "eval_problems.jsonl").is_file():
         out.append(BenchmarkSpec(name="toy_math", kind="reasoning", path=str(d / "eval_problems.jsonl")))
+    if (d / "eval_problems_extra.jsonl").is_file():
+        out.append(BenchmarkSpec(name="toy_math_extra", kind="reasoning", path=str(d / "eval_problems_extra.jsonl")))
     if not out:
         raise ConfigError(f"no evaluation sets: {d} holds neither eval_instructions.jsonl nor eval_problems.jsonl; "
                           "set evaluation.benchmarks or evaluation.data")

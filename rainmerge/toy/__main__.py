@@ -8,6 +8,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # the recipe of the shipped trio in assets/toy (its manifest.json `spec`): the bare rebuild command reproduces it.
 # Seed 0 is shipped by a rule fixed before any merge result of this generator existed (docs/toy-v3.md).
 SHIPPED = {"recipe": "v2", "seed": 0, "data_seed": 0, "lrm_if_share": 0.02}
+RECIPES = ("v1", "v2", "gentle", "long-lrm")  # ToySpec's constructors, by name below
 
 
 def parser() -> argparse.ArgumentParser:
@@ -22,10 +23,10 @@ def parser() -> argparse.ArgumentParser:
                    help="training seed (initialisation, data order); default %(default)s, the shipped trio's")
     b.add_argument("--data-seed", type=int, default=SHIPPED["data_seed"],
                    help="prompt sets (held-out, calibration, training); default %(default)s")
-    b.add_argument("--recipe", choices=["v1", "v2", "gentle"], default=SHIPPED["recipe"],
+    b.add_argument("--recipe", choices=sorted(RECIPES), default=SHIPPED["recipe"],
                    help="the recipe: v1 (the first), v2 (docs/toy-v2.md), gentle (v2 with a longer base and "
-                        "fine-tunes at half the learning rate; tried, not shipped: docs/toy-v3.md); default "
-                        "%(default)s, the shipped trio's")
+                        "fine-tunes at half the learning rate; tried, not shipped: docs/toy-v3.md), long-lrm (v2 with "
+                        "the LRM fine-tuned 3x longer: docs/toy-v3.md v3.2); default %(default)s, the shipped trio's")
     b.add_argument("--lrm-if-share", type=float, default=None,
                    help="share of think-mode LRM examples that obey formats; default: %s with v2 (the shipped "
                         "trio), the recipe's own with v1 (0); docs/toy-v2.md measures 0, 0.02, 0.05"
@@ -37,14 +38,16 @@ def parser() -> argparse.ArgumentParser:
                        "(data/eval_instructions_extra.jsonl; held-out phrasings and topics only, no prompt of its build)")
     h.add_argument("--toy", default="assets/toy", help="the built trio's folder (reads its manifest.json)")
     h.add_argument("--n", type=int, default=600)
+    h.add_argument("--problems", type=int, default=0, help="also write this many held-out sums "
+                   "(data/eval_problems_extra.jsonl: none a prompt of the build or of its default dev set)")
     h.add_argument("--seed", type=int, default=1)
     d = sub.add_parser("devset", help="write a development set for choosing merge settings (strength, stage 1/2) "
                        "without touching the held-out sets: calibration-part phrasings and topics, no prompt of the build")
     d.add_argument("--toy", default="assets/toy", help="the built trio's folder (reads its manifest.json)")
     d.add_argument("--out", required=True, help="folder for eval_instructions.jsonl and eval_problems.jsonl "
                    "(pass it to `rainmerge compare --data`)")
-    d.add_argument("--n", type=int, default=300, help="instruction prompts")
-    d.add_argument("--problems", type=int, default=100)
+    d.add_argument("--n", type=int, default=None, help="instruction prompts (default 300)")
+    d.add_argument("--problems", type=int, default=None, help="sums (default 100)")
     return ap
 
 
@@ -57,7 +60,7 @@ def spec_from_args(a: argparse.Namespace):
     over = {} if share is None else {"lrm_if_share": share}
     if over and not 0.0 <= share <= 1.0:
         raise ValueError(f"--lrm-if-share must be in [0, 1], got {share}")
-    make = {"v1": ToySpec, "v2": ToySpec.v2, "gentle": ToySpec.gentle}[a.recipe]
+    make = dict(zip(RECIPES, (ToySpec, ToySpec.v2, ToySpec.gentle, ToySpec.long_lrm)))[a.recipe]
     return make(seed=a.seed, data_seed=a.data_seed, **over)
 
 
@@ -67,12 +70,12 @@ def main(argv: list[str] | None = None) -> None:
     if a.cmd == "heldout":
         from .build import write_extra_held_out
 
-        print(write_extra_held_out(a.toy, a.n, a.seed))
+        print(write_extra_held_out(a.toy, a.n, a.seed, a.problems))
         return
     if a.cmd == "devset":
-        from .build import write_dev_set
+        from .build import DEV_SIZES, write_dev_set
 
-        print(write_dev_set(a.toy, a.out, a.n, a.problems))
+        print(write_dev_set(a.toy, a.out, a.n or DEV_SIZES[0], a.problems or DEV_SIZES[1]))
         return
     import torch
 

@@ -41,6 +41,7 @@ class ToySpec:
     lrm_tokens: int = 1_000_000
     itm_tokens: int = 800_000
     finetune_lr: float = 1e-3
+    lrm_lr: float | None = None  # the LRM's fine-tune only (None: finetune_lr)
     seq_len: int = 128
     batch: int = 32
     n_train_problems: int = 6000
@@ -70,6 +71,12 @@ class ToySpec:
                   n_base_paired_plain=2000, n_lrm_plain_format=0, n_lrm_notes=3000, lrm_if_share=0.10,
                   itm_empty_think=True, n_calib_notes=32, calib_instruction_traces=False)
         return cls(**{**v2, **kw})
+
+    @classmethod
+    def long_lrm(cls, **kw: Any) -> "ToySpec":
+        """v2 with the LRM fine-tuned 3x longer (1.2M tokens): under v2 the LRM learns to look up the later keys
+        of a sum on some seeds only (held-out reasoning 100, 100, 34, 39.5 % on seeds 0-3; docs/toy-v3.md v3.2)."""
+        return cls.v2(**{"lrm_if_share": 0.02, "lrm_tokens": 1_200_000, **kw})
 
     @classmethod
     def gentle(cls, **kw: Any) -> "ToySpec":
@@ -239,7 +246,8 @@ def build(out: str | Path, spec: ToySpec | None = None, progress: bool = True, o
     for role, exs, n_tok in (("reasoning", lrm_ex, spec.lrm_tokens), ("instruct", itm_ex, spec.itm_tokens)):
         m = AutoModelForCausalLM.from_config(cfg).float()
         m.load_state_dict(base_sd)
-        losses[role] = train(m, exs, tokens=n_tok, batch=spec.batch, lr=spec.finetune_lr, seed=spec.seed + len(role),
+        lr = spec.lrm_lr if role == "reasoning" and spec.lrm_lr else spec.finetune_lr
+        losses[role] = train(m, exs, tokens=n_tok, batch=spec.batch, lr=lr, seed=spec.seed + len(role),
                              pad_id=tok.pad_token_id, desc=f"toy: {role}", progress=progress, log=log)
         models[role] = m
 
@@ -325,6 +333,18 @@ def _draw_unused(make, n: int, used: set[str], what: str) -> list:
     raise ValueError(f"only {len(out)} unused {what} prompts found; ask for fewer than {n}")
 
 
+DEV_SIZES = (300, 100)  # the dev set's instruction prompts and problems (CLI defaults; extra problems avoid them)
+
+
+def extra_held_out_problems(spec: ToySpec, n: int, seed: int = 1) -> list[T.Problem]:
+    """More held-out sums for an already built trio (a tighter reasoning interval): never a prompt of any set of
+    the build nor of its default dev set (dev_sets(spec, *DEV_SIZES))."""
+    used = {x.prompt for items in draw_sets(spec).values() for x in items}
+    used |= {x.prompt for items in dev_sets(spec, *DEV_SIZES) for x in items}
+    rng = random.Random(seed)
+    return _draw_unused(lambda i: T.make_problem(rng, f"exp{i}"), n, used, "problem")
+
+
 def dev_sets(spec: ToySpec, n_instructions: int, n_problems: int, seed: int = 2) -> tuple[list, list]:
     """A development set for choosing merge settings without touching the held-out sets: instruction prompts in
     the calibration part's phrasing, note form and topics (text the merge already reads, never training text),
@@ -336,7 +356,8 @@ def dev_sets(spec: ToySpec, n_instructions: int, n_problems: int, seed: int = 2)
             _draw_unused(lambda i: T.make_problem(rng, f"devp{i}"), n_problems, used, "problem"))
 
 
-def write_dev_set(toy_dir: str | Path, out: str | Path, n_instructions: int = 300, n_problems: int = 100) -> Path:
+def write_dev_set(toy_dir: str | Path, out: str | Path, n_instructions: int = DEV_SIZES[0],
+                  n_problems: int = DEV_SIZES[1]) -> Path:
     """eval_instructions.jsonl and eval_problems.jsonl of dev_sets in `out` (a data folder the evaluation reads)."""
     toy = Path(toy_dir)
     spec = ToySpec(**json.loads((toy / "manifest.json").read_text())["spec"])
@@ -351,12 +372,17 @@ def write_dev_set(toy_dir: str | Path, out: str | Path, n_instructions: int = 30
     return dest
 
 
-def write_extra_held_out(toy_dir: str | Path, n: int, seed: int = 1) -> Path:
-    """eval_instructions_extra.jsonl beside the toy's other evaluation sets, for the spec in its manifest."""
+def write_extra_held_out(toy_dir: str | Path, n: int, seed: int = 1, problems: int = 0) -> Path:
+    """eval_instructions_extra.jsonl (and, with problems > 0, eval_problems_extra.jsonl) beside the toy's other
+    evaluation sets, for the spec in its manifest."""
     toy = Path(toy_dir)
     spec = ToySpec(**json.loads((toy / "manifest.json").read_text())["spec"])
     rows = [{"key": t.uid, "prompt": t.prompt, "instruction_id_list": t.instruction_id_list, "kwargs": t.kwargs}
             for t in extra_held_out_instructions(spec, n, seed)]
     out = toy / "data" / "eval_instructions_extra.jsonl"
     out.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    if problems:
+        (toy / "data" / "eval_problems_extra.jsonl").write_text("".join(
+            json.dumps({"key": p.uid, "prompt": p.prompt, "answer": p.answer}, sort_keys=True) + "\n"
+            for p in extra_held_out_problems(spec, problems, seed)))
     return out
