@@ -129,12 +129,15 @@ def _plan(a: argparse.Namespace) -> int:
 
 def _plan_k8s(a: argparse.Namespace, rep: Any, place: Any) -> int:
     """`plan --k8s`: what the pods need (JSON), and with --write-k8s the committed sizing files."""
+    from .memory import gi
+
     res = rep.resources
     if not res:
         print(rep.to_json())
         return 2
+    # the quantity the sizing files write (rainmerge.product.k8s.pod_sizes), floor included
     ev = {"evaluation_gpus": place.gpus if place else 1,
-          "evaluation_gpu_memory_per_device": f"{-(-place.per_gpu_bytes // 2**30)}Gi" if place else None}
+          "evaluation_gpu_memory_per_device": gi(place.per_gpu_bytes) if place else None}
     print(json.dumps(res.k8s | {"stages_path": res.stages_path} | ev, indent=2))
     if a.write_k8s:  # the sizing files are the product's (ZenML run config, k8s overlays): loaded by name
         try:

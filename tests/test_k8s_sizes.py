@@ -124,6 +124,7 @@ def test_plan_k8s_writes_the_sizing_files(tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out)
     entry = yaml.safe_load((tmp_path / k8s.SIZES).read_text())["toy"]
     assert entry["volume_size"] == printed["volume_size"] and entry["evaluation"]["gpus"] == printed["evaluation_gpus"]
+    assert entry["evaluation"].get("gpu_memory_per_device") == printed["evaluation_gpu_memory_per_device"]
     rc = yaml.safe_load((tmp_path / "configs" / "k8s" / "toy.zenml.yaml").read_text())
     assert rc == k8s.run_config(TEMPLATE, entry)
     assert yaml.safe_load((tmp_path / "k8s" / "overlays" / "toy" / "kustomization.yaml").read_text()) == k8s.overlay(entry)
