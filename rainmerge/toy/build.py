@@ -41,7 +41,6 @@ class ToySpec:
     lrm_tokens: int = 1_000_000
     itm_tokens: int = 800_000
     finetune_lr: float = 1e-3
-    lrm_lr: float | None = None  # the LRM's fine-tune only (None: finetune_lr)
     seq_len: int = 128
     batch: int = 32
     n_train_problems: int = 6000
@@ -246,8 +245,7 @@ def build(out: str | Path, spec: ToySpec | None = None, progress: bool = True, o
     for role, exs, n_tok in (("reasoning", lrm_ex, spec.lrm_tokens), ("instruct", itm_ex, spec.itm_tokens)):
         m = AutoModelForCausalLM.from_config(cfg).float()
         m.load_state_dict(base_sd)
-        lr = spec.lrm_lr if role == "reasoning" and spec.lrm_lr else spec.finetune_lr
-        losses[role] = train(m, exs, tokens=n_tok, batch=spec.batch, lr=lr, seed=spec.seed + len(role),
+        losses[role] = train(m, exs, tokens=n_tok, batch=spec.batch, lr=spec.finetune_lr, seed=spec.seed + len(role),
                              pad_id=tok.pad_token_id, desc=f"toy: {role}", progress=progress, log=log)
         models[role] = m
 
