@@ -171,3 +171,16 @@ def test_the_builder_recipes_differ_from_the_shipped_one_where_documented(recipe
     shipped = json.loads((TOY / "manifest.json").read_text())["spec"]
     spec = asdict(spec_from_args(parser().parse_args(["build", "--out", "x", "--recipe", recipe])))
     assert {k for k, v in spec.items() if shipped.get(k, v) != v} == changed
+
+
+def test_a_built_trio_with_a_retired_unset_knob_still_loads_and_a_set_one_is_refused(tmp_path):
+    """The v3.2 builds' manifests carry lrm_lr: None, a knob since removed; `heldout`/`devset` must still read
+    them (the knob changed nothing), but a build that had set a knob this code lacks cannot be reproduced."""
+    from rainmerge.toy.build import _built_spec
+
+    spec = json.loads((TOY / "manifest.json").read_text())["spec"]
+    (tmp_path / "manifest.json").write_text(json.dumps({"spec": {**spec, "lrm_lr": None}}))
+    assert _built_spec(tmp_path).lrm_tokens == spec["lrm_tokens"]
+    (tmp_path / "manifest.json").write_text(json.dumps({"spec": {**spec, "lrm_lr": 2e-3}}))
+    with pytest.raises(ValueError, match="lrm_lr"):
+        _built_spec(tmp_path)

@@ -8,7 +8,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # the recipe of the shipped trio in assets/toy (its manifest.json `spec`): the bare rebuild command reproduces it.
 # Seed 0 is shipped by a rule fixed before any merge result of this generator existed (docs/toy-v3.md).
 SHIPPED = {"recipe": "v2", "seed": 0, "data_seed": 0, "lrm_if_share": 0.02}
-RECIPES = ("v1", "v2", "gentle", "long-lrm")  # ToySpec's constructors, by name below
+RECIPES = ("v1", "v2", "gentle", "long-lrm")  # v1: ToySpec(); the others: the ToySpec classmethod of that name
 
 
 def parser() -> argparse.ArgumentParser:
@@ -60,7 +60,7 @@ def spec_from_args(a: argparse.Namespace):
     over = {} if share is None else {"lrm_if_share": share}
     if over and not 0.0 <= share <= 1.0:
         raise ValueError(f"--lrm-if-share must be in [0, 1], got {share}")
-    make = dict(zip(RECIPES, (ToySpec, ToySpec.v2, ToySpec.gentle, ToySpec.long_lrm)))[a.recipe]
+    make = ToySpec if a.recipe == "v1" else getattr(ToySpec, a.recipe.replace("-", "_"))
     return make(seed=a.seed, data_seed=a.data_seed, **over)
 
 

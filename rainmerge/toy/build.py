@@ -274,10 +274,22 @@ def _prefix_text(prompt: str) -> str:
     return f"<|begin|><|User|>{prompt}<|Assistant|><think>\n"
 
 
-def _write_sets(data: Path, cal_p, cal_i, ev_p, ev_i, ev_kl, cal_n=()) -> None:
-    def dump_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-        path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+def _dump_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
+
+def _problem_rows(problems: list[T.Problem]) -> list[dict[str, Any]]:
+    """Sums in the evaluation's reasoning schema (eval_problems*.jsonl)."""
+    return [{"key": p.uid, "prompt": p.prompt, "answer": p.answer} for p in problems]
+
+
+def _instruction_rows(tasks: list[T.InstructionTask]) -> list[dict[str, Any]]:
+    """Format requests in the evaluation's IFEval schema (eval_instructions*.jsonl)."""
+    return [{"key": t.uid, "prompt": t.prompt, "instruction_id_list": t.instruction_id_list, "kwargs": t.kwargs}
+            for t in tasks]
+
+
+def _write_sets(data: Path, cal_p, cal_i, ev_p, ev_i, ev_kl, cal_n=()) -> None:
     (data / "reasoning_calibration.json").write_text(json.dumps(
         [{"prompt": p.prompt, "reasoning": p.reasoning, "response": p.response, "sample_id": p.uid,
           "source": "toy/keyed-sum"} for p in cal_p]
@@ -297,14 +309,28 @@ def _write_sets(data: Path, cal_p, cal_i, ev_p, ev_i, ev_kl, cal_n=()) -> None:
             "unrelated_response_spans": unrelated, "verdict": {iid: True for iid in t.instruction_id_list},
             "meta": {"source": "toy"},
         })
-    dump_jsonl(data / "instruction_calibration.jsonl", rows)
-    dump_jsonl(data / "eval_problems.jsonl", [{"key": p.uid, "prompt": p.prompt, "answer": p.answer} for p in ev_p])
-    dump_jsonl(data / "eval_instructions.jsonl", [{"key": t.uid, "prompt": t.prompt,
-                                                  "instruction_id_list": t.instruction_id_list, "kwargs": t.kwargs}
-                                                 for t in ev_i])
+    _dump_jsonl(data / "instruction_calibration.jsonl", rows)
+    _dump_jsonl(data / "eval_problems.jsonl", _problem_rows(ev_p))
+    _dump_jsonl(data / "eval_instructions.jsonl", _instruction_rows(ev_i))
     (data / "eval_reasoning_heldout.json").write_text(json.dumps(
         [{"prompt": p.prompt, "reasoning": p.reasoning, "response": p.response, "sample_id": p.uid} for p in ev_kl],
         indent=1))
+
+
+def _build_prompts(spec: ToySpec) -> set[str]:
+    """Every prompt of every set of a build (draw_sets rebuilds them from spec.data_seed)."""
+    return {x.prompt for items in draw_sets(spec).values() for x in items}
+
+
+def _built_spec(toy_dir: str | Path) -> ToySpec:
+    """The spec in a built trio's manifest. A knob this code no longer has is dropped when the build left it unset
+    (None: it changed nothing, e.g. lrm_lr in the v3.2 builds); set, it is a ValueError (not reproducible here)."""
+    spec = json.loads((Path(toy_dir) / "manifest.json").read_text())["spec"]
+    known = set(ToySpec.__dataclass_fields__)
+    retired = {k: v for k, v in spec.items() if k not in known}
+    if any(v is not None for v in retired.values()):
+        raise ValueError(f"{toy_dir}: built with knobs this code does not have: {retired}")
+    return ToySpec(**{k: v for k, v in spec.items() if k in known})
 
 
 def extra_held_out_instructions(spec: ToySpec, n: int, seed: int = 1) -> list[T.InstructionTask]:
@@ -312,7 +338,7 @@ def extra_held_out_instructions(spec: ToySpec, n: int, seed: int = 1) -> list[T.
     a prompt of any set of the build (draw_sets(spec) rebuilds them all from spec.data_seed), and only held-out
     phrasings, note forms and topics (tasks.PARTS "eval"), so the trio has seen neither the prompts nor
     their wording nor their subjects."""
-    used = {x.prompt for items in draw_sets(spec).values() for x in items}
+    used = _build_prompts(spec)
     rng = random.Random(seed)
     return _draw_unused(lambda i: T.make_instruction_task(rng, f"ex{i}", part="eval"), n, used, "instruction")
 
@@ -337,8 +363,7 @@ DEV_SIZES = (300, 100)  # the dev set's instruction prompts and problems (CLI de
 def extra_held_out_problems(spec: ToySpec, n: int, seed: int = 1) -> list[T.Problem]:
     """More held-out sums for an already built trio (a tighter reasoning interval): never a prompt of any set of
     the build nor of its default dev set (dev_sets(spec, *DEV_SIZES))."""
-    used = {x.prompt for items in draw_sets(spec).values() for x in items}
-    used |= {x.prompt for items in dev_sets(spec, *DEV_SIZES) for x in items}
+    used = _build_prompts(spec) | {x.prompt for items in dev_sets(spec, *DEV_SIZES) for x in items}
     rng = random.Random(seed)
     return _draw_unused(lambda i: T.make_problem(rng, f"exp{i}"), n, used, "problem")
 
@@ -347,7 +372,7 @@ def dev_sets(spec: ToySpec, n_instructions: int, n_problems: int, seed: int = 2)
     """A development set for choosing merge settings without touching the held-out sets: instruction prompts in
     the calibration part's phrasing, note form and topics (text the merge already reads, never training text),
     and problems; none is a prompt of any set of the build."""
-    used = {x.prompt for items in draw_sets(spec).values() for x in items}
+    used = _build_prompts(spec)
     rng = random.Random(seed)
     return (_draw_unused(lambda i: T.make_instruction_task(rng, f"devi{i}", part="calib"), n_instructions, used,
                          "instruction"),
@@ -357,30 +382,19 @@ def dev_sets(spec: ToySpec, n_instructions: int, n_problems: int, seed: int = 2)
 def write_dev_set(toy_dir: str | Path, out: str | Path, n_instructions: int = DEV_SIZES[0],
                   n_problems: int = DEV_SIZES[1]) -> Path:
     """eval_instructions.jsonl and eval_problems.jsonl of dev_sets in `out` (a data folder the evaluation reads)."""
-    toy = Path(toy_dir)
-    spec = ToySpec(**json.loads((toy / "manifest.json").read_text())["spec"])
-    instr, probs = dev_sets(spec, n_instructions, n_problems)
+    instr, probs = dev_sets(_built_spec(toy_dir), n_instructions, n_problems)
     dest = Path(out)
     dest.mkdir(parents=True, exist_ok=True)
-    rows = [{"key": t.uid, "prompt": t.prompt, "instruction_id_list": t.instruction_id_list, "kwargs": t.kwargs}
-            for t in instr]
-    (dest / "eval_instructions.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-    (dest / "eval_problems.jsonl").write_text("".join(
-        json.dumps({"key": p.uid, "prompt": p.prompt, "answer": p.answer}, sort_keys=True) + "\n" for p in probs))
+    _dump_jsonl(dest / "eval_instructions.jsonl", _instruction_rows(instr))
+    _dump_jsonl(dest / "eval_problems.jsonl", _problem_rows(probs))
     return dest
 
 
 def write_extra_held_out(toy_dir: str | Path, n: int, seed: int = 1, problems: int = 0) -> Path:
     """eval_instructions_extra.jsonl (and, with problems > 0, eval_problems_extra.jsonl) beside the toy's other
     evaluation sets, for the spec in its manifest."""
-    toy = Path(toy_dir)
-    spec = ToySpec(**json.loads((toy / "manifest.json").read_text())["spec"])
-    rows = [{"key": t.uid, "prompt": t.prompt, "instruction_id_list": t.instruction_id_list, "kwargs": t.kwargs}
-            for t in extra_held_out_instructions(spec, n, seed)]
-    out = toy / "data" / "eval_instructions_extra.jsonl"
-    out.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    spec, data = _built_spec(toy_dir), Path(toy_dir) / "data"
+    _dump_jsonl(data / "eval_instructions_extra.jsonl", _instruction_rows(extra_held_out_instructions(spec, n, seed)))
     if problems:
-        (toy / "data" / "eval_problems_extra.jsonl").write_text("".join(
-            json.dumps({"key": p.uid, "prompt": p.prompt, "answer": p.answer}, sort_keys=True) + "\n"
-            for p in extra_held_out_problems(spec, problems, seed)))
-    return out
+        _dump_jsonl(data / "eval_problems_extra.jsonl", _problem_rows(extra_held_out_problems(spec, problems, seed)))
+    return data / "eval_instructions_extra.jsonl"
