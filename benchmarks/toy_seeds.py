@@ -6,7 +6,7 @@
 Per seed (ROOT/seedN):
 1. `python -m rainmerge.toy build --seed N` (timed; the shipped recipe unless --recipe), `heldout` (600 more
    held-out prompts; with --n-extra-problems, that many more sums) and `devset` (300 prompts in the calibration
-   part's wording and topics + 100 sums).
+   part's wording and topics + 100 sums, or --dev-problems).
 2. Strength, per method, on the dev set only (the rule below, fixed before the v3.1 builds ran): RAIN and task
    arithmetic are each merged at every strength of GRID and evaluated on the dev set; a strength is eligible
    when its dev evaluation passes the toy gates other than the IF margin (reasoning, truncation, malformed,
@@ -109,26 +109,25 @@ def _check_disjoint(trio: Path) -> None:
         raise SystemExit(f"{trio}: {len(shared)} dev prompts are also held-out prompts, e.g. {sorted(shared)[0]!r}")
 
 
-def run_seed(root: Path, seed: int, config: str, n_extra: int, threads: int | None, recipe: str | None,
-             n_problems: int = 0) -> dict:
+def run_seed(root: Path, seed: int, a: argparse.Namespace) -> dict:
+    """Build seed `seed` under root with the options of `main` (a), then the dev sweep and the held-out comparison."""
     from rainmerge.eval.stats import paired_bootstrap
     from rainmerge.product.gates import decide, intervals
 
-    trio = root / f"seed{seed}"
-    py = sys.executable
+    trio, py, config = root / f"seed{seed}", sys.executable, a.config
     if not (trio / "manifest.json").is_file():
         t0 = time.time()
         subprocess.run([py, "-m", "rainmerge.toy", "build", "--out", str(trio), "--seed", str(seed), "--quiet",
-                        *(["--threads", str(threads)] if threads else []),
-                        *(["--recipe", recipe] if recipe else [])], check=True)
+                        *(["--threads", str(a.threads)] if a.threads else []),
+                        *(["--recipe", a.recipe] if a.recipe else []), *a.build_args], check=True)
         print(f"seed {seed}: built in {time.time() - t0:.0f} s", flush=True)
     if not (trio / "data" / "eval_instructions_extra.jsonl").is_file() or (
-            n_problems and not (trio / "data" / "eval_problems_extra.jsonl").is_file()):
-        subprocess.run([py, "-m", "rainmerge.toy", "heldout", "--toy", str(trio), "--n", str(n_extra),
-                        "--problems", str(n_problems)], check=True)
-    if not (trio / "dev" / "eval_instructions.jsonl").is_file():
-        subprocess.run([py, "-m", "rainmerge.toy", "devset", "--toy", str(trio), "--out", str(trio / "dev")],
-                       check=True)
+            a.n_extra_problems and not (trio / "data" / "eval_problems_extra.jsonl").is_file()):
+        subprocess.run([py, "-m", "rainmerge.toy", "heldout", "--toy", str(trio), "--n", str(a.n_extra),
+                        "--problems", str(a.n_extra_problems)], check=True)
+    if not (trio / "dev" / "eval_instructions.jsonl").is_file():  # after heldout: a large dev set avoids its sums
+        subprocess.run([py, "-m", "rainmerge.toy", "devset", "--toy", str(trio), "--out", str(trio / "dev"),
+                        *(["--problems", str(a.dev_problems)] if a.dev_problems else [])], check=True)
     _check_disjoint(trio)
     gates = _gates(config)
     t0 = time.time()
@@ -251,12 +250,16 @@ def main() -> None:
                     help="more held-out sums beside the build's 200 (v3.2: 400, so 600 in all)")
     ap.add_argument("--threads", type=int, help="torch threads per build (default: the builder's)")
     ap.add_argument("--recipe", help="toy recipe (default: the shipped one)")
+    ap.add_argument("--dev-problems", type=int, default=0, help="sums in the dev set (default: devset's 100; "
+                    "600, as many as held out, keeps a single sum from deciding a strength: docs/toy-v3.md v3.3)")
+    ap.add_argument("--build-args", nargs=argparse.REMAINDER, default=[],
+                    help="the rest of the line goes to `python -m rainmerge.toy build` (e.g. --lrm-if-share 0.01)")
     a = ap.parse_args()
     root = Path(a.root)
     if a.cmd == "run":
         root.mkdir(parents=True, exist_ok=True)
         for seed in a.seeds:
-            run_seed(root, seed, a.config, a.n_extra, a.threads, a.recipe, a.n_extra_problems)
+            run_seed(root, seed, a)
     print(table([root, *map(Path, a.more)]))
 
 

@@ -159,6 +159,22 @@ def test_extra_held_out_sums_are_new_to_the_build_and_its_dev_set_and_count_as_r
     assert kinds == {"toy_if_extra": "if", "toy_math_extra": "reasoning"}
 
 
+def test_a_dev_set_larger_than_the_default_avoids_the_extra_held_out_sums(tmp_path):
+    """The extra held-out sums avoid the default dev set's 100; a study that asks for more dev sums (v3.3: as many
+    as held out) must not draw held-out ones (3-key sums have 729 values, so a blind draw collides)."""
+    import shutil
+
+    from rainmerge.toy.__main__ import main
+
+    (tmp_path / "data").mkdir()
+    shutil.copy(TOY / "manifest.json", tmp_path / "manifest.json")
+    main(["heldout", "--toy", str(tmp_path), "--n", "10", "--problems", "150"])
+    main(["devset", "--toy", str(tmp_path), "--out", str(tmp_path / "dev"), "--n", "10", "--problems", "400"])
+    read = lambda f: {json.loads(l)["prompt"] for l in f.read_text().splitlines()}  # noqa: E731
+    dev, extra = read(tmp_path / "dev" / "eval_problems.jsonl"), read(tmp_path / "data" / "eval_problems_extra.jsonl")
+    assert len(dev) == 400 and len(extra) == 150 and not dev & extra
+
+
 @pytest.mark.parametrize("recipe, changed", [("v2", set()), ("gentle", {"base_tokens", "finetune_lr"}),
                                              ("long-lrm", {"lrm_tokens"})])
 def test_the_builder_recipes_differ_from_the_shipped_one_where_documented(recipe, changed):

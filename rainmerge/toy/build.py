@@ -368,11 +368,12 @@ def extra_held_out_problems(spec: ToySpec, n: int, seed: int = 1) -> list[T.Prob
     return _draw_unused(lambda i: T.make_problem(rng, f"exp{i}"), n, used, "problem")
 
 
-def dev_sets(spec: ToySpec, n_instructions: int, n_problems: int, seed: int = 2) -> tuple[list, list]:
+def dev_sets(spec: ToySpec, n_instructions: int, n_problems: int, seed: int = 2,
+             avoid: frozenset[str] = frozenset()) -> tuple[list, list]:
     """A development set for choosing merge settings without touching the held-out sets: instruction prompts in
     the calibration part's phrasing, note form and topics (text the merge already reads, never training text),
-    and problems; none is a prompt of any set of the build."""
-    used = _build_prompts(spec)
+    and problems; none is a prompt of any set of the build, nor one of `avoid`."""
+    used = _build_prompts(spec) | avoid
     rng = random.Random(seed)
     return (_draw_unused(lambda i: T.make_instruction_task(rng, f"devi{i}", part="calib"), n_instructions, used,
                          "instruction"),
@@ -382,7 +383,10 @@ def dev_sets(spec: ToySpec, n_instructions: int, n_problems: int, seed: int = 2)
 def write_dev_set(toy_dir: str | Path, out: str | Path, n_instructions: int = DEV_SIZES[0],
                   n_problems: int = DEV_SIZES[1]) -> Path:
     """eval_instructions.jsonl and eval_problems.jsonl of dev_sets in `out` (a data folder the evaluation reads)."""
-    instr, probs = dev_sets(_built_spec(toy_dir), n_instructions, n_problems)
+    # the extra held-out sums avoid only the default dev set's; a larger dev set avoids them in turn
+    extra = frozenset(r["prompt"] for f in sorted((Path(toy_dir) / "data").glob("eval_*_extra.jsonl"))
+                      for r in map(json.loads, f.read_text().splitlines()))
+    instr, probs = dev_sets(_built_spec(toy_dir), n_instructions, n_problems, avoid=extra)
     dest = Path(out)
     dest.mkdir(parents=True, exist_ok=True)
     _dump_jsonl(dest / "eval_instructions.jsonl", _instruction_rows(instr))
