@@ -200,3 +200,14 @@ def test_a_built_trio_with_a_retired_unset_knob_still_loads_and_a_set_one_is_ref
     (tmp_path / "manifest.json").write_text(json.dumps({"spec": {**spec, "lrm_lr": 2e-3}}))
     with pytest.raises(ValueError, match="lrm_lr"):
         _built_spec(tmp_path)
+
+
+@pytest.mark.parametrize("argv", [["devset", "--out", "x", "--n", "0"], ["devset", "--out", "x", "--problems", "-1"],
+                                  ["heldout", "--n", "0"], ["heldout", "--problems", "-3"]])
+def test_set_sizes_below_one_are_refused_before_any_work(argv, capsys):
+    """`devset --n 0` used to mean the default 300 (`a.n or 300`); a size that cannot be drawn is a usage error."""
+    from rainmerge.toy.__main__ import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2 and "must be an integer >=" in capsys.readouterr().err

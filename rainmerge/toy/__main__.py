@@ -11,6 +11,16 @@ SHIPPED = {"recipe": "v2", "seed": 0, "data_seed": 0, "lrm_if_share": 0.02}
 RECIPES = ("v1", "v2", "gentle", "long-lrm")  # v1: ToySpec(); the others: the ToySpec classmethod of that name
 
 
+def _count(minimum: int):
+    """An argparse type: an int >= minimum, so `--n 0` is an error rather than silently the default."""
+    def parse(text: str) -> int:
+        n = int(text)
+        if n < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {n}")
+        return n
+    return parse
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m rainmerge.toy")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -37,8 +47,8 @@ def parser() -> argparse.ArgumentParser:
     h = sub.add_parser("heldout", help="write N more held-out instruction prompts for a built trio "
                        "(data/eval_instructions_extra.jsonl; held-out phrasings and topics only, no prompt of its build)")
     h.add_argument("--toy", default="assets/toy", help="the built trio's folder (reads its manifest.json)")
-    h.add_argument("--n", type=int, default=600)
-    h.add_argument("--problems", type=int, default=0, help="also write this many held-out sums "
+    h.add_argument("--n", type=_count(1), default=600)
+    h.add_argument("--problems", type=_count(0), default=0, help="also write this many held-out sums "
                    "(data/eval_problems_extra.jsonl: none a prompt of the build or of its default dev set)")
     h.add_argument("--seed", type=int, default=1)
     d = sub.add_parser("devset", help="write a development set for choosing merge settings (strength, stage 1/2) "
@@ -46,8 +56,8 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--toy", default="assets/toy", help="the built trio's folder (reads its manifest.json)")
     d.add_argument("--out", required=True, help="folder for eval_instructions.jsonl and eval_problems.jsonl "
                    "(pass it to `rainmerge compare --data`)")
-    d.add_argument("--n", type=int, default=None, help="instruction prompts (default 300)")
-    d.add_argument("--problems", type=int, default=None, help="sums (default 100)")
+    d.add_argument("--n", type=_count(1), default=None, help="instruction prompts (default 300)")
+    d.add_argument("--problems", type=_count(1), default=None, help="sums (default 100)")
     return ap
 
 
