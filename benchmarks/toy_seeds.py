@@ -253,7 +253,8 @@ def main() -> None:
     ap.add_argument("--dev-problems", type=int, default=0, help="sums in the dev set (default: devset's 100; "
                     "600, as many as held out, keeps a single sum from deciding a strength: docs/toy-v3.md v3.3)")
     ap.add_argument("--build-args", nargs=argparse.REMAINDER, default=[],
-                    help="the rest of the line goes to `python -m rainmerge.toy build` (e.g. --lrm-if-share 0.01)")
+                    help="last on the line: everything after it goes to `python -m rainmerge.toy build` "
+                    "(e.g. --build-args --lrm-if-share 0.01)")
     a = ap.parse_args()
     root = Path(a.root)
     if a.cmd == "run":
