@@ -101,10 +101,9 @@ def choose_strength(dev: Evaluator, method: str, gates) -> dict:
 
 def _check_disjoint(trio: Path) -> None:
     """The dev set (strength is chosen on it) shares no prompt with the held-out sets it must not leak into."""
-    def prompts(folder: Path) -> set[str]:
-        return {json.loads(line)["prompt"] for f in folder.glob("eval_*.jsonl") for line in f.read_text().splitlines()}
+    from rainmerge.toy.build import jsonl_prompts
 
-    shared = prompts(trio / "dev") & prompts(trio / "data")
+    shared = jsonl_prompts(trio / "dev") & jsonl_prompts(trio / "data")
     if shared:
         raise SystemExit(f"{trio}: {len(shared)} dev prompts are also held-out prompts, e.g. {sorted(shared)[0]!r}")
 

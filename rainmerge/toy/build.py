@@ -278,6 +278,12 @@ def _dump_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
 
+def jsonl_prompts(folder: Path, pattern: str = "eval_*.jsonl") -> frozenset[str]:
+    """The prompts of the JSONL sets in `folder` matching `pattern` (what _dump_jsonl wrote)."""
+    return frozenset(json.loads(line)["prompt"] for f in sorted(Path(folder).glob(pattern))
+                     for line in f.read_text().splitlines())
+
+
 def _problem_rows(problems: list[T.Problem]) -> list[dict[str, Any]]:
     """Sums in the evaluation's reasoning schema (eval_problems*.jsonl)."""
     return [{"key": p.uid, "prompt": p.prompt, "answer": p.answer} for p in problems]
@@ -384,8 +390,7 @@ def write_dev_set(toy_dir: str | Path, out: str | Path, n_instructions: int = DE
                   n_problems: int = DEV_SIZES[1]) -> Path:
     """eval_instructions.jsonl and eval_problems.jsonl of dev_sets in `out` (a data folder the evaluation reads)."""
     # the extra held-out sums avoid only the default dev set's; a larger dev set avoids them in turn
-    extra = frozenset(r["prompt"] for f in sorted((Path(toy_dir) / "data").glob("eval_*_extra.jsonl"))
-                      for r in map(json.loads, f.read_text().splitlines()))
+    extra = jsonl_prompts(Path(toy_dir) / "data", "eval_*_extra.jsonl")
     instr, probs = dev_sets(_built_spec(toy_dir), n_instructions, n_problems, avoid=extra)
     dest = Path(out)
     dest.mkdir(parents=True, exist_ok=True)
